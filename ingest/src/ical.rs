@@ -1,0 +1,519 @@
+//! From one iCalendar object (text) to the typed components of a payload.
+//!
+//! calcard parses; this module decides what the fields mean for scheduling:
+//! which times are instants, which are floating or whole days, what an absent
+//! DTEND means, and which objects are too broken or too big to pass on.
+
+use crate::config::Limits;
+use crate::tz::{ZoneResolver, naive};
+use calcard::icalendar::{
+    ICalendar, ICalendarComponent, ICalendarComponentType, ICalendarEntry, ICalendarParameterName,
+    ICalendarParameterValue, ICalendarProperty, ICalendarValue,
+};
+use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
+use imipflow_schema::{
+    Attendee, Component, ComponentKind, Method, Party, PartStat, QuarantineReason, Range,
+    RecurrenceId, Status, Time, TimeKind, Transparency, Zone, normalize_address,
+};
+use std::collections::BTreeMap;
+
+/// A calendar object ready to become payloads.
+#[derive(Debug)]
+pub struct Parsed {
+    pub method: Method,
+    pub components: Vec<Component>,
+    pub timezones: BTreeMap<String, Zone>,
+    pub warnings: Vec<String>,
+}
+
+/// Why an object was refused, for the quarantine record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub reason: QuarantineReason,
+    pub detail: String,
+}
+
+fn refuse(reason: QuarantineReason, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// Splits a calendar part into its VCALENDAR blocks (a part may hold several,
+/// RFC 5545 §3.4). Text outside any block is ignored; an unterminated block runs
+/// to the end of the part and is left to the parser to judge.
+pub fn split_vcalendars(text: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut pos = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_end_matches(['\r', '\n']).trim_start_matches('\u{feff}');
+        if start.is_none() && t.eq_ignore_ascii_case("BEGIN:VCALENDAR") {
+            start = Some(pos);
+        } else if t.eq_ignore_ascii_case("END:VCALENDAR") {
+            if let Some(s) = start.take() {
+                blocks.push(&text[s..pos + line.len()]);
+            }
+        }
+        pos += line.len();
+    }
+    if let Some(s) = start {
+        blocks.push(&text[s..]);
+    }
+    blocks
+}
+
+/// The METHOD of a parsed calendar, or the Content-Type's `method=` when the
+/// object itself has none (RFC 6047 requires both; some clients drop one).
+pub fn method_of(ical: &ICalendar, method_param: Option<&str>) -> Option<Method> {
+    let root = ical.components.first()?;
+    root.property(&ICalendarProperty::Method)
+        .and_then(|e| e.values.first())
+        .and_then(|v| v.as_text())
+        .map(|s| Method::from(s.to_owned()))
+        .or_else(|| method_param.map(|m| Method::from(m.to_owned())))
+}
+
+/// Parses one VCALENDAR block. `Ok(None)`: valid but not iMIP (no METHOD).
+pub fn parse_object(
+    text: &str,
+    method_param: Option<&str>,
+    limits: &Limits,
+) -> Result<Option<Parsed>, Refusal> {
+    let ical = ICalendar::parse(text)
+        .map_err(|e| refuse(QuarantineReason::InvalidCalendar, format!("not iCalendar: {e:?}")))?;
+    let Some(root) = ical.components.first() else {
+        return Err(refuse(QuarantineReason::InvalidCalendar, "empty calendar"));
+    };
+    if root.component_type != ICalendarComponentType::VCalendar {
+        return Err(refuse(
+            QuarantineReason::InvalidCalendar,
+            format!("top-level component is {}", root.component_type.as_str()),
+        ));
+    }
+    let Some(method) = method_of(&ical, method_param) else {
+        return Ok(None);
+    };
+
+    let scheduling: Vec<&ICalendarComponent> = root
+        .component_ids
+        .iter()
+        .filter_map(|id| ical.components.get(*id as usize))
+        .filter(|c| {
+            !matches!(
+                c.component_type,
+                ICalendarComponentType::VTimezone | ICalendarComponentType::VAlarm
+            )
+        })
+        .collect();
+    if scheduling.is_empty() {
+        return Err(refuse(
+            QuarantineReason::InvalidCalendar,
+            "no scheduling component (VEVENT, VTODO, VJOURNAL, VFREEBUSY)",
+        ));
+    }
+    if scheduling.len() > limits.max_components {
+        return Err(refuse(
+            QuarantineReason::TooManyComponents,
+            format!(
+                "{} components, limit {}",
+                scheduling.len(),
+                limits.max_components
+            ),
+        ));
+    }
+
+    let mut zones = ZoneResolver::new(&ical);
+    let mut warnings = Vec::new();
+    let mut components = Vec::with_capacity(scheduling.len());
+    for c in scheduling {
+        components.push(component(c, &mut zones, &mut warnings, limits)?);
+    }
+    Ok(Some(Parsed {
+        method,
+        components,
+        timezones: zones.used(),
+        warnings,
+    }))
+}
+
+fn first_text<'a>(c: &'a ICalendarComponent, p: ICalendarProperty) -> Option<&'a str> {
+    c.property(&p)
+        .and_then(|e| e.values.first())
+        .and_then(|v| v.as_text())
+}
+
+fn param_text<'a>(e: &'a ICalendarEntry, name: ICalendarParameterName) -> Option<&'a str> {
+    e.parameter(&name).and_then(|v| v.as_text())
+}
+
+fn param_addresses(e: &ICalendarEntry, name: ICalendarParameterName) -> Vec<String> {
+    e.parameters(&name)
+        .filter_map(|v| v.as_text())
+        .flat_map(|s| s.split(','))
+        .filter_map(|s| normalize_address(s.trim_matches('"')))
+        .collect()
+}
+
+/// Converts one date/date-time value. `what` names the property for errors.
+fn time_value(
+    v: &ICalendarValue,
+    tzid: Option<&str>,
+    zones: &mut ZoneResolver<'_>,
+    warnings: &mut Vec<String>,
+    what: &str,
+) -> Result<Time, Refusal> {
+    let bad = || refuse(QuarantineReason::InvalidDate, format!("{what}: unreadable value"));
+    let p = match v {
+        ICalendarValue::PartialDateTime(p) => p,
+        ICalendarValue::Period(period) => match period {
+            calcard::icalendar::ICalendarPeriod::Range { start, .. }
+            | calcard::icalendar::ICalendarPeriod::Duration { start, .. } => start,
+        },
+        ICalendarValue::Text(t) => {
+            return Err(refuse(
+                QuarantineReason::InvalidDate,
+                format!("{what}: unreadable value {t:?}"),
+            ));
+        }
+        _ => return Err(bad()),
+    };
+    let local = naive(p).ok_or_else(bad)?;
+    if !p.has_time() {
+        return Ok(Time::date(local.date()));
+    }
+    if p.tz_hour.is_some() {
+        // An explicit offset: `Z` (or, leniently, ±hh:mm).
+        let secs = i64::from(p.tz_hour.unwrap_or(0)) * 3600 + i64::from(p.tz_minute.unwrap_or(0)) * 60;
+        let secs = if p.tz_minus { -secs } else { secs };
+        return Ok(Time::utc(Utc.from_utc_datetime(&(local - Duration::seconds(secs)))));
+    }
+    match tzid {
+        None => Ok(Time::floating(local, None)),
+        Some(id) => match zones.resolve(id) {
+            Some(zone) => {
+                let utc = zone.to_utc(local).ok_or_else(bad)?;
+                Ok(Time::zoned(local, id, utc))
+            }
+            None => {
+                let w = format!("unknown TZID {id:?}: {what} treated as floating");
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+                Ok(Time::floating(local, Some(id)))
+            }
+        },
+    }
+}
+
+fn entry_time(
+    e: &ICalendarEntry,
+    zones: &mut ZoneResolver<'_>,
+    warnings: &mut Vec<String>,
+    what: &str,
+) -> Result<Time, Refusal> {
+    let v = e
+        .values
+        .first()
+        .ok_or_else(|| refuse(QuarantineReason::InvalidDate, format!("{what}: empty")))?;
+    time_value(v, e.tz_id(), zones, warnings, what)
+}
+
+fn duration_of(e: &ICalendarEntry) -> Result<(i64, i64), Refusal> {
+    match e.values.first() {
+        Some(ICalendarValue::Duration(d)) => {
+            // Days and weeks are nominal (they follow the wall clock across DST).
+            let days = i64::from(d.weeks) * 7 + i64::from(d.days);
+            let exact =
+                i64::from(d.hours) * 3600 + i64::from(d.minutes) * 60 + i64::from(d.seconds);
+            if d.neg && (days != 0 || exact != 0) {
+                Err(refuse(QuarantineReason::InvalidTimeRange, "negative DURATION"))
+            } else {
+                Ok((days, exact))
+            }
+        }
+        _ => Err(refuse(QuarantineReason::InvalidDate, "DURATION: unreadable value")),
+    }
+}
+
+/// End of a component that gives a DURATION: nominal days on the wall clock,
+/// then exact seconds.
+fn end_from_duration(start: &Time, days: i64, exact: i64, zones: &mut ZoneResolver<'_>) -> Option<Time> {
+    let local = start.naive_local()? + Duration::days(days);
+    Some(match start.kind {
+        TimeKind::Date if exact == 0 => Time::date(local.date()),
+        TimeKind::Date | TimeKind::Floating => {
+            Time::floating(local + Duration::seconds(exact), start.tzid.as_deref())
+        }
+        TimeKind::Utc => Time::utc(start.utc? + Duration::days(days) + Duration::seconds(exact)),
+        TimeKind::Zoned => {
+            let tzid = start.tzid.as_deref()?;
+            let utc = zones.resolve(tzid)?.to_utc(local)? + Duration::seconds(exact);
+            let end_local = local + Duration::seconds(exact);
+            Time::zoned(end_local, tzid, utc)
+        }
+    })
+}
+
+fn ends_before(end: &Time, start: &Time) -> bool {
+    match (end.utc, start.utc) {
+        (Some(e), Some(s)) => e < s,
+        _ => match (end.naive_local(), start.naive_local()) {
+            (Some(e), Some(s)) => e < s,
+            _ => false,
+        },
+    }
+}
+
+fn utc_of(v: Option<&ICalendarValue>) -> Option<DateTime<Utc>> {
+    match v? {
+        ICalendarValue::PartialDateTime(p) => {
+            let local: NaiveDateTime = naive(p)?;
+            let secs = i64::from(p.tz_hour.unwrap_or(0)) * 3600 + i64::from(p.tz_minute.unwrap_or(0)) * 60;
+            let secs = if p.tz_minus { -secs } else { secs };
+            Some(Utc.from_utc_datetime(&(local - Duration::seconds(secs))))
+        }
+        _ => None,
+    }
+}
+
+fn component(
+    c: &ICalendarComponent,
+    zones: &mut ZoneResolver<'_>,
+    warnings: &mut Vec<String>,
+    limits: &Limits,
+) -> Result<Component, Refusal> {
+    let kind = ComponentKind::from(c.component_type.as_str());
+    let uid = first_text(c, ICalendarProperty::Uid)
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| refuse(QuarantineReason::MissingUid, format!("{kind} without UID")))?
+        .to_owned();
+
+    let attendee_count = c.properties(&ICalendarProperty::Attendee).count();
+    if attendee_count > limits.max_attendees {
+        return Err(refuse(
+            QuarantineReason::TooManyAttendees,
+            format!("{attendee_count} attendees in {uid}, limit {}", limits.max_attendees),
+        ));
+    }
+    let recurrence_values: usize = [ICalendarProperty::Rrule, ICalendarProperty::Rdate, ICalendarProperty::Exdate]
+        .iter()
+        .map(|p| c.properties(p).map(|e| e.values.len()).sum::<usize>())
+        .sum();
+    if recurrence_values > limits.max_recurrence_values {
+        return Err(refuse(
+            QuarantineReason::TooManyRecurrenceValues,
+            format!(
+                "{recurrence_values} RRULE/RDATE/EXDATE values in {uid}, limit {}",
+                limits.max_recurrence_values
+            ),
+        ));
+    }
+
+    let recurrence_id = match c.property(&ICalendarProperty::RecurrenceId) {
+        None => None,
+        Some(e) => {
+            let time = entry_time(e, zones, warnings, "RECURRENCE-ID")?;
+            // RFC 5546's own example writes `RECURRENCE-ID;THISANDFUTURE`, without `RANGE=`.
+            let this_and_future = param_text(e, ICalendarParameterName::Range)
+                .is_some_and(|r| r.eq_ignore_ascii_case("THISANDFUTURE"))
+                || e.params.iter().any(|p| match (&p.name, &p.value) {
+                    (ICalendarParameterName::Other(n), _) => n.eq_ignore_ascii_case("THISANDFUTURE"),
+                    (_, ICalendarParameterValue::Text(t)) => t.eq_ignore_ascii_case("THISANDFUTURE"),
+                    _ => false,
+                });
+            Some(RecurrenceId {
+                time,
+                range: this_and_future.then_some(Range::ThisAndFuture),
+            })
+        }
+    };
+
+    let start = c
+        .property(&ICalendarProperty::Dtstart)
+        .map(|e| entry_time(e, zones, warnings, "DTSTART"))
+        .transpose()?;
+    let end_prop = if kind == ComponentKind::Todo {
+        ICalendarProperty::Due
+    } else {
+        ICalendarProperty::Dtend
+    };
+    let mut end = c
+        .property(&end_prop)
+        .map(|e| entry_time(e, zones, warnings, end_prop.as_str()))
+        .transpose()?;
+    let mut duration_seconds = None;
+    if let Some(e) = c.property(&ICalendarProperty::Duration) {
+        let (days, exact) = duration_of(e)?;
+        duration_seconds = Some(days * 86_400 + exact);
+        if end.is_none() {
+            end = start
+                .as_ref()
+                .and_then(|s| end_from_duration(s, days, exact, zones));
+        }
+    }
+    if let (Some(s), Some(e)) = (&start, &end) {
+        if ends_before(e, s) {
+            return Err(refuse(
+                QuarantineReason::InvalidTimeRange,
+                format!("{} {} is before DTSTART {} in {uid}", end_prop.as_str(), e.local, s.local),
+            ));
+        }
+    }
+
+    let mut rrule = Vec::new();
+    for e in c.properties(&ICalendarProperty::Rrule) {
+        for v in &e.values {
+            match v {
+                ICalendarValue::RecurrenceRule(r) => rrule.push(r.to_string()),
+                ICalendarValue::Text(t) => rrule.push(t.clone()),
+                _ => {}
+            }
+        }
+    }
+    let mut times = |p: ICalendarProperty, what: &str| -> Result<Vec<Time>, Refusal> {
+        let mut out = Vec::new();
+        for e in c.properties(&p) {
+            for v in &e.values {
+                out.push(time_value(v, e.tz_id(), zones, warnings, what)?);
+            }
+        }
+        Ok(out)
+    };
+    let rdate = times(ICalendarProperty::Rdate, "RDATE")?;
+    let exdate = times(ICalendarProperty::Exdate, "EXDATE")?;
+
+    let sequence = c
+        .property(&ICalendarProperty::Sequence)
+        .and_then(|e| e.values.first())
+        .and_then(|v| v.as_integer())
+        .unwrap_or(0);
+    let dtstamp = utc_of(c.property(&ICalendarProperty::Dtstamp).and_then(|e| e.values.first()));
+    let status = first_text(c, ICalendarProperty::Status).map(Status::from);
+    let transp = match first_text(c, ICalendarProperty::Transp) {
+        Some(t) if t.eq_ignore_ascii_case("TRANSPARENT") => Transparency::Transparent,
+        _ => Transparency::Opaque,
+    };
+    let summary = first_text(c, ICalendarProperty::Summary).map(str::to_owned);
+
+    let organizer = c.property(&ICalendarProperty::Organizer).and_then(|e| {
+        Some(Party {
+            address: normalize_address(e.calendar_address()?)?,
+            cn: param_text(e, ICalendarParameterName::Cn).map(str::to_owned),
+            sent_by: param_text(e, ICalendarParameterName::SentBy).and_then(normalize_address),
+        })
+    });
+    let attendees = c
+        .properties(&ICalendarProperty::Attendee)
+        .filter_map(|e| {
+            Some(Attendee {
+                address: normalize_address(e.calendar_address()?)?,
+                cn: param_text(e, ICalendarParameterName::Cn).map(str::to_owned),
+                partstat: param_text(e, ICalendarParameterName::Partstat)
+                    .map(PartStat::from)
+                    .unwrap_or(PartStat::NeedsAction),
+                role: param_text(e, ICalendarParameterName::Role)
+                    .unwrap_or("REQ-PARTICIPANT")
+                    .to_ascii_uppercase(),
+                rsvp: param_text(e, ICalendarParameterName::Rsvp)
+                    .is_some_and(|r| r.eq_ignore_ascii_case("TRUE")),
+                delegated_to: param_addresses(e, ICalendarParameterName::DelegatedTo),
+                delegated_from: param_addresses(e, ICalendarParameterName::DelegatedFrom),
+                sent_by: param_text(e, ICalendarParameterName::SentBy).and_then(normalize_address),
+            })
+        })
+        .collect();
+
+    let all_day = start.as_ref().is_some_and(|s| s.kind == TimeKind::Date);
+    let floating = start.as_ref().is_some_and(|s| s.kind == TimeKind::Floating);
+    Ok(Component {
+        kind,
+        uid,
+        recurrence_id,
+        sequence,
+        dtstamp,
+        start,
+        end,
+        duration_seconds,
+        all_day,
+        floating,
+        rrule,
+        rdate,
+        exdate,
+        status,
+        transp,
+        summary,
+        organizer,
+        attendees,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQ: &str = "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nMETHOD:REQUEST\r\nBEGIN:VTIMEZONE\r\nTZID:W. Europe Standard Time\r\nEND:VTIMEZONE\r\nBEGIN:VEVENT\r\nUID:u1\r\nSEQUENCE:2\r\nDTSTAMP:20270301T120000Z\r\nDTSTART;TZID=W. Europe Standard Time:20270315T090000\r\nDTEND;TZID=W. Europe Standard Time:20270315T100000\r\nRRULE:FREQ=WEEKLY;COUNT=5\r\nORGANIZER;CN=Alice:mailto:Alice@Example.com\r\nATTENDEE;PARTSTAT=ACCEPTED:mailto:bob@example.org\r\nATTENDEE:mailto:carol@example.org\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
+
+    #[test]
+    fn windows_zone_names_resolve_to_iana() {
+        let p = parse_object(REQ, None, &Limits::default()).unwrap().unwrap();
+        assert_eq!(p.method, Method::Request);
+        let c = &p.components[0];
+        assert_eq!(c.uid, "u1");
+        assert_eq!(c.sequence, 2);
+        let s = c.start.as_ref().unwrap();
+        assert_eq!(s.utc.unwrap().to_rfc3339(), "2027-03-15T08:00:00+00:00");
+        assert_eq!(s.tzid.as_deref(), Some("W. Europe Standard Time"));
+        assert_eq!(s.kind, TimeKind::Zoned);
+        assert_eq!(
+            p.timezones["W. Europe Standard Time"],
+            Zone::Iana {
+                name: "Europe/Berlin".into()
+            }
+        );
+        assert_eq!(c.organizer.as_ref().unwrap().address, "alice@example.com");
+        assert_eq!(c.attendees[0].partstat, PartStat::Accepted);
+        assert_eq!(c.attendees[1].partstat, PartStat::NeedsAction);
+        assert_eq!(c.rrule, vec!["FREQ=WEEKLY;COUNT=5".to_owned()]);
+    }
+
+    #[test]
+    fn without_method_is_not_imip() {
+        let t = REQ.replace("METHOD:REQUEST\r\n", "");
+        assert!(parse_object(&t, None, &Limits::default()).unwrap().is_none());
+        let p = parse_object(&t, Some("REQUEST"), &Limits::default()).unwrap();
+        assert_eq!(p.unwrap().method, Method::Request);
+    }
+
+    #[test]
+    fn refusals() {
+        let no_uid = REQ.replace("UID:u1\r\n", "");
+        assert_eq!(
+            parse_object(&no_uid, None, &Limits::default()).unwrap_err().reason,
+            QuarantineReason::MissingUid
+        );
+        let backwards = REQ.replace("20270315T100000", "20270315T080000");
+        assert_eq!(
+            parse_object(&backwards, None, &Limits::default()).unwrap_err().reason,
+            QuarantineReason::InvalidTimeRange
+        );
+        let limits = Limits {
+            max_attendees: 1,
+            ..Limits::default()
+        };
+        assert_eq!(
+            parse_object(REQ, None, &limits).unwrap_err().reason,
+            QuarantineReason::TooManyAttendees
+        );
+    }
+
+    #[test]
+    fn splits_several_calendars() {
+        let two = format!("junk\r\n{REQ}{REQ}");
+        assert_eq!(split_vcalendars(&two).len(), 2);
+        assert_eq!(split_vcalendars("BEGIN:VCALENDAR\nX:1\n").len(), 1);
+        assert!(split_vcalendars("<html>").is_empty());
+    }
+}

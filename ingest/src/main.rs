@@ -1,0 +1,98 @@
+//! `imip-ingest` binary: arguments, stdin, and the exit status the MTA acts on.
+//! The work is in the library; this file only wires it to the process.
+
+use clap::Parser;
+use imipflow_ingest::error::exit;
+use imipflow_ingest::{Args, Envelope, IngestError, plan, publish};
+use imipflow_schema::Namespace;
+use std::io::{Read, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(e) => {
+            eprintln!("imip-ingest: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Reads stdin up to the limit, then drains the rest (so the MTA's pipe write
+/// never fails) while watching whether it still carries calendar data.
+fn read_stdin(limit: usize) -> Result<(Vec<u8>, u64, bool), IngestError> {
+    let mut stdin = std::io::stdin().lock();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    (&mut stdin).take(limit as u64 + 1).read_to_end(&mut buf)?;
+    let mut total = buf.len() as u64;
+    let mut calendar_beyond = false;
+    if buf.len() > limit {
+        let mut chunk = vec![0u8; 1 << 20];
+        // Keep a small tail so a marker split across chunks is still seen.
+        let mut tail: Vec<u8> = buf[buf.len().saturating_sub(32)..].to_vec();
+        loop {
+            let n = stdin.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if !calendar_beyond {
+                tail.extend_from_slice(&chunk[..n]);
+                calendar_beyond = imipflow_ingest::mime::looks_calendar(&tail);
+                tail.drain(..tail.len().saturating_sub(32));
+            }
+        }
+        buf.truncate(limit);
+    }
+    Ok((buf, total, calendar_beyond))
+}
+
+fn run(args: Args) -> Result<(), IngestError> {
+    let namespace = Namespace::new(&args.namespace).map_err(|e| IngestError::Usage(e.to_string()))?;
+    if args.direction == imipflow_ingest::config::DirectionArg::Incoming && args.recipients.is_empty() {
+        return Err(IngestError::Usage("--direction incoming needs at least one --recipient".into()));
+    }
+    let (raw, total_size, calendar_beyond_limit) = read_stdin(args.limits.max_message_bytes)?;
+    let envelope = Envelope {
+        direction: args.direction.into(),
+        sender: args.sender.clone(),
+        recipients: args.recipients.clone(),
+    };
+    let input = plan::Input {
+        bytes: &raw,
+        total_size,
+        calendar_beyond_limit,
+    };
+    let plan = plan::plan(&input, &envelope, &args.limits, chrono::Utc::now());
+    if args.print {
+        let mut out = std::io::stdout().lock();
+        for o in &plan.outputs {
+            out.write_all(&o.to_json())?;
+            out.write_all(b"\n")?;
+        }
+        return Ok(());
+    }
+    if plan.outputs.is_empty() {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(IngestError::Runtime)?;
+    let target = publish::Target {
+        url: &args.nats_url,
+        namespace: &namespace,
+        partitions: args.partitions,
+        timeout: Duration::from_millis(args.timeout_ms),
+    };
+    runtime.block_on(publish::publish(&plan, &target))
+}

@@ -1,0 +1,151 @@
+//! Finding the calendar parts of a mail, whatever MIME shape the client chose.
+//!
+//! Clients put iTIP objects in `text/calendar` bodies (inline, inside
+//! `multipart/alternative`), in `application/ics` or `*.ics` attachments, or
+//! both at once; transfer encodings and charsets are decoded by mail-parser.
+//! Parts of attached messages (`message/rfc822`) are not looked into: a
+//! forwarded invitation is not something the user said.
+
+use mail_parser::{MessageParser, MimeHeaders, PartType};
+
+/// One calendar-bearing MIME part, decoded to text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalendarPart {
+    pub text: String,
+    /// The `method=` parameter of the Content-Type, if any (RFC 6047 §2.4).
+    pub method_param: Option<String>,
+    /// Whether bytes had to be replaced while decoding to text.
+    pub lossy: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Mail {
+    pub message_id: Option<String>,
+    pub parts: Vec<CalendarPart>,
+}
+
+/// Cheap pre-check on the raw bytes: can this message contain calendar data at
+/// all? Every calendar part announces itself in a header (its content type or
+/// file name) or in its text, so a `false` here is final and lets the
+/// non-calendar majority of mail leave without a MIME parse or a connection.
+pub fn looks_calendar(raw: &[u8]) -> bool {
+    const NEEDLES: [&[u8]; 4] = [b"text/calendar", b"/ics", b".ics", b"vcalendar"];
+    contains_any_ignore_case(raw, &NEEDLES)
+}
+
+/// Case-insensitive search for several ASCII needles at once.
+pub fn contains_any_ignore_case(hay: &[u8], needles: &[&[u8]]) -> bool {
+    // Every needle's first byte is a lower-case ASCII letter or punctuation; scan
+    // for candidate starts and compare in place, no allocation.
+    hay.iter().enumerate().any(|(i, &b)| {
+        let b = b.to_ascii_lowercase();
+        needles.iter().any(|n| {
+            n[0] == b
+                && hay.len() - i >= n.len()
+                && hay[i..i + n.len()].eq_ignore_ascii_case(n)
+        })
+    })
+}
+
+fn is_calendar_part(part: &mail_parser::MessagePart<'_>) -> bool {
+    if let Some(ct) = part.content_type() {
+        let main = ct.ctype();
+        let sub = ct.subtype().unwrap_or("");
+        let is = |a: &str, b: &str| main.eq_ignore_ascii_case(a) && sub.eq_ignore_ascii_case(b);
+        if is("text", "calendar") || is("application", "ics") || is("text", "x-vcalendar") {
+            return true;
+        }
+        if main.eq_ignore_ascii_case("multipart") || main.eq_ignore_ascii_case("message") {
+            return false;
+        }
+    }
+    part.attachment_name().is_some_and(|n| {
+        let n = n.trim();
+        n.len() >= 4 && n[n.len() - 4..].eq_ignore_ascii_case(".ics")
+    })
+}
+
+fn decode_binary(bytes: &[u8], charset: Option<&str>) -> (String, bool) {
+    if let Some(cs) = charset {
+        if !cs.eq_ignore_ascii_case("utf-8") && !cs.eq_ignore_ascii_case("us-ascii") {
+            if let Some(decoder) = mail_parser::decoders::charsets::map::charset_decoder(cs.as_bytes())
+            {
+                return (decoder(bytes), false);
+            }
+        }
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => (s.to_owned(), false),
+        Err(_) => (String::from_utf8_lossy(bytes).into_owned(), true),
+    }
+}
+
+/// The calendar parts of a message, in MIME order.
+pub fn calendar_parts(raw: &[u8]) -> Mail {
+    let Some(msg) = MessageParser::default().parse(raw) else {
+        return Mail::default();
+    };
+    let message_id = msg.message_id().map(|s| s.trim().to_owned());
+    let mut parts = Vec::new();
+    for part in &msg.parts {
+        if !is_calendar_part(part) {
+            continue;
+        }
+        let charset = part.content_type().and_then(|ct| ct.attribute("charset"));
+        let (text, lossy) = match &part.body {
+            PartType::Text(t) | PartType::Html(t) => (t.to_string(), t.contains('\u{FFFD}')),
+            PartType::Binary(b) | PartType::InlineBinary(b) => decode_binary(b, charset),
+            PartType::Message(_) | PartType::Multipart(_) => continue,
+        };
+        let method_param = part
+            .content_type()
+            .and_then(|ct| ct.attribute("method"))
+            .map(|m| m.trim().to_ascii_uppercase())
+            .filter(|m| !m.is_empty());
+        parts.push(CalendarPart {
+            text,
+            method_param,
+            lossy,
+        });
+    }
+    Mail { message_id, parts }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_path_sees_only_calendar_mail() {
+        assert!(!looks_calendar(b"Subject: hi\r\n\r\nlunch?\r\n"));
+        assert!(looks_calendar(b"Content-Type: TEXT/Calendar; method=REQUEST\r\n"));
+        assert!(looks_calendar(b"Content-Disposition: attachment; filename=\"invite.ICS\""));
+        assert!(looks_calendar(b"\r\nBEGIN:VCALENDAR\r\n"));
+    }
+
+    #[test]
+    fn finds_inline_and_attached_parts() {
+        let raw = b"From: a@example.com\r\nMessage-ID: <m1@example.com>\r\nMIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n--b1\r\n\
+Content-Type: multipart/alternative; boundary=\"b2\"\r\n\r\n--b2\r\n\
+Content-Type: text/plain\r\n\r\nhello\r\n--b2\r\n\
+Content-Type: text/calendar; method=request; charset=utf-8\r\n\r\nBEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n\
+--b2--\r\n--b1\r\nContent-Type: application/octet-stream; name=\"invite.ics\"\r\n\
+Content-Transfer-Encoding: base64\r\n\r\nQkVHSU46VkNBTEVOREFSDQpFTkQ6VkNBTEVOREFSDQo=\r\n--b1--\r\n";
+        let mail = calendar_parts(raw);
+        assert_eq!(mail.message_id.as_deref(), Some("m1@example.com"));
+        assert_eq!(mail.parts.len(), 2);
+        assert_eq!(mail.parts[0].method_param.as_deref(), Some("REQUEST"));
+        assert!(mail.parts[0].text.starts_with("BEGIN:VCALENDAR"));
+        assert_eq!(mail.parts[1].text, "BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n");
+    }
+
+    #[test]
+    fn decodes_latin1_attachments() {
+        let (text, lossy) = decode_binary(b"R\xe9union", Some("iso-8859-1"));
+        assert_eq!(text, "Réunion");
+        assert!(!lossy);
+        let (_, lossy) = decode_binary(b"R\xe9union", None);
+        assert!(lossy);
+    }
+}

@@ -1,0 +1,290 @@
+//! The pure core of ingest: one raw message in, payloads and quarantine records out.
+//!
+//! No I/O happens here, so the whole decision (what to publish, under which
+//! dedupe id, what to quarantine and why) is testable and fuzzable on its own.
+
+use crate::config::Limits;
+use crate::ical::{self, Refusal};
+use crate::mime;
+use chrono::{DateTime, Utc};
+use imipflow_schema::{
+    Direction, PAYLOAD_VERSION, Payload, QUARANTINE_VERSION, QuarantineReason, QuarantineRecord,
+    normalize_address,
+};
+use sha2::{Digest, Sha256};
+
+/// What the MTA told us about the message.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub direction: Direction,
+    pub sender: String,
+    pub recipients: Vec<String>,
+}
+
+/// One thing to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    Payload(Box<Payload>),
+    Quarantine(Box<QuarantineRecord>),
+}
+
+impl Output {
+    pub fn dedupe_id(&self) -> &str {
+        match self {
+            Output::Payload(p) => &p.dedupe_id,
+            Output::Quarantine(q) => &q.dedupe_id,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        match self {
+            Output::Payload(p) => serde_json::to_vec(p),
+            Output::Quarantine(q) => serde_json::to_vec(q),
+        }
+        .expect("contract types serialise")
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub outputs: Vec<Output>,
+}
+
+/// The raw message as read, possibly cut at the size limit.
+pub struct Input<'a> {
+    pub bytes: &'a [u8],
+    /// Full size of the message (more than `bytes.len()` when it was cut).
+    pub total_size: u64,
+    /// Whether the part beyond `bytes` contained calendar markers.
+    pub calendar_beyond_limit: bool,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        // Length-prefix each field so that field boundaries cannot shift.
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// Text with line endings unified, so that the same object carried inline and as
+/// an attachment (with different line endings) counts once.
+fn canonical(text: &str) -> String {
+    text.replace("\r\n", "\n").trim().to_owned()
+}
+
+fn excerpt(bytes: &[u8], limit: usize) -> (String, bool) {
+    let cut = bytes.len() > limit;
+    let mut end = bytes.len().min(limit);
+    // Don't split a UTF-8 sequence.
+    while end > 0 && end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    (String::from_utf8_lossy(&bytes[..end]).into_owned(), cut)
+}
+
+struct Ctx<'a> {
+    env: &'a Envelope,
+    sender: String,
+    recipients: Vec<String>,
+    users: Vec<String>,
+    message_id: Option<String>,
+    /// Identity of the message across MTA re-deliveries: its Message-ID, or the
+    /// digest of its bytes when it has none.
+    message_key: Vec<u8>,
+    now: DateTime<Utc>,
+    limits: &'a Limits,
+}
+
+impl Ctx<'_> {
+    fn quarantine(
+        &self,
+        reason: QuarantineReason,
+        detail: String,
+        object_index: Option<u32>,
+        data: &[u8],
+        size: u64,
+    ) -> Output {
+        let idx = object_index.map(|i| i.to_string()).unwrap_or_default();
+        let id = sha256(&[
+            b"q",
+            direction_tag(self.env.direction),
+            self.sender.as_bytes(),
+            self.recipients.join(",").as_bytes(),
+            &self.message_key,
+            reason.as_str().as_bytes(),
+            idx.as_bytes(),
+        ]);
+        let (excerpt, truncated) = excerpt(data, self.limits.excerpt_bytes);
+        Output::Quarantine(Box::new(QuarantineRecord {
+            version: QUARANTINE_VERSION,
+            reason,
+            detail,
+            users: self.users.clone(),
+            direction: self.env.direction,
+            sender: self.sender.clone(),
+            recipients: self.recipients.clone(),
+            message_id: self.message_id.clone(),
+            dedupe_id: format!("q-{}", &hex(&id)[..40]),
+            object_index,
+            ingested_at: self.now,
+            size,
+            excerpt,
+            truncated,
+        }))
+    }
+}
+
+fn direction_tag(d: Direction) -> &'static [u8] {
+    match d {
+        Direction::Outgoing => b"out",
+        Direction::Incoming => b"in",
+    }
+}
+
+/// Decides what a message becomes. An empty plan means: nothing calendar-related.
+pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Utc>) -> Plan {
+    let raw = input.bytes;
+    let too_large = input.total_size > limits.max_message_bytes as u64;
+    if !mime::looks_calendar(raw) && !(too_large && input.calendar_beyond_limit) {
+        return Plan::default();
+    }
+
+    let sender = normalize_address(&env.sender).unwrap_or_default();
+    let recipients: Vec<String> = env.recipients.iter().filter_map(|r| normalize_address(r)).collect();
+    let users = match env.direction {
+        Direction::Outgoing if !sender.is_empty() => vec![sender.clone()],
+        Direction::Outgoing => Vec::new(),
+        Direction::Incoming => recipients.clone(),
+    };
+    let mut ctx = Ctx {
+        env,
+        sender,
+        recipients,
+        users,
+        message_id: None,
+        message_key: Vec::new(),
+        now,
+        limits,
+    };
+
+    if too_large {
+        ctx.message_key = sha256(&[raw, &input.total_size.to_be_bytes()]).to_vec();
+        let detail = format!(
+            "message of {} bytes, limit {}",
+            input.total_size, limits.max_message_bytes
+        );
+        let q = ctx.quarantine(QuarantineReason::MessageTooLarge, detail, None, raw, input.total_size);
+        return Plan { outputs: vec![q] };
+    }
+
+    let mail = mime::calendar_parts(raw);
+    ctx.message_id = mail.message_id.clone();
+    ctx.message_key = match &mail.message_id {
+        Some(id) if !id.is_empty() => [b"id:".as_slice(), id.as_bytes()].concat(),
+        _ => [b"sha:".as_slice(), &sha256(&[raw])].concat(),
+    };
+
+    // Objects in MIME order; the same object carried twice (inline and as
+    // invite.ics, as Thunderbird and Google do) is kept once.
+    let mut objects: Vec<(&str, Option<&str>, bool)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for part in &mail.parts {
+        let blocks = ical::split_vcalendars(&part.text);
+        if blocks.is_empty() {
+            objects.push((part.text.as_str(), part.method_param.as_deref(), part.lossy));
+        }
+        for b in blocks {
+            if seen.insert(canonical(b)) {
+                objects.push((b, part.method_param.as_deref(), part.lossy));
+            }
+        }
+    }
+    if objects.is_empty() {
+        return Plan::default();
+    }
+    if objects.len() > limits.max_calendar_parts {
+        let detail = format!(
+            "{} calendar objects, limit {}",
+            objects.len(),
+            limits.max_calendar_parts
+        );
+        let q = ctx.quarantine(QuarantineReason::TooManyCalendarParts, detail, None, raw, raw.len() as u64);
+        return Plan { outputs: vec![q] };
+    }
+
+    // Parse first, so that objects without METHOD (not iMIP) drop out before indexing.
+    let parsed: Vec<(&str, bool, Result<ical::Parsed, Refusal>)> = objects
+        .iter()
+        .filter_map(|(text, method, lossy)| match ical::parse_object(text, *method, limits) {
+            Ok(Some(p)) => Some((*text, *lossy, Ok(p))),
+            Ok(None) => None,
+            Err(r) => Some((*text, *lossy, Err(r))),
+        })
+        .collect();
+    let count = parsed.len() as u32;
+    let mut outputs = Vec::new();
+    for (index, (text, lossy, result)) in parsed.into_iter().enumerate() {
+        let index = index as u32;
+        let mut parsed = match result {
+            Ok(p) => p,
+            Err(r) => {
+                outputs.push(ctx.quarantine(r.reason, r.detail, Some(index), text.as_bytes(), text.len() as u64));
+                continue;
+            }
+        };
+        if ctx.users.is_empty() {
+            let detail = match env.direction {
+                Direction::Outgoing => format!("envelope sender {:?} is not an address", env.sender),
+                Direction::Incoming => "no envelope recipient is an address".to_owned(),
+            };
+            outputs.push(ctx.quarantine(QuarantineReason::InvalidAddress, detail, Some(index), text.as_bytes(), text.len() as u64));
+            continue;
+        }
+        if lossy {
+            parsed
+                .warnings
+                .push("calendar part was not valid in its charset; bytes were replaced".to_owned());
+        }
+        let text_digest = sha256(&[canonical(text).as_bytes()]);
+        for user in &ctx.users {
+            let id = sha256(&[
+                direction_tag(env.direction),
+                user.as_bytes(),
+                &ctx.message_key,
+                &text_digest,
+            ]);
+            let payload = Payload {
+                version: PAYLOAD_VERSION,
+                method: parsed.method.clone(),
+                user: user.clone(),
+                direction: env.direction,
+                sender: ctx.sender.clone(),
+                recipients: ctx.recipients.clone(),
+                message_id: ctx.message_id.clone(),
+                dedupe_id: hex(&id)[..40].to_owned(),
+                object_index: index,
+                object_count: count,
+                ingested_at: now,
+                components: parsed.components.clone(),
+                timezones: parsed.timezones.clone(),
+                warnings: parsed.warnings.clone(),
+                raw: text.to_owned(),
+            };
+            let size = serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(usize::MAX);
+            if size > limits.max_payload_bytes {
+                let detail = format!("payload of {size} bytes, limit {}", limits.max_payload_bytes);
+                outputs.push(ctx.quarantine(QuarantineReason::PayloadTooLarge, detail, Some(index), text.as_bytes(), text.len() as u64));
+            } else {
+                outputs.push(Output::Payload(Box::new(payload)));
+            }
+        }
+    }
+    Plan { outputs }
+}

@@ -1,0 +1,25 @@
+//! The imipflow contract, shared by every part and free of I/O.
+//!
+//! `imip-ingest` produces [`Payload`]s (or [`QuarantineRecord`]s), publishes them on
+//! subjects named by [`Namespace`] and partitioned by [`partition`]; `imip-processor`
+//! consumes them. Anything both sides must agree on lives here, versioned, so that a
+//! change to the wire format is a change to this crate and nowhere else.
+
+pub mod naming;
+pub mod partition;
+pub mod payload;
+pub mod quarantine;
+pub mod time;
+
+pub use naming::{Namespace, NamespaceError, normalize_address, user_key};
+pub use partition::{DEFAULT_PARTITIONS, partition};
+pub use payload::{
+    Attendee, Component, ComponentKind, Direction, Method, PAYLOAD_VERSION, Party, PartStat,
+    Payload, Range, RecurrenceId, Status, Transparency,
+};
+pub use quarantine::{QUARANTINE_VERSION, QuarantineReason, QuarantineRecord};
+pub use time::{Observance, Time, TimeKind, YearlyRule, Zone, ZoneRules};
+
+/// Directory of the SQL migrations, relative to this crate. The processor embeds
+/// them at build time; keeping them here makes the database layout part of the contract.
+pub const MIGRATIONS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");

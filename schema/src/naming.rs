@@ -1,0 +1,196 @@
+//! Names of streams, subjects and consumers, all derived from one namespace.
+//!
+//! The namespace prefixes everything imipflow creates in NATS, so that tests and
+//! tenants can share one server without seeing each other's data.
+
+use std::fmt;
+
+/// A validated namespace (`IMIP_NAMESPACE`): 1–32 characters of `[A-Za-z0-9_-]`,
+/// which keeps it valid both as a subject token and inside a stream name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceError(pub String);
+
+impl fmt::Display for NamespaceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid namespace {:?}: use 1-32 characters of A-Z a-z 0-9 _ -",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NamespaceError {}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Namespace("imip".to_owned())
+    }
+}
+
+impl Namespace {
+    pub fn new(name: &str) -> Result<Self, NamespaceError> {
+        let ok = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Namespace(name.to_owned()))
+        } else {
+            Err(NamespaceError(name.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The stream of scheduling messages published by `imip-ingest`.
+    pub fn messages_stream(&self) -> String {
+        format!("{}-messages", self.0)
+    }
+
+    /// Every subject of the messages stream.
+    pub fn messages_subjects(&self) -> String {
+        format!("{}.msg.>", self.0)
+    }
+
+    /// The subject one user's message is published on: partition first, so that
+    /// a consumer per partition filters with a single wildcard subject (NATS 2.9
+    /// has no multi-subject filters).
+    pub fn message_subject(&self, partition: u32, user_key: &str) -> String {
+        format!("{}.msg.{}.{}", self.0, partition, user_key)
+    }
+
+    /// Filter subject of one partition's lane.
+    pub fn partition_filter(&self, partition: u32) -> String {
+        format!("{}.msg.{}.>", self.0, partition)
+    }
+
+    /// Durable consumer of one partition's lane.
+    pub fn partition_consumer(&self, partition: u32) -> String {
+        format!("{}-p{}", self.0, partition)
+    }
+
+    /// The stream holding refused or malformed calendar data, with the reason.
+    pub fn quarantine_stream(&self) -> String {
+        format!("{}-quarantine", self.0)
+    }
+
+    pub fn quarantine_subjects(&self) -> String {
+        format!("{}.quarantine.>", self.0)
+    }
+
+    pub fn quarantine_subject(&self, user_key: &str) -> String {
+        format!("{}.quarantine.{}", self.0, user_key)
+    }
+
+    /// The stream of change events (SPEC §4).
+    pub fn events_stream(&self) -> String {
+        format!("{}-events", self.0)
+    }
+
+    pub fn events_subjects(&self) -> String {
+        format!("{}.events.>", self.0)
+    }
+
+    /// `<namespace>.events.<kind>.<user-key>`; every kind is two tokens
+    /// (`freebusy.changed`), so `imip.events.*.*.<user-key>` follows one user and
+    /// `imip.events.freebusy.changed.*` one kind.
+    pub fn event_subject(&self, kind: &str, user_key: &str) -> String {
+        format!("{}.events.{}.{}", self.0, kind, user_key)
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The canonical form of a calendar user address: no `mailto:`, no angle
+/// brackets or surrounding space, lower case. `None` when nothing is left.
+///
+/// Local parts are case-sensitive in theory; in practice every mail system and
+/// calendar client treats them case-insensitively, and one user must map to one
+/// partition whatever case a client writes.
+pub fn normalize_address(address: &str) -> Option<String> {
+    let mut a = address.trim();
+    if a.len() >= 7 && a[..7].eq_ignore_ascii_case("mailto:") {
+        a = a[7..].trim();
+    }
+    let a = a.trim_start_matches('<').trim_end_matches('>').trim();
+    if a.is_empty() {
+        None
+    } else {
+        Some(a.to_lowercase())
+    }
+}
+
+/// A user's address as one subject token: bytes outside `[a-z0-9@_+-]` become
+/// `%XX`, so the key is injective and `.`, `*`, `>` and spaces never reach a subject.
+pub fn user_key(normalized_address: &str) -> String {
+    let mut out = String::with_capacity(normalized_address.len() + 8);
+    for b in normalized_address.bytes() {
+        if b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || matches!(b, b'@' | b'_' | b'+' | b'-')
+        {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespace_validation() {
+        assert!(Namespace::new("imip").is_ok());
+        assert!(Namespace::new("t_abc-1").is_ok());
+        assert!(Namespace::new("").is_err());
+        assert!(Namespace::new("a.b").is_err());
+        assert!(Namespace::new("a b").is_err());
+        assert!(Namespace::new(&"x".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn subjects_are_derived_from_the_namespace() {
+        let ns = Namespace::new("t1").unwrap();
+        assert_eq!(ns.message_subject(3, "a@b"), "t1.msg.3.a@b");
+        assert_eq!(ns.partition_filter(3), "t1.msg.3.>");
+        assert_eq!(ns.messages_stream(), "t1-messages");
+        assert_eq!(
+            ns.event_subject("freebusy.changed", "a@b"),
+            "t1.events.freebusy.changed.a@b"
+        );
+    }
+
+    #[test]
+    fn addresses_normalise() {
+        assert_eq!(
+            normalize_address(" MAILTO:Alice@Example.COM ").as_deref(),
+            Some("alice@example.com")
+        );
+        assert_eq!(
+            normalize_address("<bob@example.org>").as_deref(),
+            Some("bob@example.org")
+        );
+        assert_eq!(normalize_address("mailto:"), None);
+    }
+
+    #[test]
+    fn user_keys_are_single_safe_tokens() {
+        assert_eq!(user_key("alice@example.com"), "alice@example%2Ecom");
+        assert_eq!(user_key("a b*c>d"), "a%20b%2Ac%3Ed");
+        assert_ne!(user_key("a.b@c"), user_key("a_b@c"));
+    }
+}
