@@ -80,9 +80,24 @@ fn decode_binary(bytes: &[u8], charset: Option<&str>) -> (String, bool) {
     }
 }
 
+/// Skips what may precede the header block when an MTA pipes a message: blank
+/// or whitespace-only lines, and an mbox `From ` line (Postfix `pipe` flag `F`).
+pub fn strip_preamble(mut raw: &[u8]) -> &[u8] {
+    loop {
+        let line_end = raw.iter().position(|&b| b == b'\n').map_or(raw.len(), |p| p + 1);
+        let line = &raw[..line_end];
+        let blank = line.iter().all(|b| b.is_ascii_whitespace());
+        if line_end > 0 && line_end < raw.len() && (blank || line.starts_with(b"From ")) {
+            raw = &raw[line_end..];
+        } else {
+            return raw;
+        }
+    }
+}
+
 /// The calendar parts of a message, in MIME order.
 pub fn calendar_parts(raw: &[u8]) -> Mail {
-    let Some(msg) = MessageParser::default().parse(raw) else {
+    let Some(msg) = MessageParser::default().parse(strip_preamble(raw)) else {
         return Mail::default();
     };
     let message_id = msg.message_id().map(|s| s.trim().to_owned());
@@ -138,6 +153,13 @@ Content-Transfer-Encoding: base64\r\n\r\nQkVHSU46VkNBTEVOREFSDQpFTkQ6VkNBTEVOREF
         assert_eq!(mail.parts[0].method_param.as_deref(), Some("REQUEST"));
         assert!(mail.parts[0].text.starts_with("BEGIN:VCALENDAR"));
         assert_eq!(mail.parts[1].text, "BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n");
+    }
+
+    #[test]
+    fn skips_mbox_from_line_and_blank_lines() {
+        assert_eq!(strip_preamble(b"   \nFrom a@b Mon Jan  1\nSubject: x\n"), b"Subject: x\n");
+        assert_eq!(strip_preamble(b"Subject: x\n"), b"Subject: x\n");
+        assert_eq!(strip_preamble(b"\n"), b"\n");
     }
 
     #[test]

@@ -1,1 +1,285 @@
-//! placeholder
+//! The harness every end-to-end test uses: a private PostgreSQL database and
+//! NATS namespace per test on the local services, the real binaries, and
+//! cleanup when the test ends (pass or fail).
+//!
+//! Tests run in parallel (nextest runs each in its own process), so nothing
+//! here is shared: names are unique per process and per environment.
+
+use async_nats::jetstream;
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+pub const PG_ADMIN_URL: &str = "postgresql://postgres@127.0.0.1:5432/postgres";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Directory of the workspace's binaries (`target/debug`), found from the test
+/// executable's own path (`target/debug/deps/<test>`).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("IMIPFLOW_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (`cargo build --bins`; scripts/test does it)",
+        path.display()
+    );
+    path
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn fixture(rel: &str) -> Vec<u8> {
+    let path = repo_root().join("tests/fixtures").join(rel);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+}
+
+/// One test's private world.
+pub struct TestEnv {
+    pub namespace: String,
+    pub database: String,
+    pub database_url: String,
+    pub nats_url: String,
+    pub partitions: u32,
+}
+
+impl TestEnv {
+    /// A fresh namespace and database, migrated (streams and tables created)
+    /// by the real `imip-processor migrate`.
+    pub async fn new() -> Self {
+        let env = Self::unmigrated();
+        let out = env.run("imip-processor", &["migrate"], b"").await;
+        assert!(
+            out.status.success(),
+            "imip-processor migrate failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
+    /// Names only; nothing created yet.
+    pub fn unmigrated() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let id = format!(
+            "t{}x{:x}x{}",
+            std::process::id(),
+            nanos,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        TestEnv {
+            namespace: id.clone(),
+            database: format!("imip_{id}"),
+            database_url: format!("postgresql://postgres@127.0.0.1:5432/imip_{id}"),
+            nats_url: NATS_URL.to_owned(),
+            partitions: 4,
+        }
+    }
+
+    /// Environment variables that point a binary at this test's world.
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("IMIP_NAMESPACE", self.namespace.clone()),
+            ("IMIP_DATABASE_URL", self.database_url.clone()),
+            ("IMIP_NATS_URL", self.nats_url.clone()),
+            ("IMIP_PARTITIONS", self.partitions.to_string()),
+            ("IMIP_LOG", "warn".to_owned()),
+        ]
+    }
+
+    pub fn command(&self, name: &str) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(bin(name));
+        cmd.envs(self.vars());
+        cmd.env_remove("IMIP_CONFIG");
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs a binary to completion with `stdin`, within a minute.
+    pub async fn run(&self, name: &str, args: &[&str], stdin: &[u8]) -> Output {
+        self.run_with(self.command(name), args, stdin).await
+    }
+
+    pub async fn run_with(&self, mut cmd: tokio::process::Command, args: &[&str], stdin: &[u8]) -> Output {
+        cmd.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn binary");
+        let mut input = child.stdin.take().expect("stdin");
+        let data = stdin.to_vec();
+        // Feed stdin concurrently: a binary may exit before reading it all.
+        let feeder = tokio::spawn(async move {
+            let _ = input.write_all(&data).await;
+            drop(input);
+        });
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .expect("binary did not finish within 60 s")
+            .expect("wait for binary");
+        let _ = feeder.await;
+        out
+    }
+
+    /// `imip-ingest` with the given arguments and message.
+    pub async fn ingest(&self, args: &[&str], message: &[u8]) -> Output {
+        self.run("imip-ingest", args, message).await
+    }
+
+    pub async fn jetstream(&self) -> jetstream::Context {
+        let client = async_nats::connect(&self.nats_url).await.expect("connect to NATS");
+        jetstream::new(client)
+    }
+
+    /// Every message currently in a stream of this namespace (`messages`,
+    /// `quarantine` or `events`), in stream order, with its headers.
+    pub async fn stream_messages(&self, which: &str) -> Vec<StoredMessage> {
+        let js = self.jetstream().await;
+        let name = format!("{}-{which}", self.namespace);
+        let mut stream = js.get_stream(&name).await.expect("stream exists");
+        let info = stream.info().await.expect("stream info").clone();
+        let mut out = Vec::new();
+        if info.state.messages == 0 {
+            return out;
+        }
+        for seq in info.state.first_sequence..=info.state.last_sequence {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                let msg_id = m
+                    .headers
+                    .get("Nats-Msg-Id")
+                    .map(|v| v.as_str().to_owned());
+                out.push(StoredMessage {
+                    sequence: seq,
+                    subject: m.subject.to_string(),
+                    msg_id,
+                    json: serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null),
+                });
+            }
+        }
+        out
+    }
+
+    pub async fn pg(&self) -> tokio_postgres::Client {
+        let (client, conn) = tokio_postgres::connect(&self.database_url, tokio_postgres::NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(conn);
+        client
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub sequence: u64,
+    pub subject: String,
+    pub msg_id: Option<String>,
+    pub json: serde_json::Value,
+}
+
+/// Deletes the namespace's streams and drops the database, on a thread of its
+/// own so that it works from `Drop` inside or outside a runtime.
+fn cleanup(namespace: String, database: String, nats_url: String) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("cleanup runtime");
+        rt.block_on(async move {
+            if let Ok(client) = async_nats::connect(&nats_url).await {
+                let js = jetstream::new(client);
+                for which in ["messages", "quarantine", "events"] {
+                    let _ = js.delete_stream(format!("{namespace}-{which}")).await;
+                }
+                // Consumers and any other streams a test made under the prefix.
+                let mut names = js.stream_names();
+                let mut extra = Vec::new();
+                use futures::StreamExt;
+                while let Some(Ok(name)) = names.next().await {
+                    if name.starts_with(&format!("{namespace}-")) {
+                        extra.push(name);
+                    }
+                }
+                for name in extra {
+                    let _ = js.delete_stream(name).await;
+                }
+            }
+            if let Ok((client, conn)) =
+                tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await
+            {
+                tokio::spawn(conn);
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                    .await;
+            }
+        });
+    })
+    .join();
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        cleanup(
+            self.namespace.clone(),
+            self.database.clone(),
+            self.nats_url.clone(),
+        );
+    }
+}
+
+/// The JSON lines `imip-ingest --print` wrote.
+pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// `expected` is a subset of `actual`: every key given must match; arrays must
+/// have the same length and match element-wise. Returns the first mismatch's path.
+pub fn subset_mismatch(expected: &serde_json::Value, actual: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => e.iter().find_map(|(k, v)| {
+            let p = format!("{path}.{k}");
+            match a.get(k) {
+                Some(av) => subset_mismatch(v, av, &p),
+                None if v.is_null() => None,
+                None => Some(format!("{p}: missing, expected {v}")),
+            }
+        }),
+        (Value::Array(e), Value::Array(a)) => {
+            if e.len() != a.len() {
+                return Some(format!("{path}: {} elements, expected {}", a.len(), e.len()));
+            }
+            e.iter()
+                .zip(a)
+                .enumerate()
+                .find_map(|(i, (ev, av))| subset_mismatch(ev, av, &format!("{path}[{i}]")))
+        }
+        (e, a) if e == a => None,
+        (e, a) => Some(format!("{path}: got {a}, expected {e}")),
+    }
+}

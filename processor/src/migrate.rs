@@ -1,0 +1,98 @@
+//! `imip-processor migrate`: database, schema and streams, idempotently, and
+//! safely when several processors start at once.
+
+use crate::config::Settings;
+use crate::error::ProcessorError;
+use crate::streams;
+use tokio_postgres::{Client, Config, NoTls};
+
+mod embedded {
+    refinery::embed_migrations!("../schema/migrations");
+}
+
+/// Key of the advisory lock that serialises concurrent migrations.
+const MIGRATION_LOCK: i64 = 0x696d_6970_666c_6f77; // "imipflow"
+
+pub async fn connect(url: &str) -> Result<Client, ProcessorError> {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates the database named in `url` when it does not exist yet.
+pub async fn ensure_database(url: &str) -> Result<Option<String>, ProcessorError> {
+    let config: Config = url
+        .parse()
+        .map_err(|e| ProcessorError::Config(format!("IMIP_DATABASE_URL: {e}")))?;
+    let name = config
+        .get_dbname()
+        .ok_or_else(|| ProcessorError::Config("IMIP_DATABASE_URL names no database".into()))?
+        .to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let (client, conn) = admin.connect(NoTls).await?;
+    tokio::spawn(conn);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if exists {
+        return Ok(None);
+    }
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+        Ok(()) => Ok(Some(name)),
+        // Another processor created it between our check and our CREATE.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Applies pending migrations under an advisory lock.
+pub async fn apply_migrations(client: &mut Client) -> Result<Vec<String>, ProcessorError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    let result = embedded::migrations::runner().run_async(client).await;
+    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+    let report = result?;
+    Ok(report
+        .applied_migrations()
+        .iter()
+        .map(|m| format!("migration V{} {}: applied", m.version(), m.name()))
+        .collect())
+}
+
+/// Everything `migrate` does; returns one line per action for the operator.
+pub async fn run(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
+    let mut log = Vec::new();
+    if let Some(name) = ensure_database(&settings.database_url).await? {
+        log.push(format!("database {name}: created"));
+    }
+    let mut client = connect(&settings.database_url).await?;
+    log.extend(apply_migrations(&mut client).await?);
+    client
+        .execute(
+            "INSERT INTO deployment (key, value) VALUES ('partitions', $1)
+             ON CONFLICT (key) DO NOTHING",
+            &[&settings.partitions.to_string()],
+        )
+        .await?;
+    let stored: String = client
+        .query_one("SELECT value FROM deployment WHERE key = 'partitions'", &[])
+        .await?
+        .get(0);
+    if stored != settings.partitions.to_string() {
+        return Err(ProcessorError::Config(format!(
+            "IMIP_PARTITIONS is {} but this deployment was created with {stored}; \
+             changing it would reorder users' messages",
+            settings.partitions
+        )));
+    }
+    let nats = async_nats::connect(&settings.nats_url).await.map_err(ProcessorError::nats)?;
+    let js = async_nats::jetstream::new(nats);
+    log.extend(streams::ensure(&js, settings).await?);
+    Ok(log)
+}
