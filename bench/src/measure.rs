@@ -22,9 +22,13 @@ pub struct Sample {
 /// Spawns `cmd` with `input` on a pipe as its stdin, stdout discarded and
 /// stderr captured, and reaps it with `wait4`. Fails unless it exits with 0.
 pub fn run_child(cmd: &mut Command, input: &[u8]) -> anyhow::Result<Sample> {
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().with_context(|| format!("cannot spawn {cmd:?}"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot spawn {cmd:?}"))?;
     let mut stdin = child.stdin.take().context("child has no stdin pipe")?;
     let written = stdin.write_all(input);
     drop(stdin);
@@ -124,7 +128,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Total instructions executed (`Collected`) by a command under callgrind.
 pub fn callgrind_instructions(program: &str, args: &[&str], input: &[u8]) -> anyhow::Result<u64> {
     let mut child = Command::new("valgrind")
-        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null", program])
+        .args([
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            program,
+        ])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -142,9 +150,14 @@ pub fn callgrind_instructions(program: &str, args: &[&str], input: &[u8]) -> any
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
-        bail!("valgrind {program} exited with {}: {}", out.status, stderr.trim());
+        bail!(
+            "valgrind {program} exited with {}: {}",
+            out.status,
+            stderr.trim()
+        );
     }
-    parse_collected(&stderr).with_context(|| format!("no `Collected :` line in valgrind's output:\n{stderr}"))
+    parse_collected(&stderr)
+        .with_context(|| format!("no `Collected :` line in valgrind's output:\n{stderr}"))
 }
 
 /// Finds `==PID== Collected : N` in callgrind's summary.
@@ -175,7 +188,10 @@ mod tests {
         assert!((s.p99_us - 99.0).abs() < 1e-6);
         assert!((s.min_us - 1.0).abs() < 1e-6);
         assert_eq!(s.max_rss_kb, Some(9));
-        let five: Vec<Duration> = [5, 1, 4, 2, 3].into_iter().map(Duration::from_micros).collect();
+        let five: Vec<Duration> = [5, 1, 4, 2, 3]
+            .into_iter()
+            .map(Duration::from_micros)
+            .collect();
         let s = Summary::of(&five, None);
         assert!((s.median_us - 3.0).abs() < 1e-6);
         assert!((s.p99_us - 5.0).abs() < 1e-6);

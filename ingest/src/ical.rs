@@ -12,7 +12,7 @@ use calcard::icalendar::{
 };
 use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
 use imipflow_schema::{
-    Attendee, Component, ComponentKind, Method, Party, PartStat, QuarantineReason, Range,
+    Attendee, Component, ComponentKind, Method, PartStat, Party, QuarantineReason, Range,
     RecurrenceId, Status, Time, TimeKind, Transparency, Zone, normalize_address,
 };
 use std::collections::BTreeMap;
@@ -48,7 +48,9 @@ pub fn split_vcalendars(text: &str) -> Vec<&str> {
     let mut start: Option<usize> = None;
     let mut pos = 0;
     for line in text.split_inclusive('\n') {
-        let t = line.trim_end_matches(['\r', '\n']).trim_start_matches('\u{feff}');
+        let t = line
+            .trim_end_matches(['\r', '\n'])
+            .trim_start_matches('\u{feff}');
         if start.is_none() && t.eq_ignore_ascii_case("BEGIN:VCALENDAR") {
             start = Some(pos);
         } else if t.eq_ignore_ascii_case("END:VCALENDAR") {
@@ -81,8 +83,12 @@ pub fn parse_object(
     method_param: Option<&str>,
     limits: &Limits,
 ) -> Result<Option<Parsed>, Refusal> {
-    let ical = ICalendar::parse(text)
-        .map_err(|e| refuse(QuarantineReason::InvalidCalendar, format!("not iCalendar: {e:?}")))?;
+    let ical = ICalendar::parse(text).map_err(|e| {
+        refuse(
+            QuarantineReason::InvalidCalendar,
+            format!("not iCalendar: {e:?}"),
+        )
+    })?;
     let Some(root) = ical.components.first() else {
         return Err(refuse(QuarantineReason::InvalidCalendar, "empty calendar"));
     };
@@ -164,7 +170,12 @@ fn time_value(
     warnings: &mut Vec<String>,
     what: &str,
 ) -> Result<Time, Refusal> {
-    let bad = || refuse(QuarantineReason::InvalidDate, format!("{what}: unreadable value"));
+    let bad = || {
+        refuse(
+            QuarantineReason::InvalidDate,
+            format!("{what}: unreadable value"),
+        )
+    };
     let p = match v {
         ICalendarValue::PartialDateTime(p) => p,
         ICalendarValue::Period(period) => match period {
@@ -185,9 +196,12 @@ fn time_value(
     }
     if p.tz_hour.is_some() {
         // An explicit offset: `Z` (or, leniently, ±hh:mm).
-        let secs = i64::from(p.tz_hour.unwrap_or(0)) * 3600 + i64::from(p.tz_minute.unwrap_or(0)) * 60;
+        let secs =
+            i64::from(p.tz_hour.unwrap_or(0)) * 3600 + i64::from(p.tz_minute.unwrap_or(0)) * 60;
         let secs = if p.tz_minus { -secs } else { secs };
-        return Ok(Time::utc(Utc.from_utc_datetime(&(local - Duration::seconds(secs)))));
+        return Ok(Time::utc(
+            Utc.from_utc_datetime(&(local - Duration::seconds(secs))),
+        ));
     }
     match tzid {
         None => Ok(Time::floating(local, None)),
@@ -228,18 +242,29 @@ fn duration_of(e: &ICalendarEntry) -> Result<(i64, i64), Refusal> {
             let exact =
                 i64::from(d.hours) * 3600 + i64::from(d.minutes) * 60 + i64::from(d.seconds);
             if d.neg && (days != 0 || exact != 0) {
-                Err(refuse(QuarantineReason::InvalidTimeRange, "negative DURATION"))
+                Err(refuse(
+                    QuarantineReason::InvalidTimeRange,
+                    "negative DURATION",
+                ))
             } else {
                 Ok((days, exact))
             }
         }
-        _ => Err(refuse(QuarantineReason::InvalidDate, "DURATION: unreadable value")),
+        _ => Err(refuse(
+            QuarantineReason::InvalidDate,
+            "DURATION: unreadable value",
+        )),
     }
 }
 
 /// End of a component that gives a DURATION: nominal days on the wall clock,
 /// then exact seconds.
-fn end_from_duration(start: &Time, days: i64, exact: i64, zones: &mut ZoneResolver<'_>) -> Option<Time> {
+fn end_from_duration(
+    start: &Time,
+    days: i64,
+    exact: i64,
+    zones: &mut ZoneResolver<'_>,
+) -> Option<Time> {
     let local = start.naive_local()? + Duration::days(days);
     Some(match start.kind {
         TimeKind::Date if exact == 0 => Time::date(local.date()),
@@ -270,7 +295,8 @@ fn utc_of(v: Option<&ICalendarValue>) -> Option<DateTime<Utc>> {
     match v? {
         ICalendarValue::PartialDateTime(p) => {
             let local: NaiveDateTime = naive(p)?;
-            let secs = i64::from(p.tz_hour.unwrap_or(0)) * 3600 + i64::from(p.tz_minute.unwrap_or(0)) * 60;
+            let secs =
+                i64::from(p.tz_hour.unwrap_or(0)) * 3600 + i64::from(p.tz_minute.unwrap_or(0)) * 60;
             let secs = if p.tz_minus { -secs } else { secs };
             Some(Utc.from_utc_datetime(&(local - Duration::seconds(secs))))
         }
@@ -287,21 +313,38 @@ fn component(
     let kind = ComponentKind::from(c.component_type.as_str());
     let uid = first_text(c, ICalendarProperty::Uid)
         .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| refuse(QuarantineReason::MissingUid, format!("{kind} without UID")))?
-        .to_owned();
+        .filter(|u| !u.is_empty());
+    // Published free/busy often has no UID (and is never stored as U's own
+    // records); every other component is unidentifiable without one.
+    let uid = match (uid, &kind) {
+        (Some(u), _) => u.to_owned(),
+        (None, ComponentKind::FreeBusy) => String::new(),
+        (None, _) => {
+            return Err(refuse(
+                QuarantineReason::MissingUid,
+                format!("{kind} without UID"),
+            ));
+        }
+    };
 
     let attendee_count = c.properties(&ICalendarProperty::Attendee).count();
     if attendee_count > limits.max_attendees {
         return Err(refuse(
             QuarantineReason::TooManyAttendees,
-            format!("{attendee_count} attendees in {uid}, limit {}", limits.max_attendees),
+            format!(
+                "{attendee_count} attendees in {uid}, limit {}",
+                limits.max_attendees
+            ),
         ));
     }
-    let recurrence_values: usize = [ICalendarProperty::Rrule, ICalendarProperty::Rdate, ICalendarProperty::Exdate]
-        .iter()
-        .map(|p| c.properties(p).map(|e| e.values.len()).sum::<usize>())
-        .sum();
+    let recurrence_values: usize = [
+        ICalendarProperty::Rrule,
+        ICalendarProperty::Rdate,
+        ICalendarProperty::Exdate,
+    ]
+    .iter()
+    .map(|p| c.properties(p).map(|e| e.values.len()).sum::<usize>())
+    .sum();
     if recurrence_values > limits.max_recurrence_values {
         return Err(refuse(
             QuarantineReason::TooManyRecurrenceValues,
@@ -317,13 +360,13 @@ fn component(
         Some(e) => {
             let time = entry_time(e, zones, warnings, "RECURRENCE-ID")?;
             // RFC 5546's own example writes `RECURRENCE-ID;THISANDFUTURE`, without `RANGE=`.
-            let this_and_future = param_text(e, ICalendarParameterName::Range)
-                .is_some_and(|r| r.eq_ignore_ascii_case("THISANDFUTURE"))
-                || e.params.iter().any(|p| match (&p.name, &p.value) {
-                    (ICalendarParameterName::Other(n), _) => n.eq_ignore_ascii_case("THISANDFUTURE"),
-                    (_, ICalendarParameterValue::Text(t)) => t.eq_ignore_ascii_case("THISANDFUTURE"),
-                    _ => false,
-                });
+            // calcard reads `RANGE=THISANDFUTURE` as a boolean RANGE parameter.
+            let this_and_future = e.params.iter().any(|p| match (&p.name, &p.value) {
+                (ICalendarParameterName::Range, ICalendarParameterValue::Bool(b)) => *b,
+                (ICalendarParameterName::Other(n), _) => n.eq_ignore_ascii_case("THISANDFUTURE"),
+                (_, ICalendarParameterValue::Text(t)) => t.eq_ignore_ascii_case("THISANDFUTURE"),
+                _ => false,
+            });
             Some(RecurrenceId {
                 time,
                 range: this_and_future.then_some(Range::ThisAndFuture),
@@ -358,7 +401,12 @@ fn component(
         if ends_before(e, s) {
             return Err(refuse(
                 QuarantineReason::InvalidTimeRange,
-                format!("{} {} is before DTSTART {} in {uid}", end_prop.as_str(), e.local, s.local),
+                format!(
+                    "{} {} is before DTSTART {} in {uid}",
+                    end_prop.as_str(),
+                    e.local,
+                    s.local
+                ),
             ));
         }
     }
@@ -390,7 +438,10 @@ fn component(
         .and_then(|e| e.values.first())
         .and_then(|v| v.as_integer())
         .unwrap_or(0);
-    let dtstamp = utc_of(c.property(&ICalendarProperty::Dtstamp).and_then(|e| e.values.first()));
+    let dtstamp = utc_of(
+        c.property(&ICalendarProperty::Dtstamp)
+            .and_then(|e| e.values.first()),
+    );
     let status = first_text(c, ICalendarProperty::Status).map(Status::from);
     let transp = match first_text(c, ICalendarProperty::Transp) {
         Some(t) if t.eq_ignore_ascii_case("TRANSPARENT") => Transparency::Transparent,
@@ -458,7 +509,9 @@ mod tests {
 
     #[test]
     fn windows_zone_names_resolve_to_iana() {
-        let p = parse_object(REQ, None, &Limits::default()).unwrap().unwrap();
+        let p = parse_object(REQ, None, &Limits::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(p.method, Method::Request);
         let c = &p.components[0];
         assert_eq!(c.uid, "u1");
@@ -482,7 +535,11 @@ mod tests {
     #[test]
     fn without_method_is_not_imip() {
         let t = REQ.replace("METHOD:REQUEST\r\n", "");
-        assert!(parse_object(&t, None, &Limits::default()).unwrap().is_none());
+        assert!(
+            parse_object(&t, None, &Limits::default())
+                .unwrap()
+                .is_none()
+        );
         let p = parse_object(&t, Some("REQUEST"), &Limits::default()).unwrap();
         assert_eq!(p.unwrap().method, Method::Request);
     }
@@ -491,12 +548,16 @@ mod tests {
     fn refusals() {
         let no_uid = REQ.replace("UID:u1\r\n", "");
         assert_eq!(
-            parse_object(&no_uid, None, &Limits::default()).unwrap_err().reason,
+            parse_object(&no_uid, None, &Limits::default())
+                .unwrap_err()
+                .reason,
             QuarantineReason::MissingUid
         );
         let backwards = REQ.replace("20270315T100000", "20270315T080000");
         assert_eq!(
-            parse_object(&backwards, None, &Limits::default()).unwrap_err().reason,
+            parse_object(&backwards, None, &Limits::default())
+                .unwrap_err()
+                .reason,
             QuarantineReason::InvalidTimeRange
         );
         let limits = Limits {

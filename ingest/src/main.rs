@@ -13,7 +13,11 @@ fn main() -> ExitCode {
     let args = match Args::try_parse() {
         Ok(a) => a,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -57,9 +61,14 @@ fn read_stdin(limit: usize) -> Result<(Vec<u8>, u64, bool), IngestError> {
 }
 
 fn run(args: Args) -> Result<(), IngestError> {
-    let namespace = Namespace::new(&args.namespace).map_err(|e| IngestError::Usage(e.to_string()))?;
-    if args.direction == imipflow_ingest::config::DirectionArg::Incoming && args.recipients.is_empty() {
-        return Err(IngestError::Usage("--direction incoming needs at least one --recipient".into()));
+    let namespace =
+        Namespace::new(&args.namespace).map_err(|e| IngestError::Usage(e.to_string()))?;
+    if args.direction == imipflow_ingest::config::DirectionArg::Incoming
+        && args.recipients.is_empty()
+    {
+        return Err(IngestError::Usage(
+            "--direction incoming needs at least one --recipient".into(),
+        ));
     }
     let (raw, total_size, calendar_beyond_limit) = read_stdin(args.limits.max_message_bytes)?;
     let envelope = Envelope {

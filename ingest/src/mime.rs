@@ -40,9 +40,7 @@ pub fn contains_any_ignore_case(hay: &[u8], needles: &[&[u8]]) -> bool {
     hay.iter().enumerate().any(|(i, &b)| {
         let b = b.to_ascii_lowercase();
         needles.iter().any(|n| {
-            n[0] == b
-                && hay.len() - i >= n.len()
-                && hay[i..i + n.len()].eq_ignore_ascii_case(n)
+            n[0] == b && hay.len() - i >= n.len() && hay[i..i + n.len()].eq_ignore_ascii_case(n)
         })
     })
 }
@@ -68,7 +66,8 @@ fn is_calendar_part(part: &mail_parser::MessagePart<'_>) -> bool {
 fn decode_binary(bytes: &[u8], charset: Option<&str>) -> (String, bool) {
     if let Some(cs) = charset {
         if !cs.eq_ignore_ascii_case("utf-8") && !cs.eq_ignore_ascii_case("us-ascii") {
-            if let Some(decoder) = mail_parser::decoders::charsets::map::charset_decoder(cs.as_bytes())
+            if let Some(decoder) =
+                mail_parser::decoders::charsets::map::charset_decoder(cs.as_bytes())
             {
                 return (decoder(bytes), false);
             }
@@ -84,7 +83,10 @@ fn decode_binary(bytes: &[u8], charset: Option<&str>) -> (String, bool) {
 /// or whitespace-only lines, and an mbox `From ` line (Postfix `pipe` flag `F`).
 pub fn strip_preamble(mut raw: &[u8]) -> &[u8] {
     loop {
-        let line_end = raw.iter().position(|&b| b == b'\n').map_or(raw.len(), |p| p + 1);
+        let line_end = raw
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(raw.len(), |p| p + 1);
         let line = &raw[..line_end];
         let blank = line.iter().all(|b| b.is_ascii_whitespace());
         if line_end > 0 && line_end < raw.len() && (blank || line.starts_with(b"From ")) {
@@ -133,8 +135,12 @@ mod tests {
     #[test]
     fn fast_path_sees_only_calendar_mail() {
         assert!(!looks_calendar(b"Subject: hi\r\n\r\nlunch?\r\n"));
-        assert!(looks_calendar(b"Content-Type: TEXT/Calendar; method=REQUEST\r\n"));
-        assert!(looks_calendar(b"Content-Disposition: attachment; filename=\"invite.ICS\""));
+        assert!(looks_calendar(
+            b"Content-Type: TEXT/Calendar; method=REQUEST\r\n"
+        ));
+        assert!(looks_calendar(
+            b"Content-Disposition: attachment; filename=\"invite.ICS\""
+        ));
         assert!(looks_calendar(b"\r\nBEGIN:VCALENDAR\r\n"));
     }
 
@@ -157,7 +163,10 @@ Content-Transfer-Encoding: base64\r\n\r\nQkVHSU46VkNBTEVOREFSDQpFTkQ6VkNBTEVOREF
 
     #[test]
     fn skips_mbox_from_line_and_blank_lines() {
-        assert_eq!(strip_preamble(b"   \nFrom a@b Mon Jan  1\nSubject: x\n"), b"Subject: x\n");
+        assert_eq!(
+            strip_preamble(b"   \nFrom a@b Mon Jan  1\nSubject: x\n"),
+            b"Subject: x\n"
+        );
         assert_eq!(strip_preamble(b"Subject: x\n"), b"Subject: x\n");
         assert_eq!(strip_preamble(b"\n"), b"\n");
     }

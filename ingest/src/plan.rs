@@ -157,7 +157,11 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
     }
 
     let sender = normalize_address(&env.sender).unwrap_or_default();
-    let recipients: Vec<String> = env.recipients.iter().filter_map(|r| normalize_address(r)).collect();
+    let recipients: Vec<String> = env
+        .recipients
+        .iter()
+        .filter_map(|r| normalize_address(r))
+        .collect();
     let users = match env.direction {
         Direction::Outgoing if !sender.is_empty() => vec![sender.clone()],
         Direction::Outgoing => Vec::new(),
@@ -180,7 +184,13 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
             "message of {} bytes, limit {}",
             input.total_size, limits.max_message_bytes
         );
-        let q = ctx.quarantine(QuarantineReason::MessageTooLarge, detail, None, raw, input.total_size);
+        let q = ctx.quarantine(
+            QuarantineReason::MessageTooLarge,
+            detail,
+            None,
+            raw,
+            input.total_size,
+        );
         return Plan { outputs: vec![q] };
     }
 
@@ -215,18 +225,26 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
             objects.len(),
             limits.max_calendar_parts
         );
-        let q = ctx.quarantine(QuarantineReason::TooManyCalendarParts, detail, None, raw, raw.len() as u64);
+        let q = ctx.quarantine(
+            QuarantineReason::TooManyCalendarParts,
+            detail,
+            None,
+            raw,
+            raw.len() as u64,
+        );
         return Plan { outputs: vec![q] };
     }
 
     // Parse first, so that objects without METHOD (not iMIP) drop out before indexing.
     let parsed: Vec<(&str, bool, Result<ical::Parsed, Refusal>)> = objects
         .iter()
-        .filter_map(|(text, method, lossy)| match ical::parse_object(text, *method, limits) {
-            Ok(Some(p)) => Some((*text, *lossy, Ok(p))),
-            Ok(None) => None,
-            Err(r) => Some((*text, *lossy, Err(r))),
-        })
+        .filter_map(
+            |(text, method, lossy)| match ical::parse_object(text, *method, limits) {
+                Ok(Some(p)) => Some((*text, *lossy, Ok(p))),
+                Ok(None) => None,
+                Err(r) => Some((*text, *lossy, Err(r))),
+            },
+        )
         .collect();
     let count = parsed.len() as u32;
     let mut outputs = Vec::new();
@@ -235,16 +253,30 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
         let mut parsed = match result {
             Ok(p) => p,
             Err(r) => {
-                outputs.push(ctx.quarantine(r.reason, r.detail, Some(index), text.as_bytes(), text.len() as u64));
+                outputs.push(ctx.quarantine(
+                    r.reason,
+                    r.detail,
+                    Some(index),
+                    text.as_bytes(),
+                    text.len() as u64,
+                ));
                 continue;
             }
         };
         if ctx.users.is_empty() {
             let detail = match env.direction {
-                Direction::Outgoing => format!("envelope sender {:?} is not an address", env.sender),
+                Direction::Outgoing => {
+                    format!("envelope sender {:?} is not an address", env.sender)
+                }
                 Direction::Incoming => "no envelope recipient is an address".to_owned(),
             };
-            outputs.push(ctx.quarantine(QuarantineReason::InvalidAddress, detail, Some(index), text.as_bytes(), text.len() as u64));
+            outputs.push(ctx.quarantine(
+                QuarantineReason::InvalidAddress,
+                detail,
+                Some(index),
+                text.as_bytes(),
+                text.len() as u64,
+            ));
             continue;
         }
         if lossy {
@@ -277,10 +309,21 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
                 warnings: parsed.warnings.clone(),
                 raw: text.to_owned(),
             };
-            let size = serde_json::to_vec(&payload).map(|v| v.len()).unwrap_or(usize::MAX);
+            let size = serde_json::to_vec(&payload)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
             if size > limits.max_payload_bytes {
-                let detail = format!("payload of {size} bytes, limit {}", limits.max_payload_bytes);
-                outputs.push(ctx.quarantine(QuarantineReason::PayloadTooLarge, detail, Some(index), text.as_bytes(), text.len() as u64));
+                let detail = format!(
+                    "payload of {size} bytes, limit {}",
+                    limits.max_payload_bytes
+                );
+                outputs.push(ctx.quarantine(
+                    QuarantineReason::PayloadTooLarge,
+                    detail,
+                    Some(index),
+                    text.as_bytes(),
+                    text.len() as u64,
+                ));
             } else {
                 outputs.push(Output::Payload(Box::new(payload)));
             }

@@ -21,9 +21,15 @@ pub struct Target<'a> {
 /// The subject an output goes to.
 pub fn subject(output: &Output, ns: &Namespace, partitions: u32) -> String {
     match output {
-        Output::Payload(p) => ns.message_subject(partition(&p.user, partitions), &user_key(&p.user)),
+        Output::Payload(p) => {
+            ns.message_subject(partition(&p.user, partitions), &user_key(&p.user))
+        }
         Output::Quarantine(q) => {
-            let who = q.users.first().map(String::as_str).unwrap_or(q.sender.as_str());
+            let who = q
+                .users
+                .first()
+                .map(String::as_str)
+                .unwrap_or(q.sender.as_str());
             let who = if who.is_empty() { "unknown" } else { who };
             ns.quarantine_subject(&user_key(who))
         }

@@ -66,7 +66,9 @@ impl<'a> ZoneResolver<'a> {
         if let Some(z) = Tz::from_str(tzid).ok().and_then(zone_of) {
             return Some(z);
         }
-        vtimezone.and_then(|vtz| rules_of(self.ical, vtz)).map(Zone::Rules)
+        vtimezone
+            .and_then(|vtz| rules_of(self.ical, vtz))
+            .map(Zone::Rules)
     }
 }
 
@@ -84,11 +86,7 @@ fn zone_of(tz: Tz) -> Option<Zone> {
 
 /// Local date-time of a PartialDateTime, ignoring any offset.
 pub fn naive(p: &PartialDateTime) -> Option<NaiveDateTime> {
-    let date = NaiveDate::from_ymd_opt(
-        i32::from(p.year?),
-        u32::from(p.month?),
-        u32::from(p.day?),
-    )?;
+    let date = NaiveDate::from_ymd_opt(i32::from(p.year?), u32::from(p.month?), u32::from(p.day?))?;
     let time = NaiveTime::from_hms_opt(
         u32::from(p.hour.unwrap_or(0)),
         u32::from(p.minute.unwrap_or(0)),
@@ -126,7 +124,9 @@ fn offset_seconds(v: &ICalendarValue) -> Option<i32> {
 fn rules_of(ical: &ICalendar, vtz: &ICalendarComponent) -> Option<ZoneRules> {
     let mut observances = Vec::new();
     for id in &vtz.component_ids {
-        let Some(c) = ical.components.get(*id as usize) else { continue };
+        let Some(c) = ical.components.get(*id as usize) else {
+            continue;
+        };
         let daylight = match c.component_type {
             ICalendarComponentType::Daylight => true,
             ICalendarComponentType::Standard => false,
@@ -147,12 +147,17 @@ fn rules_of(ical: &ICalendar, vtz: &ICalendarComponent) -> Option<ZoneRules> {
         };
         let rule = match first(ICalendarProperty::Rrule) {
             Some(ICalendarValue::RecurrenceRule(r)) if r.freq == ICalendarFrequency::Yearly => {
-                let month = r.bymonth.first().map(|m| u32::from(m.month())).unwrap_or(
-                    chrono::Datelike::month(&start),
-                );
+                let month = r
+                    .bymonth
+                    .first()
+                    .map(|m| u32::from(m.month()))
+                    .unwrap_or(chrono::Datelike::month(&start));
                 let nth_weekday = r.byday.first().map(|d| {
                     let wd: chrono::Weekday = d.weekday.into();
-                    (d.ordwk.unwrap_or(1).clamp(-5, 5) as i8, wd.num_days_from_monday() as u8)
+                    (
+                        d.ordwk.unwrap_or(1).clamp(-5, 5) as i8,
+                        wd.num_days_from_monday() as u8,
+                    )
                 });
                 let month_day = if nth_weekday.is_none() {
                     Some(

@@ -44,19 +44,28 @@ pub async fn ensure_database(url: &str) -> Result<Option<String>, ProcessorError
         return Ok(None);
     }
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-    match client.batch_execute(&format!("CREATE DATABASE {quoted}")).await {
+    match client
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await
+    {
         Ok(()) => Ok(Some(name)),
         // Another processor created it between our check and our CREATE.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => Ok(None),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) => {
+            Ok(None)
+        }
         Err(e) => Err(e.into()),
     }
 }
 
 /// Applies pending migrations under an advisory lock.
 pub async fn apply_migrations(client: &mut Client) -> Result<Vec<String>, ProcessorError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let result = embedded::migrations::runner().run_async(client).await;
-    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await?;
     let report = result?;
     Ok(report
         .applied_migrations()
@@ -91,7 +100,9 @@ pub async fn run(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
             settings.partitions
         )));
     }
-    let nats = async_nats::connect(&settings.nats_url).await.map_err(ProcessorError::nats)?;
+    let nats = async_nats::connect(&settings.nats_url)
+        .await
+        .map_err(ProcessorError::nats)?;
     let js = async_nats::jetstream::new(nats);
     log.extend(streams::ensure(&js, settings).await?);
     Ok(log)

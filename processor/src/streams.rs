@@ -25,30 +25,47 @@ fn base(name: String, subject: String, settings: &Settings, max_age: Duration) -
 /// The three streams of a namespace.
 pub fn configs(ns: &Namespace, settings: &Settings) -> Vec<stream::Config> {
     vec![
-        base(ns.messages_stream(), ns.messages_subjects(), settings, settings.retention()),
+        base(
+            ns.messages_stream(),
+            ns.messages_subjects(),
+            settings,
+            settings.retention(),
+        ),
         base(
             ns.quarantine_stream(),
             ns.quarantine_subjects(),
             settings,
             Duration::from_secs(30 * 86_400),
         ),
-        base(ns.events_stream(), ns.events_subjects(), settings, settings.retention()),
+        base(
+            ns.events_stream(),
+            ns.events_subjects(),
+            settings,
+            settings.retention(),
+        ),
     ]
 }
 
 /// Creates missing streams and brings existing ones to the configured settings.
-pub async fn ensure(js: &jetstream::Context, settings: &Settings) -> Result<Vec<String>, ProcessorError> {
+pub async fn ensure(
+    js: &jetstream::Context,
+    settings: &Settings,
+) -> Result<Vec<String>, ProcessorError> {
     let ns = settings.namespace()?;
     let mut done = Vec::new();
     for config in configs(&ns, settings) {
         let name = config.name.clone();
         match js.get_stream(&name).await {
             Ok(_) => {
-                js.update_stream(config).await.map_err(ProcessorError::nats)?;
+                js.update_stream(config)
+                    .await
+                    .map_err(ProcessorError::nats)?;
                 done.push(format!("stream {name}: up to date"));
             }
             Err(_) => {
-                js.create_stream(config).await.map_err(ProcessorError::nats)?;
+                js.create_stream(config)
+                    .await
+                    .map_err(ProcessorError::nats)?;
                 done.push(format!("stream {name}: created"));
             }
         }

@@ -14,7 +14,7 @@ pub mod time;
 pub use naming::{Namespace, NamespaceError, normalize_address, user_key};
 pub use partition::{DEFAULT_PARTITIONS, partition};
 pub use payload::{
-    Attendee, Component, ComponentKind, Direction, Method, PAYLOAD_VERSION, Party, PartStat,
+    Attendee, Component, ComponentKind, Direction, Method, PAYLOAD_VERSION, PartStat, Party,
     Payload, Range, RecurrenceId, Status, Transparency,
 };
 pub use quarantine::{QUARANTINE_VERSION, QuarantineReason, QuarantineRecord};

@@ -136,10 +136,7 @@ pub fn normalize_address(address: &str) -> Option<String> {
 pub fn user_key(normalized_address: &str) -> String {
     let mut out = String::with_capacity(normalized_address.len() + 8);
     for b in normalized_address.bytes() {
-        if b.is_ascii_lowercase()
-            || b.is_ascii_digit()
-            || matches!(b, b'@' | b'_' | b'+' | b'-')
-        {
+        if b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'@' | b'_' | b'+' | b'-') {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));

@@ -25,9 +25,15 @@ mod tests {
     #[test]
     fn stable_known_values() {
         // Pinned: these must never change (see module docs).
-        assert_eq!(partition("", 1_000_000), (14_695_981_039_346_656_037u64 % 1_000_000) as u32);
+        assert_eq!(
+            partition("", 1_000_000),
+            (14_695_981_039_346_656_037u64 % 1_000_000) as u32
+        );
         assert_eq!(partition("alice@example.com", 16), 6);
-        assert_eq!(partition("alice@example.com", 16), partition("alice@example.com", 16));
+        assert_eq!(
+            partition("alice@example.com", 16),
+            partition("alice@example.com", 16)
+        );
         assert_eq!(partition("x", 1), 0);
         assert_eq!(partition("x", 0), 0);
     }

@@ -264,7 +264,7 @@ pub struct Component {
     pub duration_seconds: Option<i64>,
     pub all_day: bool,
     pub floating: bool,
-    /// RRULE values as written (e.g. `FREQ=WEEKLY;BYDAY=MO;UNTIL=20271231T235959Z`).
+    /// RRULE values, normalised to calcard's canonical order (`FREQ=WEEKLY;UNTIL=…;BYDAY=MO`).
     pub rrule: Vec<String>,
     pub rdate: Vec<Time>,
     pub exdate: Vec<Time>,
@@ -298,14 +298,26 @@ mod tests {
             assert_eq!(back, method);
         }
         assert_eq!(Method::from("reply".to_owned()), Method::Reply);
-        assert_eq!(Method::from("x-foo".to_owned()), Method::Other("X-FOO".into()));
+        assert_eq!(
+            Method::from("x-foo".to_owned()),
+            Method::Other("X-FOO".into())
+        );
     }
 
     #[test]
     fn token_enums_serialise_as_ical_tokens() {
-        assert_eq!(serde_json::to_string(&PartStat::NeedsAction).unwrap(), "\"NEEDS-ACTION\"");
-        assert_eq!(serde_json::to_string(&Transparency::Transparent).unwrap(), "\"TRANSPARENT\"");
-        assert_eq!(serde_json::to_string(&Range::ThisAndFuture).unwrap(), "\"THISANDFUTURE\"");
+        assert_eq!(
+            serde_json::to_string(&PartStat::NeedsAction).unwrap(),
+            "\"NEEDS-ACTION\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Transparency::Transparent).unwrap(),
+            "\"TRANSPARENT\""
+        );
+        assert_eq!(
+            serde_json::to_string(&Range::ThisAndFuture).unwrap(),
+            "\"THISANDFUTURE\""
+        );
         assert_eq!(PartStat::from("accepted"), PartStat::Accepted);
     }
 }

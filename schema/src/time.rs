@@ -114,9 +114,9 @@ impl Zone {
     pub fn to_utc(&self, local: NaiveDateTime) -> Option<DateTime<Utc>> {
         match self {
             Zone::Iana { name } => local_to_utc_iana(local, name.parse().ok()?),
-            Zone::Fixed { offset_seconds } => {
-                Some(Utc.from_utc_datetime(&(local - Duration::seconds(i64::from(*offset_seconds)))))
-            }
+            Zone::Fixed { offset_seconds } => Some(
+                Utc.from_utc_datetime(&(local - Duration::seconds(i64::from(*offset_seconds)))),
+            ),
             Zone::Rules(rules) => rules.to_utc(local),
         }
     }
@@ -180,7 +180,11 @@ impl YearlyRule {
         } else {
             let d = self.month_day?;
             let last = days_in_month(year, self.month)?;
-            let day = if d > 0 { d as u32 } else { (last as i32 + 1 + i32::from(d)) as u32 };
+            let day = if d > 0 {
+                d as u32
+            } else {
+                (last as i32 + 1 + i32::from(d)) as u32
+            };
             NaiveDate::from_ymd_opt(year, self.month, day)
         }
     }
@@ -204,7 +208,9 @@ impl ZoneRules {
                             break;
                         }
                     }
-                    let Some(date) = rule.date_in(y) else { continue };
+                    let Some(date) = rule.date_in(y) else {
+                        continue;
+                    };
                     let onset = to_utc(date.and_time(o.start.time()));
                     if onset < to_utc(o.start) {
                         continue;
@@ -376,8 +382,14 @@ mod tests {
             "2027-10-31T00:30:00+00:00"
         );
         let r = Zone::Rules(europe_rules());
-        assert_eq!(r.to_utc(dt("2027-03-28T02:30:00")), z.to_utc(dt("2027-03-28T02:30:00")));
-        assert_eq!(r.to_utc(dt("2027-10-31T02:30:00")), z.to_utc(dt("2027-10-31T02:30:00")));
+        assert_eq!(
+            r.to_utc(dt("2027-03-28T02:30:00")),
+            z.to_utc(dt("2027-03-28T02:30:00"))
+        );
+        assert_eq!(
+            r.to_utc(dt("2027-10-31T02:30:00")),
+            z.to_utc(dt("2027-10-31T02:30:00"))
+        );
     }
 
     #[test]

@@ -122,7 +122,12 @@ impl TestEnv {
         self.run_with(self.command(name), args, stdin).await
     }
 
-    pub async fn run_with(&self, mut cmd: tokio::process::Command, args: &[&str], stdin: &[u8]) -> Output {
+    pub async fn run_with(
+        &self,
+        mut cmd: tokio::process::Command,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Output {
         cmd.args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -149,7 +154,9 @@ impl TestEnv {
     }
 
     pub async fn jetstream(&self) -> jetstream::Context {
-        let client = async_nats::connect(&self.nats_url).await.expect("connect to NATS");
+        let client = async_nats::connect(&self.nats_url)
+            .await
+            .expect("connect to NATS");
         jetstream::new(client)
     }
 
@@ -166,10 +173,7 @@ impl TestEnv {
         }
         for seq in info.state.first_sequence..=info.state.last_sequence {
             if let Ok(m) = stream.get_raw_message(seq).await {
-                let msg_id = m
-                    .headers
-                    .get("Nats-Msg-Id")
-                    .map(|v| v.as_str().to_owned());
+                let msg_id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
                 out.push(StoredMessage {
                     sequence: seq,
                     subject: m.subject.to_string(),
@@ -230,7 +234,9 @@ fn cleanup(namespace: String, database: String, nats_url: String) {
             {
                 tokio::spawn(conn);
                 let _ = client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"))
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    ))
                     .await;
             }
         });
@@ -259,7 +265,11 @@ pub fn json_lines(stdout: &[u8]) -> Vec<serde_json::Value> {
 
 /// `expected` is a subset of `actual`: every key given must match; arrays must
 /// have the same length and match element-wise. Returns the first mismatch's path.
-pub fn subset_mismatch(expected: &serde_json::Value, actual: &serde_json::Value, path: &str) -> Option<String> {
+pub fn subset_mismatch(
+    expected: &serde_json::Value,
+    actual: &serde_json::Value,
+    path: &str,
+) -> Option<String> {
     use serde_json::Value;
     match (expected, actual) {
         (Value::Object(e), Value::Object(a)) => e.iter().find_map(|(k, v)| {
@@ -272,7 +282,11 @@ pub fn subset_mismatch(expected: &serde_json::Value, actual: &serde_json::Value,
         }),
         (Value::Array(e), Value::Array(a)) => {
             if e.len() != a.len() {
-                return Some(format!("{path}: {} elements, expected {}", a.len(), e.len()));
+                return Some(format!(
+                    "{path}: {} elements, expected {}",
+                    a.len(),
+                    e.len()
+                ));
             }
             e.iter()
                 .zip(a)

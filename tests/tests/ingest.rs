@@ -16,7 +16,9 @@ fn invitation(message_id: &str, uid: &str, attendees: usize) -> Vec<u8> {
 DTEND;TZID=Europe/Berlin:20270315T100000\r\nSUMMARY:Planning\r\nORGANIZER:mailto:{ALICE}\r\n"
     ));
     for i in 0..attendees {
-        ics.push_str(&format!("ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:user{i}@example.org\r\n"));
+        ics.push_str(&format!(
+            "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:user{i}@example.org\r\n"
+        ));
     }
     ics.push_str("END:VEVENT\r\nEND:VCALENDAR\r\n");
     format!(
@@ -40,16 +42,25 @@ async fn fixtures_produce_their_expected_payloads() {
         .filter(|n| n.ends_with(".eml"))
         .collect();
     names.sort();
-    assert!(names.len() >= 20, "expected at least 20 fixtures, found {}", names.len());
+    assert!(
+        names.len() >= 20,
+        "expected at least 20 fixtures, found {}",
+        names.len()
+    );
     let env = TestEnv::unmigrated();
     let mut failures = Vec::new();
     for name in &names {
         let expect_path = dir.join(name.replace(".eml", ".expect.json"));
         let expect: Value = serde_json::from_slice(
-            &std::fs::read(&expect_path).unwrap_or_else(|e| panic!("{}: {e}", expect_path.display())),
+            &std::fs::read(&expect_path)
+                .unwrap_or_else(|e| panic!("{}: {e}", expect_path.display())),
         )
         .unwrap_or_else(|e| panic!("{}: {e}", expect_path.display()));
-        let mut args = vec!["--print".to_owned(), "--sender".to_owned(), expect["sender"].as_str().unwrap().to_owned()];
+        let mut args = vec![
+            "--print".to_owned(),
+            "--sender".to_owned(),
+            expect["sender"].as_str().unwrap().to_owned(),
+        ];
         if let Some(d) = expect["direction"].as_str() {
             args.extend(["--direction".to_owned(), d.to_owned()]);
         }
@@ -59,29 +70,55 @@ async fn fixtures_produce_their_expected_payloads() {
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = env.ingest(&argv, &fixture(&format!("mail/{name}"))).await;
         if out.status.code() != Some(0) {
-            failures.push(format!("{name}: exit {:?}: {}", out.status.code(), stderr(&out)));
+            failures.push(format!(
+                "{name}: exit {:?}: {}",
+                out.status.code(),
+                stderr(&out)
+            ));
             continue;
         }
         let lines = json_lines(&out.stdout);
-        let payloads: Vec<Value> = lines.iter().filter(|v| v.get("method").is_some()).cloned().collect();
-        let quarantine: Vec<Value> = lines.iter().filter(|v| v.get("reason").is_some()).cloned().collect();
-        let want_payloads = expect.get("payloads").cloned().unwrap_or(Value::Array(vec![]));
-        let want_quarantine = expect.get("quarantine").cloned().unwrap_or(Value::Array(vec![]));
+        let payloads: Vec<Value> = lines
+            .iter()
+            .filter(|v| v.get("method").is_some())
+            .cloned()
+            .collect();
+        let quarantine: Vec<Value> = lines
+            .iter()
+            .filter(|v| v.get("reason").is_some())
+            .cloned()
+            .collect();
+        let want_payloads = expect
+            .get("payloads")
+            .cloned()
+            .unwrap_or(Value::Array(vec![]));
+        let want_quarantine = expect
+            .get("quarantine")
+            .cloned()
+            .unwrap_or(Value::Array(vec![]));
         if let Some(m) = subset_mismatch(&want_payloads, &Value::Array(payloads), "payloads") {
             failures.push(format!("{name}: {m}"));
         }
-        if let Some(m) = subset_mismatch(&want_quarantine, &Value::Array(quarantine), "quarantine") {
+        if let Some(m) = subset_mismatch(&want_quarantine, &Value::Array(quarantine), "quarantine")
+        {
             failures.push(format!("{name}: {m}"));
         }
     }
-    assert!(failures.is_empty(), "{} fixture mismatches:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} fixture mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
 async fn publishes_one_payload_per_object_on_the_users_partition_subject() {
     let env = TestEnv::new().await;
     let msg = invitation("p1@example.com", "uid-publish", 2);
-    let printed = env.ingest(&["--print", "--sender", "Alice@Example.com"], &msg).await;
+    let printed = env
+        .ingest(&["--print", "--sender", "Alice@Example.com"], &msg)
+        .await;
     let expected = json_lines(&printed.stdout);
     assert_eq!(expected.len(), 1);
 
@@ -91,7 +128,10 @@ async fn publishes_one_payload_per_object_on_the_users_partition_subject() {
     assert_eq!(stored.len(), 1);
     let m = &stored[0];
     let p = imipflow_schema::partition(ALICE, env.partitions);
-    assert_eq!(m.subject, format!("{}.msg.{p}.alice@example%2Ecom", env.namespace));
+    assert_eq!(
+        m.subject,
+        format!("{}.msg.{p}.alice@example%2Ecom", env.namespace)
+    );
     assert_eq!(m.msg_id.as_deref(), m.json["dedupe_id"].as_str());
     assert_eq!(m.json["dedupe_id"], expected[0]["dedupe_id"]);
     assert_eq!(m.json["user"], ALICE);
@@ -103,7 +143,8 @@ async fn publishes_one_payload_per_object_on_the_users_partition_subject() {
     assert_eq!(c["end"]["utc"], "2027-03-15T09:00:00Z");
     assert_eq!(c["attendees"].as_array().unwrap().len(), 2);
     // The payload decodes as the contract type.
-    let typed: imipflow_schema::Payload = serde_json::from_value(m.json.clone()).expect("payload type");
+    let typed: imipflow_schema::Payload =
+        serde_json::from_value(m.json.clone()).expect("payload type");
     assert_eq!(typed.version, imipflow_schema::PAYLOAD_VERSION);
 }
 
@@ -129,7 +170,11 @@ async fn a_redelivered_message_is_stored_once_and_a_distinct_one_again() {
 async fn broker_unreachable_is_a_temporary_failure_and_the_retry_publishes() {
     let env = TestEnv::new().await;
     // A port nobody listens on: bind, read the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let msg = invitation("retry@example.com", "uid-retry", 1);
     let mut cmd = env.command("imip-ingest");
     cmd.env("IMIP_NATS_URL", format!("nats://127.0.0.1:{port}"));
@@ -152,7 +197,13 @@ async fn missing_stream_is_a_temporary_failure() {
     let env = TestEnv::unmigrated();
     let mut cmd = env.command("imip-ingest");
     cmd.env("IMIP_NATS_TIMEOUT_MS", "2000");
-    let out = env.run_with(cmd, &["--sender", ALICE], &invitation("ns@example.com", "u", 1)).await;
+    let out = env
+        .run_with(
+            cmd,
+            &["--sender", ALICE],
+            &invitation("ns@example.com", "u", 1),
+        )
+        .await;
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
 }
 
@@ -180,7 +231,12 @@ async fn bad_arguments_exit_64() {
         vec!["--sender", ALICE, "--namespace", "bad.name"],
     ] {
         let out = env.ingest(&args, &msg).await;
-        assert_eq!(out.status.code(), Some(64), "args {args:?}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(64),
+            "args {args:?}: {}",
+            stderr(&out)
+        );
     }
     let out = env.ingest(&["--help"], b"").await;
     assert_eq!(out.status.code(), Some(0));
@@ -212,8 +268,16 @@ DTSTART:20270315T090000Z\r\nSUMMARY:no uid\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].json["reason"], "missing_uid");
     assert_eq!(q[0].json["users"][0], ALICE);
-    assert!(q[0].json["excerpt"].as_str().unwrap().contains("SUMMARY:no uid"));
-    assert_eq!(q[0].subject, format!("{}.quarantine.alice@example%2Ecom", env.namespace));
+    assert!(
+        q[0].json["excerpt"]
+            .as_str()
+            .unwrap()
+            .contains("SUMMARY:no uid")
+    );
+    assert_eq!(
+        q[0].subject,
+        format!("{}.quarantine.alice@example%2Ecom", env.namespace)
+    );
 }
 
 async fn assert_quarantined_quickly(env: &TestEnv, mail: &[u8], reason: &str) {
@@ -226,7 +290,9 @@ async fn assert_quarantined_quickly(env: &TestEnv, mail: &[u8], reason: &str) {
     assert!(
         q.iter().any(|m| m.json["reason"] == reason),
         "no {reason} record in {:?}",
-        q.iter().map(|m| m.json["reason"].clone()).collect::<Vec<_>>()
+        q.iter()
+            .map(|m| m.json["reason"].clone())
+            .collect::<Vec<_>>()
     );
     for m in &q {
         assert!(m.json["excerpt"].as_str().unwrap().len() <= 256 * 1024);
@@ -280,13 +346,25 @@ async fn incoming_mail_gives_one_payload_per_recipient() {
     let msg = invitation("in@example.com", "uid-in", 2);
     let out = env
         .ingest(
-            &["--direction", "incoming", "--sender", ALICE, "--recipient", "Bob@Example.org", "--recipient", "carol@example.net"],
+            &[
+                "--direction",
+                "incoming",
+                "--sender",
+                ALICE,
+                "--recipient",
+                "Bob@Example.org",
+                "--recipient",
+                "carol@example.net",
+            ],
             &msg,
         )
         .await;
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let stored = env.stream_messages("messages").await;
-    let users: Vec<_> = stored.iter().map(|m| m.json["user"].as_str().unwrap().to_owned()).collect();
+    let users: Vec<_> = stored
+        .iter()
+        .map(|m| m.json["user"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(users, vec!["bob@example.org", "carol@example.net"]);
     assert!(stored.iter().all(|m| m.json["direction"] == "incoming"));
     assert_ne!(stored[0].msg_id, stored[1].msg_id);

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 use imipflow_processor::{Settings, migrate};
 
 #[derive(Parser)]
-#[command(name = "imip-processor", version, about = "imipflow workers: consume iMIP payloads and apply them to PostgreSQL")]
+#[command(
+    name = "imip-processor",
+    version,
+    about = "imipflow workers: consume iMIP payloads and apply them to PostgreSQL"
+)]
 struct Cli {
     #[command(flatten)]
     settings: Settings,
@@ -23,14 +27,17 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IMIP_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("IMIP_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Migrate => {
-            let log = migrate::run(&cli.settings).await.context("migrate failed")?;
+            let log = migrate::run(&cli.settings)
+                .await
+                .context("migrate failed")?;
             for line in log {
                 println!("{line}");
             }

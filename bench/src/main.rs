@@ -1,0 +1,535 @@
+//! `imip-bench`: benchmarks of imipflow's binaries that report ratios to
+//! baselines measured in the same run, because the machines are shared and
+//! noisy and absolute figures from two runs do not compare.
+//!
+//! `imip-bench ingest` measures imip-ingest per message (wall time and peak
+//! RSS) over the fixture classes, next to spawning a trivial process and to
+//! one JetStream publish-with-ack from an already running client. See
+//! `bench/README.md` for what each figure means.
+
+mod fixtures;
+mod measure;
+mod report;
+mod sandbox;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use fixtures::Fixture;
+use measure::{Sample, Summary};
+use report::{Instructions, Report, Row};
+use sandbox::Sandbox;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "imip-bench",
+    version,
+    about = "Benchmarks of imipflow against same-run baselines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// imip-ingest per message, next to a process spawn and a JetStream publish-with-ack.
+    Ingest(IngestArgs),
+}
+
+#[derive(clap::Args)]
+struct IngestArgs {
+    /// Samples per series (default: 200 for the baselines, 100 per ingest class; 5 with --smoke).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Where imip-ingest and imip-processor are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Folder with typical-outlook.eml, large-recurring.eml and non-calendar.eml
+    /// (default: bench/fixtures).
+    #[arg(long)]
+    fixtures: Option<PathBuf>,
+    /// Results file (default: bench/results/ingest-<timestamp>.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// CI mode: checks that the benchmark runs, not how fast (5 samples, no callgrind).
+    #[arg(long)]
+    smoke: bool,
+    /// Skip the callgrind instruction counts even when valgrind is installed.
+    #[arg(long)]
+    no_callgrind: bool,
+    /// NATS server.
+    #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Ingest(args) => ingest(args),
+    }
+}
+
+/// What one series measures.
+enum Kind {
+    /// Spawn a program with the typical fixture on stdin.
+    Spawn(PathBuf),
+    /// One publish-with-ack from the warm client.
+    Publish,
+    /// imip-ingest on fixture `i`.
+    Ingest(usize),
+}
+
+struct Series {
+    name: String,
+    what: String,
+    kind: Kind,
+    target: usize,
+    walls: Vec<Duration>,
+    rss: Vec<i64>,
+    /// Samples taken, warm-up included (for unique message ids).
+    runs: usize,
+}
+
+impl Series {
+    fn new(name: &str, what: String, kind: Kind, target: usize) -> Series {
+        Series {
+            name: name.into(),
+            what,
+            kind,
+            target,
+            walls: Vec::with_capacity(target),
+            rss: Vec::with_capacity(target),
+            runs: 0,
+        }
+    }
+
+    fn summary(&self) -> Summary {
+        let rss = (!self.rss.is_empty()).then_some(self.rss.as_slice());
+        Summary::of(&self.walls, rss)
+    }
+}
+
+/// Everything the measuring loop needs.
+struct Bench<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    js: &'a async_nats::jetstream::Context,
+    sandbox: &'a Sandbox,
+    ingest_bin: PathBuf,
+    fixtures: &'a [Fixture],
+    publish_payload: Vec<u8>,
+    publish_subject: String,
+    pid: u32,
+}
+
+impl Bench<'_> {
+    /// Takes one sample of `series`; `keep` is false during warm-up.
+    fn sample(&self, series: &mut Series, keep: bool) -> anyhow::Result<()> {
+        let k = series.runs;
+        series.runs += 1;
+        let (wall, rss) = match &series.kind {
+            Kind::Spawn(program) => {
+                let Sample { wall, max_rss_kb } =
+                    measure::run_child(&mut Command::new(program), &self.fixtures[0].bytes)?;
+                (wall, Some(max_rss_kb))
+            }
+            Kind::Publish => (self.publish_once(k)?, None),
+            Kind::Ingest(i) => {
+                let fixture = &self.fixtures[*i];
+                let id = format!("bench{}-{}-{k}@imip-bench.invalid", self.pid, fixture.class);
+                let input = fixture.with_message_id(&id);
+                let mut cmd = Command::new(&self.ingest_bin);
+                cmd.args(["--sender", "alice@example.com"])
+                    .env("IMIP_NAMESPACE", self.sandbox.namespace.as_str());
+                let s = measure::run_child(&mut cmd, &input)
+                    .with_context(|| format!("imip-ingest on {}", fixture.path.display()))?;
+                (s.wall, Some(s.max_rss_kb))
+            }
+        };
+        if keep {
+            series.walls.push(wall);
+            if let Some(r) = rss {
+                series.rss.push(r);
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_once(&self, k: usize) -> anyhow::Result<Duration> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("bench{}-publish-{k}", self.pid).as_str(),
+        );
+        let payload = self.publish_payload.clone();
+        self.rt.block_on(async {
+            let start = Instant::now();
+            let ack = self
+                .js
+                .publish_with_headers(self.publish_subject.clone(), headers, payload.into())
+                .await
+                .context("publish failed")?;
+            tokio::time::timeout(Duration::from_secs(10), ack)
+                .await
+                .context("no acknowledgement within 10 s")?
+                .context("publish not acknowledged")?;
+            Ok(start.elapsed())
+        })
+    }
+}
+
+fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    let started = chrono::Utc::now();
+    let command = report::shell_command(std::env::args());
+    let (n_base, n_ingest) = match (args.iterations, args.smoke) {
+        (Some(n), _) => (n, n),
+        (None, true) => (5, 5),
+        (None, false) => (200, 100),
+    };
+    if n_base == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    let warmup = if args.smoke { 1 } else { 3 };
+    let ingest_bin = args.bin_dir.join("imip-ingest");
+    for bin in [&ingest_bin, &args.bin_dir.join("imip-processor")] {
+        if !bin.is_file() {
+            bail!(
+                "{} not found: build it first (cargo build --release --bins) or pass --bin-dir",
+                bin.display()
+            );
+        }
+    }
+    let dir = args.fixtures.clone().unwrap_or_else(fixtures::default_dir);
+    let fixtures = fixtures::CLASSES
+        .iter()
+        .map(|(class, file)| Fixture::load(class, dir.join(file)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // The payload ingest publishes for the typical mail: what baseline 2 sends.
+    let publish_payload = typical_payload(&ingest_bin, &fixtures[0])?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")?;
+    // The JetStream context spawns its ack task on the current runtime.
+    let _runtime = rt.enter();
+    let sandbox = Sandbox::for_this_process()?;
+    let client = rt
+        .block_on(async {
+            let options = async_nats::ConnectOptions::new().name("imip-bench");
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                options.connect(args.nats_url.as_str()),
+            )
+            .await
+        })
+        .context("NATS connection timed out")?
+        .with_context(|| format!("cannot connect to NATS at {}", args.nats_url))?;
+    let server_version = client.server_info().version;
+    let js = async_nats::jetstream::new(client);
+
+    let scratch = std::env::temp_dir().join(format!("imip-bench-{}", std::process::id()));
+    let load_start = report::loadavg();
+    eprintln!(
+        "imip-bench: namespace {}, database {}, {} baseline / {} ingest samples per series",
+        sandbox.namespace, sandbox.database, n_base, n_ingest
+    );
+    let result = (|| -> anyhow::Result<Vec<Series>> {
+        sandbox.migrate(&args.bin_dir, &args.nats_url)?;
+        let mut series = vec![Series::new(
+            "spawn",
+            "`/bin/true`, typical mail on stdin".into(),
+            Kind::Spawn("/bin/true".into()),
+            n_base,
+        )];
+        if let Some(elf) = fixtures::static_true_elf() {
+            let path = write_executable(&scratch, "true-static", &elf)?;
+            series.push(Series::new(
+                "spawn (static)",
+                "static 129-byte ELF that only calls exit(0)".into(),
+                Kind::Spawn(path),
+                n_base,
+            ));
+        }
+        series.push(Series::new(
+            "publish",
+            format!(
+                "JetStream publish-with-ack, warm client, {} B payload",
+                publish_payload.len()
+            ),
+            Kind::Publish,
+            n_base,
+        ));
+        for (i, f) in fixtures.iter().enumerate() {
+            let what = format!(
+                "`{}`, {} B",
+                f.path.file_name().unwrap_or_default().to_string_lossy(),
+                f.bytes.len()
+            );
+            series.push(Series::new(
+                &format!("ingest {}", f.class),
+                what,
+                Kind::Ingest(i),
+                n_ingest,
+            ));
+        }
+        let bench = Bench {
+            rt: &rt,
+            js: &js,
+            sandbox: &sandbox,
+            ingest_bin: ingest_bin.clone(),
+            fixtures: &fixtures,
+            publish_subject: format!("{}.msg.0.bench", sandbox.namespace),
+            publish_payload: publish_payload.clone(),
+            pid: std::process::id(),
+        };
+        for s in series.iter_mut() {
+            for _ in 0..warmup {
+                bench.sample(s, false)?;
+            }
+        }
+        // Interleave the series so that drift in the machine's load hits them
+        // alike: in each round every series whose share is due takes a sample.
+        let rounds = series.iter().map(|s| s.target).max().unwrap_or(0);
+        for r in 0..rounds {
+            for s in series.iter_mut() {
+                if (r + 1) * s.target / rounds > r * s.target / rounds {
+                    bench.sample(s, true)?;
+                }
+            }
+            if (r + 1) % (rounds / 10).max(1) == 0 {
+                eprintln!("imip-bench: round {}/{rounds}", r + 1);
+            }
+        }
+        Ok(series)
+    })();
+    let checks = match &result {
+        Ok(series) => rt.block_on(stream_checks(&js, &sandbox, series)),
+        Err(_) => Ok(Vec::new()),
+    };
+    let teardown = rt.block_on(sandbox.teardown(Some(&js)));
+    let _ = std::fs::remove_dir_all(&scratch);
+    let series = result?;
+    let checks = checks?;
+    if let Err(e) = &teardown {
+        eprintln!("imip-bench: cleanup failed: {e:#}");
+    }
+
+    let instructions = if args.smoke || args.no_callgrind {
+        None
+    } else if Command::new("valgrind").arg("--version").output().is_err() {
+        Some(Err("valgrind is not installed".to_owned()))
+    } else {
+        eprintln!("imip-bench: counting instructions with callgrind");
+        Some(callgrind(&ingest_bin, &fixtures).map_err(|e| format!("{e:#}")))
+    };
+
+    let mut machine = report::machine(&args.bin_dir);
+    machine.push(("NATS server".into(), server_version));
+    let setup = vec![
+        (
+            "started".into(),
+            started.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        ),
+        (
+            "load average (start → end)".into(),
+            format!("{load_start} → {}", report::loadavg()),
+        ),
+        (
+            "samples".into(),
+            format!(
+                "{n_base} per baseline, {n_ingest} per ingest class, after {warmup} warm-up run(s) each; series interleaved"
+            ),
+        ),
+        (
+            "namespace".into(),
+            format!(
+                "`{}` (streams created by `imip-processor migrate`, deleted after)",
+                sandbox.namespace
+            ),
+        ),
+    ];
+    let rows: Vec<Row> = series
+        .iter()
+        .map(|s| Row {
+            series: s.name.clone(),
+            what: s.what.clone(),
+            summary: s.summary(),
+        })
+        .collect();
+    let median = |name: &str| {
+        rows.iter()
+            .find(|r| r.series == name)
+            .map_or(f64::NAN, |r| r.summary.median_us)
+    };
+    let rss = |name: &str| {
+        rows.iter()
+            .find(|r| r.series == name)
+            .and_then(|r| r.summary.max_rss_kb)
+            .map_or(f64::NAN, |k| k as f64)
+    };
+    let (spawn, publish) = (median("spawn"), median("publish"));
+    let ratios = vec![
+        (
+            "ingest typical / (spawn + publish)".to_owned(),
+            median("ingest typical") / (spawn + publish),
+        ),
+        (
+            "ingest large-recurring / (spawn + publish)".to_owned(),
+            median("ingest large-recurring") / (spawn + publish),
+        ),
+        (
+            "ingest typical / spawn".to_owned(),
+            median("ingest typical") / spawn,
+        ),
+        (
+            "ingest large-recurring / spawn".to_owned(),
+            median("ingest large-recurring") / spawn,
+        ),
+        (
+            "ingest non-calendar / spawn".to_owned(),
+            median("ingest non-calendar") / spawn,
+        ),
+        ("publish / spawn".to_owned(), publish / spawn),
+        (
+            "peak RSS: ingest typical / spawn".to_owned(),
+            rss("ingest typical") / rss("spawn"),
+        ),
+    ];
+    let report = Report {
+        title: format!(
+            "imip-ingest benchmark, {}",
+            started.format("%Y-%m-%d %H:%M UTC")
+        ),
+        command,
+        machine,
+        setup,
+        rows,
+        ratios,
+        instructions,
+        checks,
+    };
+    let text = report.to_markdown();
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "bench/results/ingest-{}.md",
+            started.format("%Y%m%dT%H%M%SZ")
+        ))
+    });
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    std::fs::write(&out, &text).with_context(|| format!("cannot write {}", out.display()))?;
+    print!("{text}");
+    eprintln!("imip-bench: results written to {}", out.display());
+    teardown
+}
+
+/// What `imip-ingest --print` makes of the typical mail: the payload it would publish.
+fn typical_payload(ingest_bin: &Path, typical: &Fixture) -> anyhow::Result<Vec<u8>> {
+    let mut child = Command::new(ingest_bin)
+        .args(["--print", "--sender", "alice@example.com"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", ingest_bin.display()))?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("no stdin pipe")?;
+        stdin.write_all(&typical.bytes)?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{} --print failed on the typical fixture: {}",
+            ingest_bin.display(),
+            out.status
+        );
+    }
+    let line = out
+        .stdout
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default()
+        .to_vec();
+    if line.is_empty() {
+        bail!(
+            "{} --print produced no payload for {}",
+            ingest_bin.display(),
+            typical.path.display()
+        );
+    }
+    Ok(line)
+}
+
+/// Every calendar run and every baseline publish must have landed in the
+/// messages stream, one message each, and nothing in quarantine: otherwise
+/// dedupe or a refused fixture made some runs cheaper than they claim.
+async fn stream_checks(
+    js: &async_nats::jetstream::Context,
+    sandbox: &Sandbox,
+    series: &[Series],
+) -> anyhow::Result<Vec<String>> {
+    let runs = |pred: &dyn Fn(&Kind) -> bool| -> u64 {
+        series
+            .iter()
+            .filter(|s| pred(&s.kind))
+            .map(|s| s.runs as u64)
+            .sum()
+    };
+    let expected_messages = runs(&|k| matches!(k, Kind::Publish | Kind::Ingest(0 | 1)));
+    let count = |name: String| async move {
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .with_context(|| format!("cannot look up stream {name}"))?;
+        let info = stream
+            .info()
+            .await
+            .with_context(|| format!("no info on stream {name}"))?;
+        anyhow::Ok(info.state.messages)
+    };
+    let messages = count(sandbox.namespace.messages_stream()).await?;
+    let quarantined = count(sandbox.namespace.quarantine_stream()).await?;
+    if messages != expected_messages || quarantined != 0 {
+        bail!(
+            "stream check failed: {messages} messages (expected {expected_messages}), {quarantined} quarantined (expected 0)"
+        );
+    }
+    Ok(vec![format!(
+        "messages stream holds {messages} messages = baseline publishes + calendar ingest runs (warm-up included); \
+         quarantine holds 0; every ingest run exited 0"
+    )])
+}
+
+/// Instruction counts of `/bin/true` and of imip-ingest `--print` per fixture.
+fn callgrind(ingest_bin: &Path, fixtures: &[Fixture]) -> anyhow::Result<Vec<Instructions>> {
+    let mut list = vec![Instructions {
+        what: "`/bin/true`".into(),
+        count: measure::callgrind_instructions("/bin/true", &[], &fixtures[0].bytes)?,
+    }];
+    let bin = ingest_bin.to_string_lossy();
+    for f in fixtures {
+        list.push(Instructions {
+            what: format!("imip-ingest --print, {}", f.class),
+            count: measure::callgrind_instructions(
+                &bin,
+                &["--print", "--sender", "a@example.com"],
+                &f.bytes,
+            )?,
+        });
+    }
+    Ok(list)
+}
+
+fn write_executable(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
+    Ok(path)
+}

@@ -1,0 +1,170 @@
+//! The processor's data model: what is stored per (user, UID), the free/busy
+//! periods derived from it, and the change events a transition emits.
+//!
+//! These types are the boundary between the pure method semantics
+//! (`semantics`) and the I/O around them (`store`, `worker`): the store loads a
+//! [`UidState`], the semantics return an [`Outcome`], the store writes it.
+
+use chrono::{DateTime, Utc};
+use imipflow_schema::{Component, Method, Zone};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Everything stored for one user and one UID.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UidState {
+    /// The master (no RECURRENCE-ID) first, if present, then overrides by instance.
+    pub objects: Vec<StoredObject>,
+}
+
+/// One stored object: the master of a series or one specific recurrence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredObject {
+    /// UTC instant of the RECURRENCE-ID; `None` for the master / a single event.
+    pub recurrence_id: Option<DateTime<Utc>>,
+    /// The component as the user's calendar now has it (attendee answers merged).
+    pub component: Component,
+    /// The zones its times use, from the payload that brought it.
+    pub timezones: BTreeMap<String, Zone>,
+    /// Raw iCalendar text of the message that last replaced it.
+    pub raw: String,
+    /// Per attendee (normalised address): (SEQUENCE, DTSTAMP) of the last answer applied.
+    pub answers: BTreeMap<String, AnswerStamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AnswerStamp {
+    pub sequence: i64,
+    pub dtstamp: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING-KEBAB-CASE")]
+pub enum FbType {
+    Busy,
+    BusyTentative,
+    BusyUnavailable,
+}
+
+impl FbType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FbType::Busy => "BUSY",
+            FbType::BusyTentative => "BUSY-TENTATIVE",
+            FbType::BusyUnavailable => "BUSY-UNAVAILABLE",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "BUSY" => Some(FbType::Busy),
+            "BUSY-TENTATIVE" => Some(FbType::BusyTentative),
+            "BUSY-UNAVAILABLE" => Some(FbType::BusyUnavailable),
+            _ => None,
+        }
+    }
+}
+
+/// One busy period of one UID. Key: (user, UID, instance start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Period {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub fbtype: FbType,
+    /// The instance this period belongs to (its original start), `None` for a
+    /// non-recurring event.
+    pub recurrence_id: Option<DateTime<Utc>>,
+}
+
+/// Context the semantics need besides state and message.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// Zone for floating times and all-day events (the user's, else IMIP_DEFAULT_TIMEZONE).
+    pub default_tz: chrono_tz::Tz,
+    /// Reference instant for the materialisation horizon (the payload's ingest time,
+    /// so that a replay computes the same records).
+    pub now: DateTime<Utc>,
+    /// Materialise instances of series up to `now + horizon`.
+    pub horizon: chrono::Duration,
+    /// At most this many instances are materialised for one UID.
+    pub max_instances: usize,
+    /// Manager addresses trusted to act for users (SPEC §3).
+    pub managers: Vec<String>,
+}
+
+/// What happened to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "reason", rename_all = "snake_case")]
+pub enum Disposition {
+    /// Effects applied (possibly none, e.g. a CANCEL of something unknown).
+    Applied,
+    /// Older than what is stored (SEQUENCE, DTSTAMP): recorded, nothing changed.
+    Stale(String),
+    /// Method or component type without effect on the user's records.
+    Ignored(String),
+    /// Sender not entitled (trust rules, SPEC §2).
+    Refused(String),
+}
+
+/// A change event (SPEC §4), before it gets its id and per-user sequence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind")]
+pub enum Change {
+    #[serde(rename = "object.changed")]
+    ObjectChanged {
+        uid: String,
+        recurrence_id: Option<DateTime<Utc>>,
+        sequence: i64,
+    },
+    #[serde(rename = "object.removed")]
+    ObjectRemoved {
+        uid: String,
+        recurrence_id: Option<DateTime<Utc>>,
+    },
+    #[serde(rename = "freebusy.changed")]
+    FreeBusyChanged {
+        uid: String,
+        added: Vec<Period>,
+        removed: Vec<Period>,
+    },
+    #[serde(rename = "queue.changed")]
+    QueueChanged { uid: String, change: QueueChange },
+}
+
+impl Change {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Change::ObjectChanged { .. } => "object.changed",
+            Change::ObjectRemoved { .. } => "object.removed",
+            Change::FreeBusyChanged { .. } => "freebusy.changed",
+            Change::QueueChanged { .. } => "queue.changed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueChange {
+    Added,
+    Removed,
+}
+
+/// The result of applying one message to one UID's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub disposition: Disposition,
+    pub state: UidState,
+    /// The complete set of materialised periods of this UID after the message.
+    pub periods: Vec<Period>,
+    /// Whether the series has instances beyond what `periods` materialises
+    /// (an infinite or very long rule); queries past the horizon re-expand it.
+    pub open_ended: bool,
+    /// Whether the request-queue entry for this UID is removed.
+    pub dequeue: bool,
+    pub changes: Vec<Change>,
+}
+
+/// Message identity the semantics need (user and method come from the payload).
+pub fn is_scheduling_method(m: &Method) -> bool {
+    matches!(m, Method::Request | Method::Publish | Method::Reply | Method::Cancel)
+}
