@@ -14,6 +14,9 @@
 #   SERVICES_NATS_PORT=4222     port checked for NATS
 #
 # Exit status: 0 when both are ready, 1 otherwise (with the reason on stderr).
+#
+# SC2016: the single-quoted `bash -c` bodies expand their own $0/$1 on purpose.
+# shellcheck disable=SC2016,SC2012
 
 SERVICES_HOST=127.0.0.1
 SERVICES_TIMEOUT=${SERVICES_TIMEOUT:-60}

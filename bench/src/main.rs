@@ -15,7 +15,7 @@ mod sandbox;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use fixtures::Fixture;
-use measure::{Sample, Summary};
+use measure::{Job, Sample, Spawner, Summary};
 use report::{Instructions, Report, Row};
 use sandbox::Sandbox;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,9 @@ struct Cli {
 enum Cmd {
     /// imip-ingest per message, next to a process spawn and a JetStream publish-with-ack.
     Ingest(IngestArgs),
+    /// Internal: spawns and reaps the measured children (see `measure.rs`).
+    #[command(hide = true)]
+    SpawnHelper,
 }
 
 #[derive(clap::Args)]
@@ -69,6 +72,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Ingest(args) => ingest(args),
+        Cmd::SpawnHelper => measure::helper_main(),
     }
 }
 
@@ -78,6 +82,8 @@ enum Kind {
     Spawn(PathBuf),
     /// One publish-with-ack from the warm client.
     Publish,
+    /// Connect a new client, one publish-with-ack (what ingest does on the wire).
+    ConnectPublish,
     /// imip-ingest on fixture `i`.
     Ingest(usize),
 }
@@ -88,7 +94,8 @@ struct Series {
     kind: Kind,
     target: usize,
     walls: Vec<Duration>,
-    rss: Vec<i64>,
+    /// Child figures of process series (empty for publish series).
+    children: Vec<Sample>,
     /// Samples taken, warm-up included (for unique message ids).
     runs: usize,
 }
@@ -101,19 +108,19 @@ impl Series {
             kind,
             target,
             walls: Vec::with_capacity(target),
-            rss: Vec::with_capacity(target),
+            children: Vec::with_capacity(target),
             runs: 0,
         }
     }
 
     fn summary(&self) -> Summary {
-        let rss = (!self.rss.is_empty()).then_some(self.rss.as_slice());
-        Summary::of(&self.walls, rss)
+        Summary::of(&self.walls, &self.children)
     }
 }
 
 /// Everything the measuring loop needs.
 struct Bench<'a> {
+    spawner: Spawner,
     rt: &'a tokio::runtime::Runtime,
     js: &'a async_nats::jetstream::Context,
     sandbox: &'a Sandbox,
@@ -121,40 +128,84 @@ struct Bench<'a> {
     fixtures: &'a [Fixture],
     publish_payload: Vec<u8>,
     publish_subject: String,
+    nats_url: &'a str,
     pid: u32,
 }
 
 impl Bench<'_> {
     /// Takes one sample of `series`; `keep` is false during warm-up.
-    fn sample(&self, series: &mut Series, keep: bool) -> anyhow::Result<()> {
+    fn sample(&mut self, series: &mut Series, keep: bool) -> anyhow::Result<()> {
         let k = series.runs;
         series.runs += 1;
-        let (wall, rss) = match &series.kind {
+        let (wall, child) = match &series.kind {
             Kind::Spawn(program) => {
-                let Sample { wall, max_rss_kb } =
-                    measure::run_child(&mut Command::new(program), &self.fixtures[0].bytes)?;
-                (wall, Some(max_rss_kb))
+                let s = self.spawner.run(&Job {
+                    program: &program.to_string_lossy(),
+                    args: &[],
+                    env: &[],
+                    input: &self.fixtures[0].bytes,
+                })?;
+                (s.wall, Some(s))
             }
             Kind::Publish => (self.publish_once(k)?, None),
+            Kind::ConnectPublish => (self.connect_publish_once(k)?, None),
             Kind::Ingest(i) => {
                 let fixture = &self.fixtures[*i];
                 let id = format!("bench{}-{}-{k}@imip-bench.invalid", self.pid, fixture.class);
                 let input = fixture.with_message_id(&id);
-                let mut cmd = Command::new(&self.ingest_bin);
-                cmd.args(["--sender", "alice@example.com"])
-                    .env("IMIP_NAMESPACE", self.sandbox.namespace.as_str());
-                let s = measure::run_child(&mut cmd, &input)
+                let s = self
+                    .spawner
+                    .run(&Job {
+                        program: &self.ingest_bin.to_string_lossy(),
+                        args: &["--sender", "alice@example.com"],
+                        env: &[("IMIP_NAMESPACE", self.sandbox.namespace.as_str())],
+                        input: &input,
+                    })
                     .with_context(|| format!("imip-ingest on {}", fixture.path.display()))?;
-                (s.wall, Some(s.max_rss_kb))
+                (s.wall, Some(s))
             }
         };
         if keep {
             series.walls.push(wall);
-            if let Some(r) = rss {
-                series.rss.push(r);
+            if let Some(c) = child {
+                series.children.push(c);
             }
         }
         Ok(())
+    }
+
+    fn connect_publish_once(&self, k: usize) -> anyhow::Result<Duration> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("bench{}-connect-publish-{k}", self.pid).as_str(),
+        );
+        let payload = self.publish_payload.clone();
+        self.rt.block_on(async {
+            let start = Instant::now();
+            let client = async_nats::ConnectOptions::new()
+                .name("imip-bench-fresh")
+                .max_reconnects(Some(0))
+                .connect(self.nats_url)
+                .await
+                .context("cannot connect")?;
+            let js = async_nats::jetstream::new(client.clone());
+            let ack = js
+                .publish_with_headers(self.publish_subject.clone(), headers, payload.into())
+                .await
+                .context("publish failed")?;
+            tokio::time::timeout(Duration::from_secs(10), ack)
+                .await
+                .context("no acknowledgement within 10 s")?
+                .context("publish not acknowledged")?;
+            let wall = start.elapsed();
+            drop(js);
+            client
+                .drain()
+                .await
+                .context("cannot close the connection")?;
+            Ok(wall)
+        })
     }
 
     fn publish_once(&self, k: usize) -> anyhow::Result<Duration> {
@@ -262,6 +313,12 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             Kind::Publish,
             n_base,
         ));
+        series.push(Series::new(
+            "connect + publish",
+            "new NATS connection, then the same publish-with-ack (context only)".into(),
+            Kind::ConnectPublish,
+            n_base,
+        ));
         for (i, f) in fixtures.iter().enumerate() {
             let what = format!(
                 "`{}`, {} B",
@@ -275,7 +332,8 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 n_ingest,
             ));
         }
-        let bench = Bench {
+        let mut bench = Bench {
+            spawner: Spawner::start(&std::env::current_exe()?, &["spawn-helper"])?,
             rt: &rt,
             js: &js,
             sandbox: &sandbox,
@@ -283,6 +341,7 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             fixtures: &fixtures,
             publish_subject: format!("{}.msg.0.bench", sandbox.namespace),
             publish_payload: publish_payload.clone(),
+            nats_url: &args.nats_url,
             pid: std::process::id(),
         };
         for s in series.iter_mut() {
@@ -303,6 +362,7 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
                 eprintln!("imip-bench: round {}/{rounds}", r + 1);
             }
         }
+        bench.spawner.finish()?;
         Ok(series)
     })();
     let checks = match &result {
@@ -392,6 +452,10 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             "ingest non-calendar / spawn".to_owned(),
             median("ingest non-calendar") / spawn,
         ),
+        (
+            "ingest typical / (spawn + connect + publish)".to_owned(),
+            median("ingest typical") / (spawn + median("connect + publish")),
+        ),
         ("publish / spawn".to_owned(), publish / spawn),
         (
             "peak RSS: ingest typical / spawn".to_owned(),
@@ -480,7 +544,12 @@ async fn stream_checks(
             .map(|s| s.runs as u64)
             .sum()
     };
-    let expected_messages = runs(&|k| matches!(k, Kind::Publish | Kind::Ingest(0 | 1)));
+    let expected_messages = runs(&|k| {
+        matches!(
+            k,
+            Kind::Publish | Kind::ConnectPublish | Kind::Ingest(0 | 1)
+        )
+    });
     let count = |name: String| async move {
         let mut stream = js
             .get_stream(&name)

@@ -147,16 +147,19 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\n## Wall time per message, µs\n\n\
-             | series | what | n | median | p99 | min | max | peak RSS, max (KiB) |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|"
+            "\n## Per message\n\n\
+             Wall times in µs. The last three columns are the child's own figures \
+             from `wait4`: median CPU time (user + system, µs), median minor page \
+             faults, and the largest peak RSS of the series.\n\n\
+             | series | what | n | median | p99 | min | max | CPU, median | minor faults, median | peak RSS, max (KiB) |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for r in &self.rows {
             let x = &r.summary;
-            let rss = x.max_rss_kb.map_or_else(|| "–".into(), |k| k.to_string());
+            let dash = || "–".to_owned();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.series,
                 r.what,
                 x.n,
@@ -164,7 +167,10 @@ impl Report {
                 us(x.p99_us),
                 us(x.min_us),
                 us(x.max_us),
-                rss
+                x.cpu_median_us.map_or_else(dash, us),
+                x.minor_faults_median
+                    .map_or_else(dash, |f| format!("{f:.0}")),
+                x.max_rss_kb.map_or_else(dash, |k| k.to_string()),
             );
         }
         let _ = writeln!(s, "\n## Ratios\n\n| ratio | value |\n|---|---:|");

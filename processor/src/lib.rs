@@ -4,9 +4,16 @@
 //! migrations that live in `schema/`, and creates the JetStream streams.
 
 pub mod config;
+pub mod ctl;
 pub mod error;
+pub mod events;
 pub mod migrate;
+pub mod model;
+pub mod relay;
+pub mod semantics;
+pub mod store;
 pub mod streams;
+pub mod worker;
 
 pub use config::Settings;
 pub use error::ProcessorError;

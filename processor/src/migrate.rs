@@ -107,3 +107,38 @@ pub async fn run(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
     log.extend(streams::ensure(&js, settings).await?);
     Ok(log)
 }
+
+/// Deletes the namespace's streams and drops its database.
+pub async fn reset(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
+    let mut log = Vec::new();
+    let ns = settings.namespace()?;
+    let nats = async_nats::connect(&settings.nats_url)
+        .await
+        .map_err(ProcessorError::nats)?;
+    let js = async_nats::jetstream::new(nats);
+    for name in [
+        ns.messages_stream(),
+        ns.quarantine_stream(),
+        ns.events_stream(),
+    ] {
+        if js.delete_stream(&name).await.is_ok() {
+            log.push(format!("stream {name}: deleted"));
+        }
+    }
+    let config: Config = settings
+        .database_url
+        .parse()
+        .map_err(|e| ProcessorError::Config(format!("IMIP_DATABASE_URL: {e}")))?;
+    if let Some(name) = config.get_dbname().map(str::to_owned) {
+        let mut admin = config.clone();
+        admin.dbname("postgres");
+        let (client, conn) = admin.connect(NoTls).await?;
+        tokio::spawn(conn);
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            .await?;
+        log.push(format!("database {name}: dropped"));
+    }
+    Ok(log)
+}

@@ -159,6 +159,9 @@ pub struct Outcome {
     /// Whether the series has instances beyond what `periods` materialises
     /// (an infinite or very long rule); queries past the horizon re-expand it.
     pub open_ended: bool,
+    /// When `open_ended`: `periods` holds exactly the periods of instances that
+    /// start before this instant; later ones come from `semantics::periods_in_window`.
+    pub complete_until: Option<DateTime<Utc>>,
     /// Whether the request-queue entry for this UID is removed.
     pub dequeue: bool,
     pub changes: Vec<Change>,
@@ -166,5 +169,8 @@ pub struct Outcome {
 
 /// Message identity the semantics need (user and method come from the payload).
 pub fn is_scheduling_method(m: &Method) -> bool {
-    matches!(m, Method::Request | Method::Publish | Method::Reply | Method::Cancel)
+    matches!(
+        m,
+        Method::Request | Method::Publish | Method::Reply | Method::Cancel
+    )
 }

@@ -203,10 +203,11 @@ impl ZoneRules {
             if let Some(rule) = &o.rule {
                 let first_year = o.start.year();
                 for y in (year - 1).max(first_year)..=(year + 1) {
-                    if let Some(count) = rule.count {
-                        if (y - first_year) as i64 >= i64::from(count) {
-                            break;
-                        }
+                    if rule
+                        .count
+                        .is_some_and(|count| i64::from(y - first_year) >= i64::from(count))
+                    {
+                        break;
                     }
                     let Some(date) = rule.date_in(y) else {
                         continue;

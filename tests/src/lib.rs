@@ -297,3 +297,191 @@ pub fn subset_mismatch(
         (e, a) => Some(format!("{path}: got {a}, expected {e}")),
     }
 }
+
+/// A running `imip-processor run`, killed when dropped.
+pub struct Processor {
+    pub child: tokio::process::Child,
+}
+
+impl Processor {
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub async fn kill9(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.pid();
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("processor did not stop within 30 s of SIGTERM")
+            .expect("wait")
+    }
+}
+
+impl TestEnv {
+    /// Starts `imip-processor run` with this environment (plus `extra` variables).
+    pub fn start_processor(&self, extra: &[(&str, &str)]) -> Processor {
+        let mut cmd = self.command("imip-processor");
+        cmd.arg("run")
+            .envs(extra.iter().copied())
+            .env("IMIP_LEASE_MS", "5000");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        Processor {
+            child: cmd.spawn().expect("spawn imip-processor run"),
+        }
+    }
+
+    /// `imip-ctl ARGS --json`, parsed; panics on failure.
+    pub async fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push("--json");
+        let out = self.run("imip-ctl", &all, b"").await;
+        assert!(
+            out.status.success(),
+            "imip-ctl {all:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "imip-ctl {all:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Stream messages that every partition has applied (all lanes caught up).
+    pub async fn wait_applied(&self) {
+        let js = self.jetstream().await;
+        let mut stream = js
+            .get_stream(format!("{}-messages", self.namespace))
+            .await
+            .expect("messages stream");
+        let db = self.pg().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let info = stream.info().await.expect("stream info");
+            let last = info.state.last_sequence as i64;
+            // Each partition's highest stream sequence must be applied; the
+            // simplest sufficient check: the max applied position reaches the
+            // stream's end and no partition lags behind its own last message.
+            let rows = db
+                .query("SELECT partition, last_sequence FROM partitions", &[])
+                .await
+                .unwrap_or_default();
+            let applied: std::collections::HashMap<i32, i64> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let mut caught_up = true;
+            for p in 0..self.partitions {
+                let subject = format!("{}.msg.{p}.>", self.namespace);
+                let last_in_p = match stream.get_last_raw_message_by_subject(&subject).await {
+                    Ok(m) => m.sequence as i64,
+                    Err(_) => 0,
+                };
+                if applied.get(&(p as i32)).copied().unwrap_or(0) < last_in_p {
+                    caught_up = false;
+                }
+            }
+            if caught_up && (last == 0 || !applied.is_empty()) {
+                // Give the relay a moment to publish the last batch's events.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "processor did not catch up within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Builds an iMIP mail: `method`, From `from`, with the given VEVENT (or other
+/// component) bodies, each a list of content lines without CRLF.
+pub fn imip_mail(
+    method: &str,
+    from: &str,
+    message_id: &str,
+    components: &[Vec<String>],
+) -> Vec<u8> {
+    let mut ics = format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//imipflow tests//EN\r\nMETHOD:{method}\r\n"
+    );
+    for c in components {
+        for l in c {
+            ics.push_str(l);
+            ics.push_str("\r\n");
+        }
+    }
+    ics.push_str("END:VCALENDAR\r\n");
+    format!(
+        "From: <{from}>\r\nTo: <someone@example.org>\r\nSubject: {method}\r\nMessage-ID: <{message_id}>\r\n\
+Date: Mon, 01 Mar 2027 12:00:00 +0000\r\nMIME-Version: 1.0\r\n\
+Content-Type: text/calendar; method={method}; charset=UTF-8\r\n\r\n{ics}"
+    )
+    .into_bytes()
+}
+
+/// A VEVENT as content lines: `lines` are inserted between BEGIN and END.
+pub fn vevent(lines: &[&str]) -> Vec<String> {
+    let mut v = vec!["BEGIN:VEVENT".to_owned()];
+    v.extend(lines.iter().map(|l| l.to_string()));
+    v.push("END:VEVENT".to_owned());
+    v
+}
+
+/// Publishes payloads straight onto the messages stream, as `imip-ingest` would
+/// (same subject and `Nats-Msg-Id`), for tests that need thousands of messages
+/// faster than one process per message allows.
+pub async fn publish_payloads(env: &TestEnv, payloads: &[serde_json::Value]) {
+    let js = env.jetstream().await;
+    let ns = imipflow_schema::Namespace::new(&env.namespace).unwrap();
+    let mut acks = Vec::new();
+    for p in payloads {
+        let user = p["user"].as_str().unwrap();
+        let subject = ns.message_subject(
+            imipflow_schema::partition(user, env.partitions),
+            &imipflow_schema::user_key(user),
+        );
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", p["dedupe_id"].as_str().unwrap());
+        acks.push(
+            js.publish_with_headers(subject, headers, serde_json::to_vec(p).unwrap().into())
+                .await
+                .expect("publish"),
+        );
+        if acks.len() >= 256 {
+            for a in acks.drain(..) {
+                a.await.expect("ack");
+            }
+        }
+    }
+    for a in acks {
+        a.await.expect("ack");
+    }
+}
+
+/// The payload `imip-ingest --print` makes of `mail` sent by `sender`.
+pub async fn payload_of(env: &TestEnv, sender: &str, mail: &[u8]) -> serde_json::Value {
+    let out = env.ingest(&["--print", "--sender", sender], mail).await;
+    assert!(out.status.success());
+    json_lines(&out.stdout).remove(0)
+}
+
+/// Every event on the events stream of this namespace, in stream order.
+pub async fn all_events(env: &TestEnv) -> Vec<serde_json::Value> {
+    env.stream_messages("events")
+        .await
+        .into_iter()
+        .map(|m| m.json)
+        .collect()
+}

@@ -21,6 +21,14 @@ struct Cli {
 enum Command {
     /// Create the database if absent, apply migrations, create the streams.
     Migrate,
+    /// Consume and apply; run any number of instances.
+    Run,
+    /// Delete this namespace's streams and drop its database (demos, tests).
+    Reset {
+        /// Required: this destroys data.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[tokio::main]
@@ -42,6 +50,34 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
             }
             println!("migrate: done");
+        }
+        Command::Reset { yes } => {
+            if !yes {
+                anyhow::bail!("reset destroys the namespace's streams and database; pass --yes");
+            }
+            for line in migrate::reset(&cli.settings)
+                .await
+                .context("reset failed")?
+            {
+                println!("{line}");
+            }
+        }
+        Command::Run => {
+            let (tx, rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                tracing::info!("shutting down: finishing the current batches, releasing leases");
+                let _ = tx.send(true);
+            });
+            imipflow_processor::worker::run(cli.settings, rx)
+                .await
+                .context("run failed")?;
         }
     }
     Ok(())

@@ -1,0 +1,65 @@
+//! The outbox relay: publishes a partition's committed change events to
+//! JetStream, in per-user order, with the event id as `Nats-Msg-Id`.
+//!
+//! It runs inside the lane that owns the partition (after each commit and on
+//! taking a lane over), so one partition's events are only ever published by
+//! one worker at a time and a user's events cannot overtake each other.
+
+use crate::error::ProcessorError;
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use imipflow_schema::{Namespace, user_key};
+use tokio_postgres::Client;
+
+pub async fn flush(
+    db: &Client,
+    js: &jetstream::Context,
+    ns: &Namespace,
+    partition: i32,
+) -> Result<usize, ProcessorError> {
+    let mut total = 0;
+    loop {
+        let rows = db
+            .query(
+                "SELECT user_addr, user_seq, event_id, kind, body FROM outbox
+                 WHERE partition = $1 AND published_at IS NULL
+                 ORDER BY created_at, user_addr, user_seq LIMIT 500",
+                &[&partition],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(total);
+        }
+        let mut acks = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let user: String = r.get(0);
+            let id: String = r.get(2);
+            let kind: String = r.get(3);
+            let body: serde_json::Value = r.get(4);
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", id.as_str());
+            let ack = js
+                .publish_with_headers(
+                    ns.event_subject(&kind, &user_key(&user)),
+                    headers,
+                    serde_json::to_vec(&body).expect("json").into(),
+                )
+                .await
+                .map_err(ProcessorError::nats)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(ProcessorError::nats)?;
+        }
+        let users: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+        db.execute(
+            "UPDATE outbox SET published_at = now()
+             FROM unnest($1::text[], $2::bigint[]) AS x(u, s)
+             WHERE outbox.user_addr = x.u AND outbox.user_seq = x.s",
+            &[&users, &seqs],
+        )
+        .await?;
+        total += rows.len();
+    }
+}

@@ -1,0 +1,267 @@
+//! PostgreSQL reads and writes of the processor, one user per statement.
+//!
+//! Thin on purpose: the decisions are in `semantics`; this module loads a UID's
+//! state, writes an `Outcome`, and keeps the lane's bookkeeping (message log,
+//! per-user event sequence, outbox, dead letters) in the same transaction.
+
+use crate::events;
+use crate::model::{Change, Disposition, Outcome, Period, QueueChange, StoredObject, UidState};
+use chrono::{DateTime, Utc};
+use tokio_postgres::Transaction;
+use tokio_postgres::types::Json;
+
+pub type Result<T> = std::result::Result<T, tokio_postgres::Error>;
+
+pub fn recurrence_key(r: Option<DateTime<Utc>>) -> String {
+    r.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+pub async fn load_state(tx: &Transaction<'_>, user: &str, uid: &str) -> Result<UidState> {
+    let rows = tx
+        .query(
+            "SELECT data FROM objects WHERE user_addr = $1 AND uid = $2 ORDER BY recurrence_key",
+            &[&user, &uid],
+        )
+        .await?;
+    let objects = rows
+        .into_iter()
+        .filter_map(|r| {
+            serde_json::from_value::<StoredObject>(r.get::<_, serde_json::Value>(0)).ok()
+        })
+        .collect();
+    Ok(UidState { objects })
+}
+
+pub async fn already_applied(tx: &Transaction<'_>, user: &str, dedupe_id: &str) -> Result<bool> {
+    Ok(tx
+        .query_opt(
+            "SELECT 1 FROM message_log WHERE user_addr = $1 AND dedupe_id = $2",
+            &[&user, &dedupe_id],
+        )
+        .await?
+        .is_some())
+}
+
+pub async fn log_message(
+    tx: &Transaction<'_>,
+    user: &str,
+    dedupe_id: &str,
+    seq: i64,
+    method: &str,
+    disposition: &Disposition,
+) -> Result<()> {
+    let (outcome, reason) = match disposition {
+        Disposition::Applied => ("applied", None),
+        Disposition::Stale(r) => ("stale", Some(r.as_str())),
+        Disposition::Ignored(r) => ("ignored", Some(r.as_str())),
+        Disposition::Refused(r) => ("refused", Some(r.as_str())),
+    };
+    tx.execute(
+        "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (user_addr, dedupe_id) DO NOTHING",
+        &[&user, &dedupe_id, &seq, &method, &outcome, &reason],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes the new state and periods of one UID; returns the queue change, if any.
+pub async fn save_outcome(
+    tx: &Transaction<'_>,
+    user: &str,
+    uid: &str,
+    outcome: &Outcome,
+) -> Result<Option<Change>> {
+    // Independent statements are sent together: tokio-postgres pipelines them.
+    let key: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &uid];
+    futures::try_join!(
+        tx.execute(
+            "DELETE FROM objects WHERE user_addr = $1 AND uid = $2",
+            &key
+        ),
+        tx.execute(
+            "DELETE FROM attendees WHERE user_addr = $1 AND uid = $2",
+            &key
+        ),
+        tx.execute(
+            "DELETE FROM freebusy WHERE user_addr = $1 AND uid = $2",
+            &key
+        ),
+        tx.execute(
+            "DELETE FROM open_series WHERE user_addr = $1 AND uid = $2",
+            &key
+        ),
+    )?;
+    for o in &outcome.state.objects {
+        let key = recurrence_key(o.recurrence_id);
+        let c = &o.component;
+        let start = c.start.as_ref().and_then(|t| t.utc);
+        let end = c.end.as_ref().and_then(|t| t.utc);
+        tx.execute(
+            "INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence, dtstamp,
+                                  status, summary, organizer, dtstart, dtend, data)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &user,
+                &uid,
+                &key,
+                &o.recurrence_id,
+                &c.sequence,
+                &c.dtstamp,
+                &c.status.as_ref().map(|s| s.as_str().to_owned()),
+                &c.summary,
+                &c.organizer.as_ref().map(|p| p.address.clone()),
+                &start,
+                &end,
+                &Json(o),
+            ],
+        )
+        .await?;
+        if !c.attendees.is_empty() {
+            let addresses: Vec<&str> = c.attendees.iter().map(|a| a.address.as_str()).collect();
+            let partstats: Vec<&str> = c.attendees.iter().map(|a| a.partstat.as_str()).collect();
+            let roles: Vec<&str> = c.attendees.iter().map(|a| a.role.as_str()).collect();
+            let seqs: Vec<Option<i64>> = c
+                .attendees
+                .iter()
+                .map(|a| o.answers.get(&a.address).map(|s| s.sequence))
+                .collect();
+            let stamps: Vec<Option<DateTime<Utc>>> = c
+                .attendees
+                .iter()
+                .map(|a| o.answers.get(&a.address).and_then(|s| s.dtstamp))
+                .collect();
+            tx.execute(
+                "INSERT INTO attendees (user_addr, uid, recurrence_key, address, partstat, role,
+                                        answer_sequence, answer_dtstamp)
+                 SELECT $1, $2, $3, a, p, r, s, d
+                 FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[], $8::timestamptz[])
+                      AS x(a, p, r, s, d)
+                 ON CONFLICT DO NOTHING",
+                &[
+                    &user, &uid, &key, &addresses, &partstats, &roles, &seqs, &stamps,
+                ],
+            )
+            .await?;
+        }
+    }
+    insert_periods(tx, user, uid, &outcome.periods).await?;
+    if outcome.open_ended {
+        // Instances starting before `complete_until` are all in `freebusy`;
+        // queries past it re-expand the series.
+        if let Some(until) = outcome.complete_until {
+            tx.execute(
+                "INSERT INTO open_series (user_addr, uid, materialised_until) VALUES ($1, $2, $3)",
+                &[&user, &uid, &until],
+            )
+            .await?;
+        }
+    }
+    if outcome.dequeue {
+        let removed = tx
+            .execute(
+                "DELETE FROM request_queue WHERE user_addr = $1 AND uid = $2",
+                &[&user, &uid],
+            )
+            .await?;
+        if removed > 0 {
+            return Ok(Some(Change::QueueChanged {
+                uid: uid.to_owned(),
+                change: QueueChange::Removed,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+async fn insert_periods(
+    tx: &Transaction<'_>,
+    user: &str,
+    uid: &str,
+    periods: &[Period],
+) -> Result<()> {
+    if periods.is_empty() {
+        return Ok(());
+    }
+    // One multi-row statement per UID instead of one round trip per instance.
+    let starts: Vec<DateTime<Utc>> = periods.iter().map(|p| p.start).collect();
+    let ends: Vec<DateTime<Utc>> = periods.iter().map(|p| p.end).collect();
+    let types: Vec<&str> = periods.iter().map(|p| p.fbtype.as_str()).collect();
+    let instances: Vec<DateTime<Utc>> = periods
+        .iter()
+        .map(|p| p.recurrence_id.unwrap_or(p.start))
+        .collect();
+    let rids: Vec<Option<DateTime<Utc>>> = periods.iter().map(|p| p.recurrence_id).collect();
+    tx.execute(
+        "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
+         SELECT $1, $2, i, tstzrange(s, e, '[)'), t, r
+         FROM unnest($3::timestamptz[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::timestamptz[])
+              AS x(i, s, e, t, r)
+         ON CONFLICT (user_addr, uid, instance) DO UPDATE SET period = EXCLUDED.period, fbtype = EXCLUDED.fbtype",
+        &[&user, &uid, &instances, &starts, &ends, &types, &rids],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends events to the user's outbox with gap-free per-user sequence numbers.
+pub async fn append_events(
+    tx: &Transaction<'_>,
+    namespace: &str,
+    partition: i32,
+    user: &str,
+    changes: &[Change],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let n = changes.len() as i64;
+    let last: i64 = tx
+        .query_one(
+            "INSERT INTO user_events (user_addr, last_seq) VALUES ($1, $2)
+             ON CONFLICT (user_addr) DO UPDATE SET last_seq = user_events.last_seq + $2
+             RETURNING last_seq",
+            &[&user, &n],
+        )
+        .await?
+        .get(0);
+    let first = last - n + 1;
+    for (i, change) in changes.iter().enumerate() {
+        let seq = first + i as i64;
+        let body = events::cloud_event(namespace, user, seq, now, change);
+        tx.execute(
+            "INSERT INTO outbox (user_addr, user_seq, partition, event_id, kind, body)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &user,
+                &seq,
+                &partition,
+                &events::event_id(namespace, user, seq),
+                &change.kind(),
+                &Json(&body),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+pub async fn dead_letter(
+    tx: &Transaction<'_>,
+    user: &str,
+    partition: i32,
+    seq: i64,
+    payload: &[u8],
+    error: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO dead_letters (user_addr, partition, stream_seq, payload, error)
+         VALUES ($1, $2, $3, $4, $5)",
+        &[&user, &partition, &seq, &payload, &error],
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,419 @@
+//! `imip-processor run`: one ordered lane per partition, applied exactly once.
+//!
+//! A lane is owned through a lease row in `partitions` (owner, epoch,
+//! lease_until). Every transaction that applies messages first re-asserts the
+//! lease by updating that row *with the epoch it acquired*; a worker that lost
+//! its lease (paused, partitioned, slow) matches no row and rolls back — that
+//! is the fencing. The stream position is stored in the same transaction as the
+//! effects, and the lane reads the stream from that position with an ordered
+//! consumer, so PostgreSQL is the single source of truth for what was applied:
+//! a crash at any point repeats nothing and loses nothing.
+
+use crate::config::Settings;
+use crate::error::ProcessorError;
+use crate::migrate::connect;
+use crate::{semantics, store};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use futures::StreamExt;
+use imipflow_schema::{Namespace, PAYLOAD_VERSION, Payload};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+pub struct Lane {
+    settings: Arc<Settings>,
+    ns: Namespace,
+    js: jetstream::Context,
+    instance: String,
+    partition: i32,
+}
+
+/// A message read from the stream.
+struct Msg {
+    seq: i64,
+    payload: Vec<u8>,
+}
+
+impl Lane {
+    async fn acquire(&self, db: &Client) -> Result<Option<(i64, i64)>, ProcessorError> {
+        let ttl = self.settings.lease_ms as f64 / 1000.0;
+        db.execute(
+            "INSERT INTO partitions (partition) VALUES ($1) ON CONFLICT DO NOTHING",
+            &[&self.partition],
+        )
+        .await?;
+        let row = db
+            .query_opt(
+                "UPDATE partitions
+                 SET owner = $2, epoch = epoch + 1, lease_until = clock_timestamp() + make_interval(secs => $3)
+                 WHERE partition = $1 AND (owner IS NULL OR lease_until < clock_timestamp())
+                 RETURNING epoch, last_sequence",
+                &[&self.partition, &self.instance, &ttl],
+            )
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Extends the lease; false when it was lost.
+    async fn renew(&self, db: &Client, epoch: i64) -> Result<bool, ProcessorError> {
+        let ttl = self.settings.lease_ms as f64 / 1000.0;
+        Ok(db
+            .execute(
+                "UPDATE partitions SET lease_until = clock_timestamp() + make_interval(secs => $4)
+                 WHERE partition = $1 AND owner = $2 AND epoch = $3",
+                &[&self.partition, &self.instance, &epoch, &ttl],
+            )
+            .await?
+            == 1)
+    }
+
+    async fn release(&self, db: &Client, epoch: i64) {
+        let _ = db
+            .execute(
+                "UPDATE partitions SET owner = NULL, lease_until = NULL
+                 WHERE partition = $1 AND owner = $2 AND epoch = $3",
+                &[&self.partition, &self.instance, &epoch],
+            )
+            .await;
+    }
+
+    /// Runs the lane until shutdown: acquire, apply, and on losing the lease start over.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
+        let mut db = connect(&self.settings.database_url).await?;
+        let retry = Duration::from_millis(self.settings.lease_ms / 4);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            match self.acquire(&db).await? {
+                Some((epoch, last)) => {
+                    tracing::info!(partition = self.partition, epoch, last, "lane acquired");
+                    let result = self.own(&mut db, epoch, last, &mut shutdown).await;
+                    self.release(&db, epoch).await;
+                    if let Err(e) = result {
+                        tracing::warn!(partition = self.partition, error = %e, "lane stopped; retrying");
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn own(
+        &self,
+        db: &mut Client,
+        epoch: i64,
+        mut last: i64,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ProcessorError> {
+        crate::relay::flush(db, &self.js, &self.ns, self.partition).await?;
+        let stream = self
+            .js
+            .get_stream(self.ns.messages_stream())
+            .await
+            .map_err(ProcessorError::nats)?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.ns.partition_filter(self.partition as u32),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: (last + 1) as u64,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(ProcessorError::nats)?;
+        let mut messages = consumer.messages().await.map_err(ProcessorError::nats)?;
+        let renew_every = Duration::from_millis(self.settings.lease_ms / 3);
+        loop {
+            // Wait for the first message of a batch, renewing the lease while idle.
+            let first = tokio::select! {
+                m = messages.next() => m,
+                _ = tokio::time::sleep(renew_every) => {
+                    if !self.renew(db, epoch).await? {
+                        return Err(ProcessorError::Config("lease lost".into()));
+                    }
+                    continue;
+                }
+                _ = shutdown.changed() => return Ok(()),
+            };
+            let Some(first) = first else {
+                return Err(ProcessorError::Nats("message stream ended".into()));
+            };
+            let mut batch = Vec::with_capacity(self.settings.batch_size);
+            let push =
+                |m: jetstream::Message, batch: &mut Vec<Msg>| -> Result<(), ProcessorError> {
+                    let info = m.info().map_err(ProcessorError::nats)?;
+                    batch.push(Msg {
+                        seq: info.stream_sequence as i64,
+                        payload: m.payload.to_vec(),
+                    });
+                    Ok(())
+                };
+            push(first.map_err(ProcessorError::nats)?, &mut batch)?;
+            while batch.len() < self.settings.batch_size {
+                match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
+                    Ok(Some(m)) => push(m.map_err(ProcessorError::nats)?, &mut batch)?,
+                    Ok(None) => break,
+                    Err(_) => break,
+                }
+            }
+            let fresh: Vec<Msg> = batch.into_iter().filter(|m| m.seq > last).collect();
+            if fresh.is_empty() {
+                continue;
+            }
+            last = self.apply_batch(db, epoch, &fresh).await?;
+            crate::relay::flush(db, &self.js, &self.ns, self.partition).await?;
+        }
+    }
+
+    /// One transaction: fence, apply each message (dead-lettering failures), store the position.
+    async fn apply_batch(
+        &self,
+        db: &mut Client,
+        epoch: i64,
+        batch: &[Msg],
+    ) -> Result<i64, ProcessorError> {
+        let started = std::time::Instant::now();
+        let result = self.apply_batch_inner(db, epoch, batch).await;
+        tracing::debug!(
+            partition = self.partition,
+            messages = batch.len(),
+            took_us = started.elapsed().as_micros() as u64,
+            "batch"
+        );
+        result
+    }
+
+    async fn apply_batch_inner(
+        &self,
+        db: &mut Client,
+        epoch: i64,
+        batch: &[Msg],
+    ) -> Result<i64, ProcessorError> {
+        let ttl = self.settings.lease_ms as f64 / 1000.0;
+        let mut tx = db.transaction().await?;
+        let fenced = tx
+            .query_opt(
+                "UPDATE partitions SET lease_until = clock_timestamp() + make_interval(secs => $4)
+                 WHERE partition = $1 AND owner = $2 AND epoch = $3
+                 RETURNING last_sequence",
+                &[&self.partition, &self.instance, &epoch, &ttl],
+            )
+            .await?;
+        let Some(row) = fenced else {
+            tx.rollback().await?;
+            return Err(ProcessorError::Config(
+                "lease lost before commit (fenced)".into(),
+            ));
+        };
+        let stored_last: i64 = row.get(0);
+        let todo: Vec<&Msg> = batch.iter().filter(|m| m.seq > stored_last).collect();
+        let Some(last) = todo.last().map(|m| m.seq) else {
+            tx.rollback().await?;
+            return Ok(stored_last);
+        };
+        // Fast path: the whole batch without savepoints. If any message fails,
+        // start over with one savepoint per message so that only the failing
+        // ones go to the dead-letter table.
+        let mut fast = tx.savepoint("batch").await?;
+        let mut failed = false;
+        for m in &todo {
+            if apply_payload(
+                &mut fast,
+                &self.settings,
+                &self.ns,
+                self.partition,
+                m.seq,
+                &m.payload,
+            )
+            .await
+            .is_err()
+            {
+                failed = true;
+                break;
+            }
+        }
+        if failed {
+            fast.rollback().await?;
+            for m in &todo {
+                apply_message(
+                    &mut tx,
+                    &self.settings,
+                    &self.ns,
+                    self.partition,
+                    m.seq,
+                    &m.payload,
+                )
+                .await?;
+            }
+        } else {
+            fast.commit().await?;
+        }
+        tx.execute(
+            "UPDATE partitions SET last_sequence = $2,
+                    lease_until = clock_timestamp() + make_interval(secs => $3)
+             WHERE partition = $1",
+            &[&self.partition, &last, &ttl],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(last)
+    }
+}
+
+/// Applies one message inside the lane's transaction, under a savepoint: if
+/// applying fails, its partial effects are undone and it goes to the dead-letter
+/// table, and the lane continues.
+pub async fn apply_message(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    settings: &Settings,
+    ns: &Namespace,
+    partition: i32,
+    seq: i64,
+    bytes: &[u8],
+) -> Result<(), ProcessorError> {
+    let user_hint = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
+    let mut sp = tx.savepoint("message").await?;
+    match apply_payload(&mut sp, settings, ns, partition, seq, bytes).await {
+        Ok(()) => {
+            sp.commit().await?;
+        }
+        Err(e) => {
+            sp.rollback().await?;
+            tracing::warn!(partition, seq, user = %user_hint, error = %e, "message dead-lettered");
+            store::dead_letter(tx, &user_hint, partition, seq, bytes, &e.to_string()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn apply_payload(
+    tx: &mut tokio_postgres::Transaction<'_>,
+    settings: &Settings,
+    ns: &Namespace,
+    partition: i32,
+    seq: i64,
+    bytes: &[u8],
+) -> Result<(), ProcessorError> {
+    let payload = Payload::from_json(bytes)
+        .map_err(|e| ProcessorError::Payload(format!("unreadable payload: {e}")))?;
+    if payload.version != PAYLOAD_VERSION {
+        return Err(ProcessorError::Payload(format!(
+            "payload version {} (this processor knows {PAYLOAD_VERSION})",
+            payload.version
+        )));
+    }
+    let user = payload.user.as_str();
+    if store::already_applied(tx, user, &payload.dedupe_id).await? {
+        return Ok(());
+    }
+    let ctx = settings.ctx(payload.ingested_at)?;
+    let mut uids: Vec<&str> = Vec::new();
+    for c in &payload.components {
+        if !uids.contains(&c.uid.as_str()) {
+            uids.push(&c.uid);
+        }
+    }
+    let mut disposition = crate::model::Disposition::Applied;
+    let mut changes = Vec::new();
+    for uid in uids {
+        let state = store::load_state(tx, user, uid).await?;
+        let outcome = semantics::apply(&state, &payload, uid, &ctx);
+        if outcome.disposition == crate::model::Disposition::Applied {
+            let queue = store::save_outcome(tx, user, uid, &outcome).await?;
+            changes.extend(outcome.changes);
+            changes.extend(queue);
+        } else if disposition == crate::model::Disposition::Applied {
+            disposition = outcome.disposition;
+        }
+    }
+    store::append_events(
+        tx,
+        ns.as_str(),
+        partition,
+        user,
+        &changes,
+        chrono::Utc::now(),
+    )
+    .await?;
+    store::log_message(
+        tx,
+        user,
+        &payload.dedupe_id,
+        seq,
+        payload.method.as_str(),
+        &disposition,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Starts one lane per partition and waits for shutdown.
+pub async fn run(
+    settings: Settings,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), ProcessorError> {
+    let ns = settings.namespace()?;
+    settings.default_tz()?;
+    let nats = async_nats::connect(&settings.nats_url)
+        .await
+        .map_err(ProcessorError::nats)?;
+    let js = jetstream::new(nats);
+    let instance = format!(
+        "{}-{}-{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
+    let settings = Arc::new(settings);
+    let mut tasks = Vec::new();
+    for p in 0..settings.partitions {
+        let lane = Lane {
+            settings: settings.clone(),
+            ns: ns.clone(),
+            js: js.clone(),
+            instance: instance.clone(),
+            partition: p as i32,
+        };
+        let rx = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let lane_ref = Lane {
+                    settings: lane.settings.clone(),
+                    ns: lane.ns.clone(),
+                    js: lane.js.clone(),
+                    instance: lane.instance.clone(),
+                    partition: lane.partition,
+                };
+                match lane_ref.run(rx.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(partition = lane.partition, error = %e, "lane failed; restarting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if *rx.borrow() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    tracing::info!(
+        instance,
+        partitions = settings.partitions,
+        "processor running"
+    );
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
