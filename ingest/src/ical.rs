@@ -53,10 +53,10 @@ pub fn split_vcalendars(text: &str) -> Vec<&str> {
             .trim_start_matches('\u{feff}');
         if start.is_none() && t.eq_ignore_ascii_case("BEGIN:VCALENDAR") {
             start = Some(pos);
-        } else if t.eq_ignore_ascii_case("END:VCALENDAR") {
-            if let Some(s) = start.take() {
-                blocks.push(&text[s..pos + line.len()]);
-            }
+        } else if t.eq_ignore_ascii_case("END:VCALENDAR")
+            && let Some(s) = start.take()
+        {
+            blocks.push(&text[s..pos + line.len()]);
         }
         pos += line.len();
     }
@@ -144,13 +144,13 @@ pub fn parse_object(
     }))
 }
 
-fn first_text<'a>(c: &'a ICalendarComponent, p: ICalendarProperty) -> Option<&'a str> {
+fn first_text(c: &ICalendarComponent, p: ICalendarProperty) -> Option<&str> {
     c.property(&p)
         .and_then(|e| e.values.first())
         .and_then(|v| v.as_text())
 }
 
-fn param_text<'a>(e: &'a ICalendarEntry, name: ICalendarParameterName) -> Option<&'a str> {
+fn param_text(e: &ICalendarEntry, name: ICalendarParameterName) -> Option<&str> {
     e.parameter(&name).and_then(|v| v.as_text())
 }
 
@@ -397,18 +397,18 @@ fn component(
                 .and_then(|s| end_from_duration(s, days, exact, zones));
         }
     }
-    if let (Some(s), Some(e)) = (&start, &end) {
-        if ends_before(e, s) {
-            return Err(refuse(
-                QuarantineReason::InvalidTimeRange,
-                format!(
-                    "{} {} is before DTSTART {} in {uid}",
-                    end_prop.as_str(),
-                    e.local,
-                    s.local
-                ),
-            ));
-        }
+    if let (Some(s), Some(e)) = (&start, &end)
+        && ends_before(e, s)
+    {
+        return Err(refuse(
+            QuarantineReason::InvalidTimeRange,
+            format!(
+                "{} {} is before DTSTART {} in {uid}",
+                end_prop.as_str(),
+                e.local,
+                s.local
+            ),
+        ));
     }
 
     let mut rrule = Vec::new();

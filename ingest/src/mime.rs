@@ -64,14 +64,12 @@ fn is_calendar_part(part: &mail_parser::MessagePart<'_>) -> bool {
 }
 
 fn decode_binary(bytes: &[u8], charset: Option<&str>) -> (String, bool) {
-    if let Some(cs) = charset {
-        if !cs.eq_ignore_ascii_case("utf-8") && !cs.eq_ignore_ascii_case("us-ascii") {
-            if let Some(decoder) =
-                mail_parser::decoders::charsets::map::charset_decoder(cs.as_bytes())
-            {
-                return (decoder(bytes), false);
-            }
-        }
+    if let Some(cs) = charset
+        && !cs.eq_ignore_ascii_case("utf-8")
+        && !cs.eq_ignore_ascii_case("us-ascii")
+        && let Some(decoder) = mail_parser::decoders::charsets::map::charset_decoder(cs.as_bytes())
+    {
+        return (decoder(bytes), false);
     }
     match std::str::from_utf8(bytes) {
         Ok(s) => (s.to_owned(), false),

@@ -152,7 +152,8 @@ fn direction_tag(d: Direction) -> &'static [u8] {
 pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Utc>) -> Plan {
     let raw = input.bytes;
     let too_large = input.total_size > limits.max_message_bytes as u64;
-    if !mime::looks_calendar(raw) && !(too_large && input.calendar_beyond_limit) {
+    let calendar = mime::looks_calendar(raw) || (too_large && input.calendar_beyond_limit);
+    if !calendar {
         return Plan::default();
     }
 

@@ -56,12 +56,11 @@ impl<'a> ZoneResolver<'a> {
                     .and_then(|v| v.as_text())
                     == Some(tzid)
         });
-        if let Some(vtz) = vtimezone {
-            if let Some((_, tz)) = vtz.timezone() {
-                if let Some(z) = zone_of(tz) {
-                    return Some(z);
-                }
-            }
+        if let Some(vtz) = vtimezone
+            && let Some((_, tz)) = vtz.timezone()
+            && let Some(z) = zone_of(tz)
+        {
+            return Some(z);
         }
         if let Some(z) = Tz::from_str(tzid).ok().and_then(zone_of) {
             return Some(z);
