@@ -50,14 +50,19 @@ pub async fn freebusy(
         .await?;
     if !open.is_empty() {
         let tx = db.transaction().await?;
+        let cache = store::StatementCache::default();
         let ctx = settings.ctx(Utc::now())?;
         for r in open {
             let uid: String = r.get(0);
             let until: DateTime<Utc> = r.get(1);
-            let state: UidState = store::load_state(&tx, user, &uid).await?;
+            let state: UidState = store::load_state(&tx, &cache, user, &uid).await?;
+            let stored: std::collections::HashSet<DateTime<Utc>> = out
+                .iter()
+                .filter(|b| b.uid == uid)
+                .map(|b| b.start)
+                .collect();
             for p in semantics::periods_in_window(&state, user, from.max(until), to, &ctx) {
-                let dup = out.iter().any(|b| b.uid == uid && b.start == p.start);
-                if !dup && p.start >= until {
+                if p.start >= until && !stored.contains(&p.start) {
                     out.push(busy(&uid, &p));
                 }
             }

@@ -12,12 +12,44 @@ use tokio_postgres::types::Json;
 
 pub type Result<T> = std::result::Result<T, tokio_postgres::Error>;
 
+/// Prepared statements of one connection, by SQL text. Preparing once per
+/// connection instead of once per call halves the round trips of every
+/// statement (tokio-postgres would otherwise parse each one anew).
+#[derive(Default)]
+pub struct StatementCache {
+    statements:
+        std::sync::Mutex<std::collections::HashMap<&'static str, tokio_postgres::Statement>>,
+}
+
+impl StatementCache {
+    pub async fn get(
+        &self,
+        tx: &Transaction<'_>,
+        sql: &'static str,
+    ) -> Result<tokio_postgres::Statement> {
+        if let Some(s) = self.statements.lock().expect("cache lock").get(sql) {
+            return Ok(s.clone());
+        }
+        let prepared = tx.prepare(sql).await?;
+        self.statements
+            .lock()
+            .expect("cache lock")
+            .insert(sql, prepared.clone());
+        Ok(prepared)
+    }
+}
+
 pub fn recurrence_key(r: Option<DateTime<Utc>>) -> String {
     r.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default()
 }
 
-pub async fn load_state(tx: &Transaction<'_>, user: &str, uid: &str) -> Result<UidState> {
+pub async fn load_state(
+    tx: &Transaction<'_>,
+    cache: &StatementCache,
+    user: &str,
+    uid: &str,
+) -> Result<UidState> {
     let rows = tx
         .query(
             "SELECT data FROM objects WHERE user_addr = $1 AND uid = $2 ORDER BY recurrence_key",
@@ -33,7 +65,12 @@ pub async fn load_state(tx: &Transaction<'_>, user: &str, uid: &str) -> Result<U
     Ok(UidState { objects })
 }
 
-pub async fn already_applied(tx: &Transaction<'_>, user: &str, dedupe_id: &str) -> Result<bool> {
+pub async fn already_applied(
+    tx: &Transaction<'_>,
+    cache: &StatementCache,
+    user: &str,
+    dedupe_id: &str,
+) -> Result<bool> {
     Ok(tx
         .query_opt(
             "SELECT 1 FROM message_log WHERE user_addr = $1 AND dedupe_id = $2",
@@ -45,6 +82,7 @@ pub async fn already_applied(tx: &Transaction<'_>, user: &str, dedupe_id: &str) 
 
 pub async fn log_message(
     tx: &Transaction<'_>,
+    cache: &StatementCache,
     user: &str,
     dedupe_id: &str,
     seq: i64,
@@ -58,9 +96,9 @@ pub async fn log_message(
         Disposition::Refused(r) => ("refused", Some(r.as_str())),
     };
     tx.execute(
-        "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason)
+        &cache.get(tx, "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason)
          VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (user_addr, dedupe_id) DO NOTHING",
+         ON CONFLICT (user_addr, dedupe_id) DO NOTHING").await?,
         &[&user, &dedupe_id, &seq, &method, &outcome, &reason],
     )
     .await?;
@@ -70,29 +108,38 @@ pub async fn log_message(
 /// Writes the new state and periods of one UID; returns the queue change, if any.
 pub async fn save_outcome(
     tx: &Transaction<'_>,
+    cache: &StatementCache,
     user: &str,
     uid: &str,
     outcome: &Outcome,
 ) -> Result<Option<Change>> {
     // Independent statements are sent together: tokio-postgres pipelines them.
     let key: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &uid];
+    let (objects, attendees, freebusy, open) = (
+        cache
+            .get(tx, "DELETE FROM objects WHERE user_addr = $1 AND uid = $2")
+            .await?,
+        cache
+            .get(
+                tx,
+                "DELETE FROM attendees WHERE user_addr = $1 AND uid = $2",
+            )
+            .await?,
+        cache
+            .get(tx, "DELETE FROM freebusy WHERE user_addr = $1 AND uid = $2")
+            .await?,
+        cache
+            .get(
+                tx,
+                "DELETE FROM open_series WHERE user_addr = $1 AND uid = $2",
+            )
+            .await?,
+    );
     futures::try_join!(
-        tx.execute(
-            "DELETE FROM objects WHERE user_addr = $1 AND uid = $2",
-            &key
-        ),
-        tx.execute(
-            "DELETE FROM attendees WHERE user_addr = $1 AND uid = $2",
-            &key
-        ),
-        tx.execute(
-            "DELETE FROM freebusy WHERE user_addr = $1 AND uid = $2",
-            &key
-        ),
-        tx.execute(
-            "DELETE FROM open_series WHERE user_addr = $1 AND uid = $2",
-            &key
-        ),
+        tx.execute(&objects, &key),
+        tx.execute(&attendees, &key),
+        tx.execute(&freebusy, &key),
+        tx.execute(&open, &key),
     )?;
     for o in &outcome.state.objects {
         let key = recurrence_key(o.recurrence_id);
@@ -100,9 +147,9 @@ pub async fn save_outcome(
         let start = c.start.as_ref().and_then(|t| t.utc);
         let end = c.end.as_ref().and_then(|t| t.utc);
         tx.execute(
-            "INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence, dtstamp,
+        &cache.get(tx, "INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence, dtstamp,
                                   status, summary, organizer, dtstart, dtend, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)").await?,
             &[
                 &user,
                 &uid,
@@ -134,12 +181,12 @@ pub async fn save_outcome(
                 .map(|a| o.answers.get(&a.address).and_then(|s| s.dtstamp))
                 .collect();
             tx.execute(
-                "INSERT INTO attendees (user_addr, uid, recurrence_key, address, partstat, role,
+        &cache.get(tx, "INSERT INTO attendees (user_addr, uid, recurrence_key, address, partstat, role,
                                         answer_sequence, answer_dtstamp)
                  SELECT $1, $2, $3, a, p, r, s, d
                  FROM unnest($4::text[], $5::text[], $6::text[], $7::bigint[], $8::timestamptz[])
                       AS x(a, p, r, s, d)
-                 ON CONFLICT DO NOTHING",
+                 ON CONFLICT DO NOTHING").await?,
                 &[
                     &user, &uid, &key, &addresses, &partstats, &roles, &seqs, &stamps,
                 ],
@@ -147,13 +194,13 @@ pub async fn save_outcome(
             .await?;
         }
     }
-    insert_periods(tx, user, uid, &outcome.periods).await?;
+    insert_periods(tx, cache, user, uid, &outcome.periods).await?;
     if outcome.open_ended {
         // Instances starting before `complete_until` are all in `freebusy`;
         // queries past it re-expand the series.
         if let Some(until) = outcome.complete_until {
             tx.execute(
-                "INSERT INTO open_series (user_addr, uid, materialised_until) VALUES ($1, $2, $3)",
+        &cache.get(tx, "INSERT INTO open_series (user_addr, uid, materialised_until) VALUES ($1, $2, $3)").await?,
                 &[&user, &uid, &until],
             )
             .await?;
@@ -178,6 +225,7 @@ pub async fn save_outcome(
 
 async fn insert_periods(
     tx: &Transaction<'_>,
+    cache: &StatementCache,
     user: &str,
     uid: &str,
     periods: &[Period],
@@ -195,11 +243,11 @@ async fn insert_periods(
         .collect();
     let rids: Vec<Option<DateTime<Utc>>> = periods.iter().map(|p| p.recurrence_id).collect();
     tx.execute(
-        "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
+        &cache.get(tx, "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
          SELECT $1, $2, i, tstzrange(s, e, '[)'), t, r
          FROM unnest($3::timestamptz[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::timestamptz[])
               AS x(i, s, e, t, r)
-         ON CONFLICT (user_addr, uid, instance) DO UPDATE SET period = EXCLUDED.period, fbtype = EXCLUDED.fbtype",
+         ON CONFLICT (user_addr, uid, instance) DO UPDATE SET period = EXCLUDED.period, fbtype = EXCLUDED.fbtype").await?,
         &[&user, &uid, &instances, &starts, &ends, &types, &rids],
     )
     .await?;
@@ -209,6 +257,7 @@ async fn insert_periods(
 /// Appends events to the user's outbox with gap-free per-user sequence numbers.
 pub async fn append_events(
     tx: &Transaction<'_>,
+    cache: &StatementCache,
     namespace: &str,
     partition: i32,
     user: &str,
@@ -233,8 +282,13 @@ pub async fn append_events(
         let seq = first + i as i64;
         let body = events::cloud_event(namespace, user, seq, now, change);
         tx.execute(
-            "INSERT INTO outbox (user_addr, user_seq, partition, event_id, kind, body)
+            &cache
+                .get(
+                    tx,
+                    "INSERT INTO outbox (user_addr, user_seq, partition, event_id, kind, body)
              VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .await?,
             &[
                 &user,
                 &seq,
@@ -251,6 +305,7 @@ pub async fn append_events(
 
 pub async fn dead_letter(
     tx: &Transaction<'_>,
+    cache: &StatementCache,
     user: &str,
     partition: i32,
     seq: i64,
@@ -258,8 +313,13 @@ pub async fn dead_letter(
     error: &str,
 ) -> Result<()> {
     tx.execute(
-        "INSERT INTO dead_letters (user_addr, partition, stream_seq, payload, error)
+        &cache
+            .get(
+                tx,
+                "INSERT INTO dead_letters (user_addr, partition, stream_seq, payload, error)
          VALUES ($1, $2, $3, $4, $5)",
+            )
+            .await?,
         &[&user, &partition, &seq, &payload, &error],
     )
     .await?;

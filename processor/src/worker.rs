@@ -12,6 +12,7 @@
 use crate::config::Settings;
 use crate::error::ProcessorError;
 use crate::migrate::connect;
+use crate::store::StatementCache;
 use crate::{semantics, store};
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
 use futures::StreamExt;
@@ -81,6 +82,7 @@ impl Lane {
     /// Runs the lane until shutdown: acquire, apply, and on losing the lease start over.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
         let mut db = connect(&self.settings.database_url).await?;
+        let cache = StatementCache::default();
         let retry = Duration::from_millis(self.settings.lease_ms / 4);
         loop {
             if *shutdown.borrow() {
@@ -89,7 +91,7 @@ impl Lane {
             match self.acquire(&db).await? {
                 Some((epoch, last)) => {
                     tracing::info!(partition = self.partition, epoch, last, "lane acquired");
-                    let result = self.own(&mut db, epoch, last, &mut shutdown).await;
+                    let result = self.own(&mut db, &cache, epoch, last, &mut shutdown).await;
                     self.release(&db, epoch).await;
                     if let Err(e) = result {
                         tracing::warn!(partition = self.partition, error = %e, "lane stopped; retrying");
@@ -108,6 +110,7 @@ impl Lane {
     async fn own(
         &self,
         db: &mut Client,
+        cache: &StatementCache,
         epoch: i64,
         mut last: i64,
         shutdown: &mut watch::Receiver<bool>,
@@ -167,7 +170,7 @@ impl Lane {
             if fresh.is_empty() {
                 continue;
             }
-            last = self.apply_batch(db, epoch, &fresh).await?;
+            last = self.apply_batch(db, cache, epoch, &fresh).await?;
             crate::relay::flush(db, &self.js, &self.ns, self.partition).await?;
         }
     }
@@ -176,11 +179,12 @@ impl Lane {
     async fn apply_batch(
         &self,
         db: &mut Client,
+        cache: &StatementCache,
         epoch: i64,
         batch: &[Msg],
     ) -> Result<i64, ProcessorError> {
         let started = std::time::Instant::now();
-        let result = self.apply_batch_inner(db, epoch, batch).await;
+        let result = self.apply_batch_inner(db, cache, epoch, batch).await;
         tracing::debug!(
             partition = self.partition,
             messages = batch.len(),
@@ -193,6 +197,7 @@ impl Lane {
     async fn apply_batch_inner(
         &self,
         db: &mut Client,
+        cache: &StatementCache,
         epoch: i64,
         batch: &[Msg],
     ) -> Result<i64, ProcessorError> {
@@ -226,6 +231,7 @@ impl Lane {
         for m in &todo {
             if apply_payload(
                 &mut fast,
+                cache,
                 &self.settings,
                 &self.ns,
                 self.partition,
@@ -244,6 +250,7 @@ impl Lane {
             for m in &todo {
                 apply_message(
                     &mut tx,
+                    cache,
                     &self.settings,
                     &self.ns,
                     self.partition,
@@ -272,6 +279,7 @@ impl Lane {
 /// table, and the lane continues.
 pub async fn apply_message(
     tx: &mut tokio_postgres::Transaction<'_>,
+    cache: &StatementCache,
     settings: &Settings,
     ns: &Namespace,
     partition: i32,
@@ -283,14 +291,15 @@ pub async fn apply_message(
         .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(str::to_owned))
         .unwrap_or_else(|| "unknown".to_owned());
     let mut sp = tx.savepoint("message").await?;
-    match apply_payload(&mut sp, settings, ns, partition, seq, bytes).await {
+    match apply_payload(&mut sp, cache, settings, ns, partition, seq, bytes).await {
         Ok(()) => {
             sp.commit().await?;
         }
         Err(e) => {
             sp.rollback().await?;
             tracing::warn!(partition, seq, user = %user_hint, error = %e, "message dead-lettered");
-            store::dead_letter(tx, &user_hint, partition, seq, bytes, &e.to_string()).await?;
+            store::dead_letter(tx, cache, &user_hint, partition, seq, bytes, &e.to_string())
+                .await?;
         }
     }
     Ok(())
@@ -298,6 +307,7 @@ pub async fn apply_message(
 
 async fn apply_payload(
     tx: &mut tokio_postgres::Transaction<'_>,
+    cache: &StatementCache,
     settings: &Settings,
     ns: &Namespace,
     partition: i32,
@@ -313,7 +323,7 @@ async fn apply_payload(
         )));
     }
     let user = payload.user.as_str();
-    if store::already_applied(tx, user, &payload.dedupe_id).await? {
+    if store::already_applied(tx, cache, user, &payload.dedupe_id).await? {
         return Ok(());
     }
     let ctx = settings.ctx(payload.ingested_at)?;
@@ -326,10 +336,10 @@ async fn apply_payload(
     let mut disposition = crate::model::Disposition::Applied;
     let mut changes = Vec::new();
     for uid in uids {
-        let state = store::load_state(tx, user, uid).await?;
+        let state = store::load_state(tx, cache, user, uid).await?;
         let outcome = semantics::apply(&state, &payload, uid, &ctx);
         if outcome.disposition == crate::model::Disposition::Applied {
-            let queue = store::save_outcome(tx, user, uid, &outcome).await?;
+            let queue = store::save_outcome(tx, cache, user, uid, &outcome).await?;
             changes.extend(outcome.changes);
             changes.extend(queue);
         } else if disposition == crate::model::Disposition::Applied {
@@ -338,6 +348,7 @@ async fn apply_payload(
     }
     store::append_events(
         tx,
+        cache,
         ns.as_str(),
         partition,
         user,
@@ -347,6 +358,7 @@ async fn apply_payload(
     .await?;
     store::log_message(
         tx,
+        cache,
         user,
         &payload.dedupe_id,
         seq,

@@ -171,15 +171,35 @@ impl TestEnv {
         if info.state.messages == 0 {
             return out;
         }
-        for seq in info.state.first_sequence..=info.state.last_sequence {
-            if let Ok(m) = stream.get_raw_message(seq).await {
-                let msg_id = m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned());
-                out.push(StoredMessage {
-                    sequence: seq,
-                    subject: m.subject.to_string(),
-                    msg_id,
-                    json: serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null),
-                });
+        // One ordered consumer reads the whole stream in batches (a direct get
+        // per message would be a round trip each).
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .expect("ordered consumer");
+        let mut messages = consumer.messages().await.expect("messages");
+        use futures::StreamExt;
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await
+        {
+            let m = m.expect("message");
+            let info_m = m.info().expect("info");
+            let seq = info_m.stream_sequence;
+            let msg_id = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Nats-Msg-Id"))
+                .map(|v| v.as_str().to_owned());
+            out.push(StoredMessage {
+                sequence: seq,
+                subject: m.subject.to_string(),
+                msg_id,
+                json: serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null),
+            });
+            if seq >= info.state.last_sequence {
+                break;
             }
         }
         out
@@ -367,7 +387,7 @@ impl TestEnv {
             .await
             .expect("messages stream");
         let db = self.pg().await;
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
         loop {
             let info = stream.info().await.expect("stream info");
             let last = info.state.last_sequence as i64;
@@ -398,7 +418,7 @@ impl TestEnv {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "processor did not catch up within 60 s"
+                "processor did not catch up within 180 s"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -398,10 +398,10 @@ async fn a_secondly_rule_without_end_is_bounded_and_the_lane_moves_on() {
         .get(0);
     assert!(n > 0 && n <= 5000, "{n} materialised instances");
     assert_eq!(
-        periods(&env, ALICE, "2027-03-16T00:00:00Z", "2027-03-17T00:00:00Z")
+        periods(&env, ALICE, "2027-03-16T08:59:00Z", "2027-03-16T09:01:00Z")
             .await
             .iter()
-            .filter(|p| p.0 == "2027-03-16T09:00:00Z")
+            .filter(|p| p.0 == "2027-03-16T09:00:00Z" && p.1 == "2027-03-16T10:00:00Z")
             .count(),
         1
     );

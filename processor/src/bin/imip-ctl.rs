@@ -331,7 +331,16 @@ async fn main() -> anyhow::Result<()> {
                         )
                         .await?
                         .get(0);
-                    worker::apply_message(&mut tx, &s, &ns, partition, seq, &payload).await?;
+                    worker::apply_message(
+                        &mut tx,
+                        &imipflow_processor::store::StatementCache::default(),
+                        &s,
+                        &ns,
+                        partition,
+                        seq,
+                        &payload,
+                    )
+                    .await?;
                     let after: i64 = tx
                         .query_one(
                             "SELECT count(*) FROM dead_letters WHERE user_addr = $1",
