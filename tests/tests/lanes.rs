@@ -122,8 +122,15 @@ async fn two_instances_apply_every_users_messages_in_order_exactly_once() {
         .unwrap()
         .get(0);
     assert_eq!(owners, env.partitions as i64);
-    a.terminate().await;
-    b.terminate().await;
+    // SIGTERM: each instance finishes its batch, releases its leases, exits 0.
+    assert!(a.terminate().await.success());
+    assert!(b.terminate().await.success());
+    let held: i64 = db
+        .query_one("SELECT count(*) FROM partitions WHERE owner IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(held, 0, "leases not released on SIGTERM");
 }
 
 async fn table_snapshot(env: &TestEnv) -> Vec<String> {
