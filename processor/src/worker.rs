@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
+#[derive(Clone)]
 pub struct Lane {
     settings: Arc<Settings>,
     ns: Namespace,
@@ -399,14 +400,7 @@ pub async fn run(
         let rx = shutdown.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                let lane_ref = Lane {
-                    settings: lane.settings.clone(),
-                    ns: lane.ns.clone(),
-                    js: lane.js.clone(),
-                    instance: lane.instance.clone(),
-                    partition: lane.partition,
-                };
-                match lane_ref.run(rx.clone()).await {
+                match lane.clone().run(rx.clone()).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::error!(partition = lane.partition, error = %e, "lane failed; restarting");

@@ -126,7 +126,10 @@ async fn two_instances_apply_every_users_messages_in_order_exactly_once() {
     assert!(a.terminate().await.success());
     assert!(b.terminate().await.success());
     let held: i64 = db
-        .query_one("SELECT count(*) FROM partitions WHERE owner IS NOT NULL", &[])
+        .query_one(
+            "SELECT count(*) FROM partitions WHERE owner IS NOT NULL",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
