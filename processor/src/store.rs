@@ -50,9 +50,8 @@ pub async fn load_state(
     user: &str,
     uid: &str,
 ) -> Result<UidState> {
-    let rows = tx
-        .query(
-            "SELECT data FROM objects WHERE user_addr = $1 AND uid = $2 ORDER BY recurrence_key",
+    let rows = tx.query(
+            &cache.get(tx, "SELECT data FROM objects WHERE user_addr = $1 AND uid = $2 ORDER BY recurrence_key").await?,
             &[&user, &uid],
         )
         .await?;
@@ -73,7 +72,12 @@ pub async fn already_applied(
 ) -> Result<bool> {
     Ok(tx
         .query_opt(
-            "SELECT 1 FROM message_log WHERE user_addr = $1 AND dedupe_id = $2",
+            &cache
+                .get(
+                    tx,
+                    "SELECT 1 FROM message_log WHERE user_addr = $1 AND dedupe_id = $2",
+                )
+                .await?,
             &[&user, &dedupe_id],
         )
         .await?
@@ -209,7 +213,12 @@ pub async fn save_outcome(
     if outcome.dequeue {
         let removed = tx
             .execute(
-                "DELETE FROM request_queue WHERE user_addr = $1 AND uid = $2",
+                &cache
+                    .get(
+                        tx,
+                        "DELETE FROM request_queue WHERE user_addr = $1 AND uid = $2",
+                    )
+                    .await?,
                 &[&user, &uid],
             )
             .await?;
@@ -270,9 +279,14 @@ pub async fn append_events(
     let n = changes.len() as i64;
     let last: i64 = tx
         .query_one(
-            "INSERT INTO user_events (user_addr, last_seq) VALUES ($1, $2)
+            &cache
+                .get(
+                    tx,
+                    "INSERT INTO user_events (user_addr, last_seq) VALUES ($1, $2)
              ON CONFLICT (user_addr) DO UPDATE SET last_seq = user_events.last_seq + $2
              RETURNING last_seq",
+                )
+                .await?,
             &[&user, &n],
         )
         .await?
