@@ -5,16 +5,20 @@
 //! lease by updating that row *with the epoch it acquired*; a worker that lost
 //! its lease (paused, partitioned, slow) matches no row and rolls back — that
 //! is the fencing. The stream position is stored in the same transaction as the
-//! effects, and the lane reads the stream from that position with an ordered
-//! consumer, so PostgreSQL is the single source of truth for what was applied:
-//! a crash at any point repeats nothing and loses nothing.
+//! effects, and the lane's durable pull consumer is realigned with that position
+//! whenever a lane is taken over (acks follow commits), so PostgreSQL is the
+//! single source of truth for what was applied: a crash at any point repeats
+//! nothing and loses nothing.
 
 use crate::config::Settings;
 use crate::error::ProcessorError;
 use crate::migrate::connect;
 use crate::store::StatementCache;
 use crate::{semantics, store};
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+};
 use futures::StreamExt;
 use imipflow_schema::{Namespace, PAYLOAD_VERSION, Payload};
 use std::sync::Arc;
@@ -122,18 +126,44 @@ impl Lane {
             .get_stream(self.ns.messages_stream())
             .await
             .map_err(ProcessorError::nats)?;
+        // The partition's durable pull consumer, realigned on every takeover
+        // with the position PostgreSQL says was applied: whatever the previous
+        // owner fetched but did not commit is delivered again, in order.
+        let name = self.ns.partition_consumer(self.partition as u32);
+        let filter = self.ns.partition_filter(self.partition as u32);
+        let _ = stream.delete_consumer(&name).await;
         let consumer = stream
-            .create_consumer(OrderedConfig {
-                filter_subject: self.ns.partition_filter(self.partition as u32),
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: filter.clone(),
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: (last + 1) as u64,
                 },
+                ack_policy: AckPolicy::All,
+                ack_wait: Duration::from_secs(120),
                 ..Default::default()
             })
             .await
             .map_err(ProcessorError::nats)?;
+        // NATS 2.9 accepts `filter_subjects` but drops it; make sure ours held.
+        let mut consumer = consumer;
+        let held = consumer
+            .info()
+            .await
+            .map_err(ProcessorError::nats)?
+            .config
+            .filter_subject
+            .clone();
+        if held != filter {
+            return Err(ProcessorError::Nats(format!(
+                "consumer {name} has filter {held:?}, expected {filter:?}"
+            )));
+        }
         let mut messages = consumer.messages().await.map_err(ProcessorError::nats)?;
         let renew_every = Duration::from_millis(self.settings.lease_ms / 3);
+        // Consumer sequence of the last first delivery: a gap means a message
+        // was skipped, and the lane starts over from PostgreSQL's position.
+        let mut delivered: Option<u64> = None;
         loop {
             // Wait for the first message of a batch, renewing the lease while idle.
             let first = tokio::select! {
@@ -149,30 +179,42 @@ impl Lane {
             let Some(first) = first else {
                 return Err(ProcessorError::Nats("message stream ended".into()));
             };
-            let mut batch = Vec::with_capacity(self.settings.batch_size);
-            let push =
-                |m: jetstream::Message, batch: &mut Vec<Msg>| -> Result<(), ProcessorError> {
-                    let info = m.info().map_err(ProcessorError::nats)?;
-                    batch.push(Msg {
-                        seq: info.stream_sequence as i64,
-                        payload: m.payload.to_vec(),
-                    });
-                    Ok(())
-                };
-            push(first.map_err(ProcessorError::nats)?, &mut batch)?;
-            while batch.len() < self.settings.batch_size {
+            let mut raw = vec![first.map_err(ProcessorError::nats)?];
+            while raw.len() < self.settings.batch_size {
                 match tokio::time::timeout(Duration::from_millis(2), messages.next()).await {
-                    Ok(Some(m)) => push(m.map_err(ProcessorError::nats)?, &mut batch)?,
-                    Ok(None) => break,
-                    Err(_) => break,
+                    Ok(Some(m)) => raw.push(m.map_err(ProcessorError::nats)?),
+                    Ok(None) | Err(_) => break,
                 }
             }
-            let fresh: Vec<Msg> = batch.into_iter().filter(|m| m.seq > last).collect();
-            if fresh.is_empty() {
-                continue;
+            let mut batch = Vec::with_capacity(raw.len());
+            for m in &raw {
+                let info = m.info().map_err(ProcessorError::nats)?;
+                if info.delivered <= 1 {
+                    if let Some(prev) = delivered.filter(|p| info.consumer_sequence != p + 1) {
+                        return Err(ProcessorError::Nats(format!(
+                            "consumer sequence jumped from {prev} to {}",
+                            info.consumer_sequence
+                        )));
+                    }
+                    delivered = Some(info.consumer_sequence);
+                }
+                batch.push(Msg {
+                    seq: info.stream_sequence as i64,
+                    payload: m.payload.to_vec(),
+                });
             }
-            last = self.apply_batch(db, cache, epoch, &fresh).await?;
-            crate::relay::flush(db, &self.js, &self.ns, self.partition).await?;
+            let newest = raw.last();
+            let fresh: Vec<Msg> = batch.into_iter().filter(|m| m.seq > last).collect();
+            if !fresh.is_empty() {
+                last = self.apply_batch(db, cache, epoch, &fresh).await?;
+            }
+            // Ack after commit; AckPolicy::All acknowledges everything before too.
+            if let Some(m) = newest {
+                m.ack().await.map_err(ProcessorError::nats)?;
+            }
+            if !fresh.is_empty() {
+                crate::relay::flush(db, &self.js, &self.ns, self.partition).await?;
+            }
         }
     }
 
