@@ -444,3 +444,36 @@ async fn freebusy_ics_is_a_valid_vfreebusy() {
     assert!(text.contains("DTSTART:20270301T000000Z\r\n"));
     assert!(text.trim_end().ends_with("END:VCALENDAR"));
 }
+
+#[tokio::test]
+async fn events_follow_streams_new_events_as_they_are_committed() {
+    use tokio::io::AsyncBufReadExt;
+    let env = TestEnv::new().await;
+    let _p = env.start_processor(&[]);
+    let mut follow = env.command("imip-ctl");
+    follow
+        .args(["events", "--user", ALICE, "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut child = follow.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    send(
+        &env,
+        ALICE,
+        &imip_mail("REQUEST", ALICE, "f1@x", &[vevent(WEEKLY)]),
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("an event within 30 s")
+            .unwrap()
+            .expect("a line");
+        got.push(serde_json::from_str::<Value>(&line).unwrap());
+    }
+    assert_eq!(got[0]["type"], "org.imipflow.object.changed");
+    assert_eq!(got[1]["type"], "org.imipflow.freebusy.changed");
+    assert_eq!(got[1]["subject"], ALICE);
+    let _ = child.kill().await;
+}
