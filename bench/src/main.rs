@@ -419,49 +419,42 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             summary: s.summary(),
         })
         .collect();
-    let median = |name: &str| {
+    let stat = |name: &str, f: fn(&Summary) -> f64| {
         rows.iter()
             .find(|r| r.series == name)
-            .map_or(f64::NAN, |r| r.summary.median_us)
+            .map_or(f64::NAN, |r| f(&r.summary))
     };
-    let rss = |name: &str| {
-        rows.iter()
-            .find(|r| r.series == name)
-            .and_then(|r| r.summary.max_rss_kb)
-            .map_or(f64::NAN, |k| k as f64)
+    // Wall-time ratios as (of medians, of minimums): numerator series over the
+    // sum of the denominator series.
+    let time_ratio = |num: &str, den: &[&str]| {
+        let of =
+            |f: fn(&Summary) -> f64| stat(num, f) / den.iter().map(|d| stat(d, f)).sum::<f64>();
+        (of(|s| s.median_us), Some(of(|s| s.min_us)))
     };
-    let (spawn, publish) = (median("spawn"), median("publish"));
-    let ratios = vec![
-        (
-            "ingest typical / (spawn + publish)".to_owned(),
-            median("ingest typical") / (spawn + publish),
-        ),
-        (
-            "ingest large-recurring / (spawn + publish)".to_owned(),
-            median("ingest large-recurring") / (spawn + publish),
-        ),
-        (
-            "ingest typical / spawn".to_owned(),
-            median("ingest typical") / spawn,
-        ),
-        (
-            "ingest large-recurring / spawn".to_owned(),
-            median("ingest large-recurring") / spawn,
-        ),
-        (
-            "ingest non-calendar / spawn".to_owned(),
-            median("ingest non-calendar") / spawn,
-        ),
-        (
-            "ingest typical / (spawn + connect + publish)".to_owned(),
-            median("ingest typical") / (spawn + median("connect + publish")),
-        ),
-        ("publish / spawn".to_owned(), publish / spawn),
-        (
-            "peak RSS: ingest typical / spawn".to_owned(),
-            rss("ingest typical") / rss("spawn"),
-        ),
-    ];
+    let mut ratios = Vec::new();
+    for (num, den) in [
+        ("ingest typical", &["spawn", "publish"][..]),
+        ("ingest large-recurring", &["spawn", "publish"][..]),
+        ("ingest typical", &["spawn"][..]),
+        ("ingest large-recurring", &["spawn"][..]),
+        ("ingest non-calendar", &["spawn"][..]),
+        ("ingest typical", &["spawn", "connect + publish"][..]),
+        ("publish", &["spawn"][..]),
+    ] {
+        let label = if den.len() == 1 {
+            format!("{num} / {}", den[0])
+        } else {
+            format!("{num} / ({})", den.join(" + "))
+        };
+        let (median, min) = time_ratio(num, den);
+        ratios.push((label, median, min));
+    }
+    let rss = |s: &Summary| s.max_rss_kb.map_or(f64::NAN, |k| k as f64);
+    ratios.push((
+        "peak RSS: ingest typical / spawn".to_owned(),
+        stat("ingest typical", rss) / stat("spawn", rss),
+        None,
+    ));
     let report = Report {
         title: format!(
             "imip-ingest benchmark, {}",

@@ -25,7 +25,8 @@ pub struct Report {
     pub machine: Vec<(String, String)>,
     pub setup: Vec<(String, String)>,
     pub rows: Vec<Row>,
-    pub ratios: Vec<(String, f64)>,
+    /// (what, ratio of medians, ratio of minimums where it applies).
+    pub ratios: Vec<(String, f64, Option<f64>)>,
     pub instructions: Option<Result<Vec<Instructions>, String>>,
     pub checks: Vec<String>,
 }
@@ -173,9 +174,16 @@ impl Report {
                 x.max_rss_kb.map_or_else(dash, |k| k.to_string()),
             );
         }
-        let _ = writeln!(s, "\n## Ratios\n\n| ratio | value |\n|---|---:|");
-        for (k, v) in &self.ratios {
-            let _ = writeln!(s, "| {k} | {v:.2} |");
+        let _ = writeln!(
+            s,
+            "\n## Ratios\n\n\
+             Of medians (the figures to compare across runs), and of minimums \
+             (the least disturbed by other load on the machine).\n\n\
+             | ratio | of medians | of minimums |\n|---|---:|---:|"
+        );
+        for (k, median, min) in &self.ratios {
+            let min = min.map_or_else(|| "–".to_owned(), |m| format!("{m:.2}"));
+            let _ = writeln!(s, "| {k} | {median:.2} | {min} |");
         }
         match &self.instructions {
             None => {}

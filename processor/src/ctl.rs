@@ -1,20 +1,14 @@
 //! Queries behind `imip-ctl`: free/busy, objects, queue, dead letters, status.
-//! Output formatting lives in the binary; these return typed rows.
+//! Output formatting lives in the binary (VFREEBUSY text in
+//! `imipflow_schema::freebusy`); these return typed rows.
 
 use crate::error::ProcessorError;
 use crate::model::{FbType, Period, StoredObject, UidState};
 use crate::{config::Settings, semantics, store};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct BusyPeriod {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    pub fbtype: FbType,
-    pub uid: String,
-    pub recurrence_id: Option<DateTime<Utc>>,
-}
+/// One row of `imip-ctl freebusy`; the type is part of the contract.
+pub use imipflow_schema::BusyPeriod;
 
 /// Busy periods of `user` intersecting [from, to): the materialised rows, plus
 /// instances of open-ended series past their materialised horizon.
@@ -102,35 +96,4 @@ pub async fn objects(
             Some((r.get::<_, String>(0), o))
         })
         .collect())
-}
-
-/// RFC 5545 VFREEBUSY for the periods (as the `.ifb` files imip-agent and Outlook publish).
-pub fn vfreebusy(
-    user: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    periods: &[BusyPeriod],
-) -> String {
-    let f = |t: DateTime<Utc>| t.format("%Y%m%dT%H%M%SZ").to_string();
-    let mut s = String::new();
-    s.push_str("BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//imipflow//imip-ctl//EN\r\nMETHOD:PUBLISH\r\nBEGIN:VFREEBUSY\r\n");
-    s.push_str(&format!(
-        "UID:freebusy-{user}\r\nDTSTAMP:{}\r\n",
-        f(Utc::now())
-    ));
-    s.push_str(&format!(
-        "ORGANIZER:mailto:{user}\r\nDTSTART:{}\r\nDTEND:{}\r\n",
-        f(from),
-        f(to)
-    ));
-    for p in periods {
-        s.push_str(&format!(
-            "FREEBUSY;FBTYPE={}:{}/{}\r\n",
-            p.fbtype.as_str(),
-            f(p.start),
-            f(p.end)
-        ));
-    }
-    s.push_str("END:VFREEBUSY\r\nEND:VCALENDAR\r\n");
-    s
 }

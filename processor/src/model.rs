@@ -38,32 +38,8 @@ pub struct AnswerStamp {
     pub dtstamp: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING-KEBAB-CASE")]
-pub enum FbType {
-    Busy,
-    BusyTentative,
-    BusyUnavailable,
-}
-
-impl FbType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FbType::Busy => "BUSY",
-            FbType::BusyTentative => "BUSY-TENTATIVE",
-            FbType::BusyUnavailable => "BUSY-UNAVAILABLE",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "BUSY" => Some(FbType::Busy),
-            "BUSY-TENTATIVE" => Some(FbType::BusyTentative),
-            "BUSY-UNAVAILABLE" => Some(FbType::BusyUnavailable),
-            _ => None,
-        }
-    }
-}
+/// FBTYPE of a busy period; part of the contract (`imipflow_schema::freebusy`).
+pub use imipflow_schema::FbType;
 
 /// One busy period of one UID. Key: (user, UID, instance start).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -164,6 +140,9 @@ pub struct Outcome {
     pub complete_until: Option<DateTime<Utc>>,
     /// Whether the request-queue entry for this UID is removed.
     pub dequeue: bool,
+    /// Whether the message becomes (or replaces) the request-queue entry for
+    /// this UID (an incoming REQUEST, SPEC §3).
+    pub enqueue: bool,
     pub changes: Vec<Change>,
 }
 

@@ -339,3 +339,61 @@ pub async fn dead_letter(
     .await?;
     Ok(())
 }
+
+/// Adds or replaces the pending request for one UID (an incoming REQUEST, SPEC
+/// §3) unless the stored one is newer; returns the queue change when it wrote.
+pub async fn enqueue(
+    tx: &Transaction<'_>,
+    cache: &StatementCache,
+    payload: &imipflow_schema::Payload,
+    uid: &str,
+) -> Result<Option<Change>> {
+    let comps: Vec<&imipflow_schema::Component> =
+        payload.components.iter().filter(|c| c.uid == uid).collect();
+    let Some(first) = comps.first() else {
+        return Ok(None);
+    };
+    let master = comps
+        .iter()
+        .find(|c| c.recurrence_id.is_none())
+        .unwrap_or(first);
+    let sequence = comps.iter().map(|c| c.sequence).max().unwrap_or(0);
+    let dtstamp = comps.iter().filter_map(|c| c.dtstamp).max();
+    let data = serde_json::json!({
+        "method": payload.method,
+        "sender": payload.sender,
+        "components": comps,
+        "timezones": payload.timezones,
+        "raw": payload.raw,
+    });
+    let written = tx
+        .query_opt(
+            &cache
+                .get(
+                    tx,
+                    "INSERT INTO request_queue (user_addr, uid, organizer, summary, data, sequence, dtstamp)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (user_addr, uid) DO UPDATE
+                     SET organizer = EXCLUDED.organizer, summary = EXCLUDED.summary, data = EXCLUDED.data,
+                         sequence = EXCLUDED.sequence, dtstamp = EXCLUDED.dtstamp, added_at = now()
+                     WHERE (request_queue.sequence, coalesce(request_queue.dtstamp, '-infinity'))
+                        <= (EXCLUDED.sequence, coalesce(EXCLUDED.dtstamp, '-infinity'))
+                     RETURNING 1",
+                )
+                .await?,
+            &[
+                &payload.user,
+                &uid,
+                &master.organizer.as_ref().map(|o| o.address.clone()),
+                &master.summary,
+                &Json(&data),
+                &sequence,
+                &dtstamp,
+            ],
+        )
+        .await?;
+    Ok(written.map(|_| Change::QueueChanged {
+        uid: uid.to_owned(),
+        change: QueueChange::Added,
+    }))
+}

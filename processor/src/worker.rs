@@ -381,7 +381,10 @@ async fn apply_payload(
     for uid in uids {
         let state = store::load_state(tx, cache, user, uid).await?;
         let outcome = semantics::apply(&state, &payload, uid, &ctx);
-        if outcome.disposition == crate::model::Disposition::Applied {
+        if outcome.disposition == crate::model::Disposition::Applied && outcome.enqueue {
+            // A pending request changes only the queue, never the calendar.
+            changes.extend(store::enqueue(tx, cache, &payload, uid).await?);
+        } else if outcome.disposition == crate::model::Disposition::Applied {
             let queue = store::save_outcome(tx, cache, user, uid, &outcome).await?;
             changes.extend(outcome.changes);
             changes.extend(queue);

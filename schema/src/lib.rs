@@ -5,12 +5,14 @@
 //! consumes them. Anything both sides must agree on lives here, versioned, so that a
 //! change to the wire format is a change to this crate and nowhere else.
 
+pub mod freebusy;
 pub mod naming;
 pub mod partition;
 pub mod payload;
 pub mod quarantine;
 pub mod time;
 
+pub use freebusy::{BusyPeriod, FbType, VFreeBusy};
 pub use naming::{Namespace, NamespaceError, normalize_address, user_key};
 pub use partition::{DEFAULT_PARTITIONS, partition};
 pub use payload::{

@@ -346,6 +346,44 @@ impl Processor {
     }
 }
 
+/// A TCP port on 127.0.0.1 that is free right now (bound to port 0, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A running `imip-publisher`, killed when dropped.
+pub struct Publisher {
+    pub child: tokio::process::Child,
+    pub port: u16,
+}
+
+impl Publisher {
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub async fn kill9(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running");
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("publisher did not stop within 30 s of SIGTERM")
+            .expect("wait")
+    }
+}
+
 impl TestEnv {
     /// Starts `imip-processor run` with this environment (plus `extra` variables).
     pub fn start_processor(&self, extra: &[(&str, &str)]) -> Processor {
@@ -359,6 +397,33 @@ impl TestEnv {
         Processor {
             child: cmd.spawn().expect("spawn imip-processor run"),
         }
+    }
+
+    /// Starts `imip-publisher` listening on 127.0.0.1:`port` and waits until
+    /// it accepts connections (it listens only once NATS and PostgreSQL are
+    /// connected and its consumer exists).
+    pub async fn start_publisher(&self, port: u16) -> Publisher {
+        let mut cmd = self.command("imip-publisher");
+        cmd.env("IMIP_PUBLISHER_LISTEN", format!("127.0.0.1:{port}"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn imip-publisher");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("imip-publisher exited before listening: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "imip-publisher did not listen on port {port} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Publisher { child, port }
     }
 
     /// `imip-ctl ARGS --json`, parsed; panics on failure.
@@ -411,9 +476,16 @@ impl TestEnv {
                     caught_up = false;
                 }
             }
-            if caught_up && (last == 0 || !applied.is_empty()) {
-                // Give the relay a moment to publish the last batch's events.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            // And every committed event has been published by the relay.
+            let unpublished: i64 = db
+                .query_one(
+                    "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+                    &[],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or(1);
+            if caught_up && unpublished == 0 && (last == 0 || !applied.is_empty()) {
                 return;
             }
             assert!(

@@ -119,7 +119,15 @@ async fn main() -> anyhow::Result<()> {
                     json!({"user": user, "from": from, "to": to, "periods": periods})
                 );
             } else if ics {
-                print!("{}", ctl::vfreebusy(&user, from, to, &periods));
+                let doc = imipflow_schema::VFreeBusy {
+                    prodid: "-//imipflow//imip-ctl//EN",
+                    user: &user,
+                    from,
+                    to,
+                    dtstamp: Utc::now(),
+                    periods: &periods,
+                };
+                print!("{}", doc.to_ics());
             } else {
                 println!("free/busy of {user} from {from} to {to}:");
                 for p in &periods {
@@ -199,22 +207,52 @@ async fn main() -> anyhow::Result<()> {
             let db = connect(&s.database_url).await?;
             let rows = db
                 .query(
-                    "SELECT uid, organizer, summary, added_at FROM request_queue WHERE user_addr = $1 ORDER BY added_at",
+                    "SELECT uid, organizer, summary, added_at, sequence, data FROM request_queue
+                     WHERE user_addr = $1 ORDER BY added_at, uid",
                     &[&user],
                 )
                 .await?;
             let docs: Vec<_> = rows
                 .iter()
-                .map(|r| json!({"uid": r.get::<_, String>(0), "organizer": r.get::<_, Option<String>>(1),
-                               "summary": r.get::<_, Option<String>>(2), "added_at": r.get::<_, DateTime<Utc>>(3)}))
+                .map(|r| {
+                    let data: serde_json::Value = r.get(5);
+                    // Each component of the pending request: its times and the
+                    // user's own answer so far (NEEDS-ACTION until they reply).
+                    let instances: Vec<_> = data["components"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            let partstat = c["attendees"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .find(|a| a["address"] == user.as_str())
+                                .map(|a| a["partstat"].clone())
+                                .unwrap_or(serde_json::Value::Null);
+                            json!({"recurrence_id": c["recurrence_id"]["time"]["utc"],
+                                   "start": c["start"]["utc"], "end": c["end"]["utc"],
+                                   "rrule": c["rrule"], "partstat": partstat})
+                        })
+                        .collect();
+                    json!({"uid": r.get::<_, String>(0), "organizer": r.get::<_, Option<String>>(1),
+                           "summary": r.get::<_, Option<String>>(2), "added_at": r.get::<_, DateTime<Utc>>(3),
+                           "sequence": r.get::<_, i64>(4), "instances": instances})
+                })
                 .collect();
             if json {
                 println!("{}", json!({"user": user, "queue": docs}));
             } else if docs.is_empty() {
                 println!("no pending requests for {user}");
             } else {
-                for d in docs {
-                    println!("{} from {} {}", d["uid"], d["organizer"], d["summary"]);
+                for d in &docs {
+                    println!("{} from {}: {}", d["uid"], d["organizer"], d["summary"]);
+                    for i in d["instances"].as_array().into_iter().flatten() {
+                        println!(
+                            "    {} – {}  your answer: {}",
+                            i["start"], i["end"], i["partstat"]
+                        );
+                    }
                 }
             }
         }

@@ -50,8 +50,20 @@ pub struct Materialisation {
 /// applied only when its envelope sender is a manager (SPEC §3).
 pub fn apply(state: &UidState, payload: &Payload, uid: &str, ctx: &Ctx) -> Outcome {
     let user = norm(&payload.user);
-    match transition(state, payload, uid, ctx, &user) {
-        Ok(new) => applied(state, new, uid, &user, ctx),
+    let from_other = payload.direction == Direction::Incoming
+        && !ctx.managers.iter().any(|m| same(m, &payload.sender));
+    let result = if from_other {
+        incoming(state, payload, uid, ctx, &user)
+    } else {
+        transition(state, payload, uid, ctx, &user).map(|s| (s, QueueEffect::Remove))
+    };
+    match result {
+        Ok((new, queue)) => {
+            let mut o = applied(state, new, uid, &user, ctx);
+            o.dequeue = queue == QueueEffect::Remove;
+            o.enqueue = queue == QueueEffect::Add;
+            o
+        }
         Err(disposition) => {
             let m = materialise_bounded(state, &user, ctx);
             Outcome {
@@ -61,6 +73,7 @@ pub fn apply(state: &UidState, payload: &Payload, uid: &str, ctx: &Ctx) -> Outco
                 open_ended: m.open_ended,
                 complete_until: m.complete_until,
                 dequeue: false,
+                enqueue: false,
                 changes: Vec::new(),
             }
         }
@@ -225,13 +238,93 @@ fn transition(
     ctx: &Ctx,
     user: &str,
 ) -> Result<UidState, Disposition> {
-    if payload.direction == Direction::Incoming
-        && !ctx.managers.iter().any(|m| same(m, &payload.sender))
-    {
-        return Err(Disposition::Ignored(
-            "incoming from non-manager: handled by the incoming flow".into(),
-        ));
+    let msgs = select(payload, uid, ctx)?;
+    check_trust(&payload.method, &msgs, uid, user)?;
+    match payload.method {
+        Method::Request | Method::Publish => request(state, &msgs, payload),
+        Method::Reply => reply(state, &msgs, payload, user, ctx),
+        Method::Cancel => cancel(state, &msgs, user, ctx),
+        ref other => Err(Disposition::Ignored(format!(
+            "method {other} has no effect on the user's records"
+        ))),
     }
+}
+
+/// What a message does to the user's request queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueEffect {
+    Keep,
+    Add,
+    Remove,
+}
+
+/// SPEC §3, a message delivered to U by someone other than a manager: a
+/// REQUEST from its organizer waits in U's queue (no busy time until U
+/// answers); a CANCEL from the organizer removes the pending entry and U's
+/// records of the event; a REPLY from an attendee to an event U organizes
+/// merges that attendee's answer into U's object (newer wins per attendee).
+fn incoming(
+    state: &UidState,
+    payload: &Payload,
+    uid: &str,
+    ctx: &Ctx,
+    user: &str,
+) -> Result<(UidState, QueueEffect), Disposition> {
+    let msgs = select(payload, uid, ctx)?;
+    let sender = norm(&payload.sender);
+    match payload.method {
+        Method::Request | Method::Publish => {
+            check_trust(&Method::Request, &msgs, uid, &sender)?;
+            Ok((state.clone(), QueueEffect::Add))
+        }
+        Method::Cancel => {
+            check_trust(&Method::Cancel, &msgs, uid, &sender)?;
+            Ok((cancel(state, &msgs, user, ctx)?, QueueEffect::Remove))
+        }
+        Method::Reply => {
+            check_trust(&Method::Reply, &msgs, uid, &sender)?;
+            let organizes = state.objects.iter().any(|o| {
+                o.component
+                    .organizer
+                    .as_ref()
+                    .is_some_and(|org| same(&org.address, user))
+            });
+            if !organizes {
+                return Err(Disposition::Ignored(format!(
+                    "REPLY from {sender} for {uid}: {user} organizes no such event"
+                )));
+            }
+            // Only someone U invited (or a delegate of an invitee) may answer.
+            let invited: BTreeSet<String> = state
+                .objects
+                .iter()
+                .flat_map(|o| o.component.attendees.iter().map(|a| norm(&a.address)))
+                .collect();
+            let entitled = msgs.iter().all(|m| {
+                m.c.attendees.iter().any(|a| {
+                    same(&a.address, &sender)
+                        && (invited.contains(&sender)
+                            || a.delegated_from.iter().any(|d| invited.contains(&norm(d))))
+                })
+            });
+            if !entitled {
+                return Err(Disposition::Refused(format!(
+                    "REPLY from {sender} for {uid}: not an attendee of {user}'s event"
+                )));
+            }
+            Ok((
+                reply(state, &msgs, payload, &sender, ctx)?,
+                QueueEffect::Keep,
+            ))
+        }
+        ref other => Err(Disposition::Ignored(format!(
+            "incoming {other} has no effect on the user's records"
+        ))),
+    }
+}
+
+/// The message's VEVENTs of this UID, one per key; `Err` when there is nothing to apply.
+fn select<'a>(payload: &'a Payload, uid: &str, ctx: &Ctx) -> Result<Vec<Msg<'a>>, Disposition> {
     let mine: Vec<&Component> = payload.components.iter().filter(|c| c.uid == uid).collect();
     if mine.is_empty() {
         return Err(Disposition::Ignored(format!(
@@ -265,15 +358,7 @@ fn transition(
             "no RECURRENCE-ID of the message could be resolved".into(),
         ));
     }
-    check_trust(&payload.method, &msgs, uid, user)?;
-    match payload.method {
-        Method::Request | Method::Publish => request(state, &msgs, payload),
-        Method::Reply => reply(state, &msgs, payload, user, ctx),
-        Method::Cancel => cancel(state, &msgs, user, ctx),
-        ref other => Err(Disposition::Ignored(format!(
-            "method {other} has no effect on the user's records"
-        ))),
-    }
+    Ok(msgs)
 }
 
 /// One component per key (SPEC "Duplicates"): of copies with the same
@@ -801,6 +886,7 @@ fn applied(old: &UidState, new: UidState, uid: &str, user: &str, ctx: &Ctx) -> O
         open_ended,
         complete_until,
         dequeue: true,
+        enqueue: false,
         changes,
     }
 }

@@ -1750,12 +1750,15 @@ fn incoming_messages_apply_only_from_managers() {
     let mut p = payload(Method::Request, vec![c]);
     p.direction = Direction::Incoming;
     p.sender = BOB.into();
+    // Bob is not the organizer (U is): a spoof of the manager path is refused.
     let o = apply(&empty(), &p, UID, &ctx());
-    assert_eq!(
-        o.disposition,
-        Disposition::Ignored("incoming from non-manager: handled by the incoming flow".into())
+    assert!(
+        matches!(o.disposition, Disposition::Refused(_)),
+        "{:?}",
+        o.disposition
     );
     assert!(o.state.objects.is_empty());
+    assert!(!o.enqueue);
     p.sender = "Calendar@Example.org".into();
     let o = apply(&empty(), &p, UID, &ctx());
     assert_eq!(o.disposition, Disposition::Applied);
@@ -1971,4 +1974,126 @@ fn extreme_times_do_not_panic() {
             &ctx(),
         );
     }
+}
+
+// ---- incoming (SPEC §3) ---------------------------------------------------
+
+fn incoming_from(sender: &str, method: Method, components: Vec<Component>) -> Payload {
+    let mut p = payload(method, components);
+    p.direction = Direction::Incoming;
+    p.sender = sender.into();
+    p
+}
+
+#[test]
+fn an_incoming_request_waits_in_the_queue_without_busy_time() {
+    let c = invited(
+        event(
+            utc("2027-03-15T09:00:00Z"),
+            Some(utc("2027-03-15T10:00:00Z")),
+        ),
+        PartStat::NeedsAction,
+    );
+    let o = apply(
+        &empty(),
+        &incoming_from(BOB, Method::Request, vec![c.clone()]),
+        UID,
+        &ctx(),
+    );
+    assert_eq!(o.disposition, Disposition::Applied);
+    assert!(o.enqueue);
+    assert!(!o.dequeue);
+    assert!(o.state.objects.is_empty());
+    assert!(o.periods.is_empty());
+    assert!(o.changes.is_empty());
+    // From someone who is not the organizer: refused, not queued.
+    let o = apply(
+        &empty(),
+        &incoming_from(CAROL, Method::Request, vec![c]),
+        UID,
+        &ctx(),
+    );
+    assert!(matches!(o.disposition, Disposition::Refused(_)));
+    assert!(!o.enqueue);
+}
+
+#[test]
+fn an_incoming_cancel_from_the_organizer_removes_the_entry_and_the_records() {
+    let state = invited_series();
+    let mut c = invited(weekly("FREQ=WEEKLY;COUNT=3"), PartStat::NeedsAction);
+    c.sequence = 1;
+    c.status = Some(Status::Cancelled);
+    let o = apply(
+        &state,
+        &incoming_from(BOB, Method::Cancel, vec![c.clone()]),
+        UID,
+        &ctx(),
+    );
+    assert_eq!(o.disposition, Disposition::Applied);
+    assert!(o.dequeue);
+    assert!(o.state.objects.is_empty());
+    assert!(o.periods.is_empty());
+    let o = apply(
+        &state,
+        &incoming_from(DAVE, Method::Cancel, vec![c]),
+        UID,
+        &ctx(),
+    );
+    assert!(matches!(o.disposition, Disposition::Refused(_)));
+    assert_eq!(o.state, state);
+}
+
+#[test]
+fn an_incoming_reply_merges_the_attendees_answer_into_the_organizers_object() {
+    // U organizes; Bob answers.
+    let mut mine = event(
+        utc("2027-03-15T09:00:00Z"),
+        Some(utc("2027-03-15T10:00:00Z")),
+    );
+    mine.organizer = Some(party(U));
+    mine.attendees = vec![att(U, PartStat::Accepted), att(BOB, PartStat::NeedsAction)];
+    let state = ok(&empty(), Method::Request, vec![mine.clone()]).state;
+    let mut answer = mine.clone();
+    answer.attendees = vec![att(BOB, PartStat::Accepted)];
+    answer.dtstamp = Some(z("2027-01-02T00:00:00Z"));
+    let o = apply(
+        &state,
+        &incoming_from(BOB, Method::Reply, vec![answer.clone()]),
+        UID,
+        &ctx(),
+    );
+    assert_eq!(o.disposition, Disposition::Applied);
+    let bob = o.state.objects[0]
+        .component
+        .attendees
+        .iter()
+        .find(|a| a.address == BOB)
+        .unwrap();
+    assert_eq!(bob.partstat, PartStat::Accepted);
+    assert_eq!(starts(&o.periods), vec![z("2027-03-15T09:00:00Z")]);
+    // An older answer from Bob is stale.
+    let mut older = answer.clone();
+    older.attendees = vec![att(BOB, PartStat::Declined)];
+    older.dtstamp = Some(z("2027-01-01T12:00:00Z"));
+    let o2 = apply(
+        &o.state,
+        &incoming_from(BOB, Method::Reply, vec![older]),
+        UID,
+        &ctx(),
+    );
+    assert!(
+        matches!(o2.disposition, Disposition::Stale(_)),
+        "{:?}",
+        o2.disposition
+    );
+    // Carol is not an attendee: refused.
+    let mut carol = answer;
+    carol.attendees = vec![att(CAROL, PartStat::Accepted)];
+    let o3 = apply(
+        &o.state,
+        &incoming_from(CAROL, Method::Reply, vec![carol]),
+        UID,
+        &ctx(),
+    );
+    assert!(matches!(o3.disposition, Disposition::Refused(_)));
 }

@@ -1,0 +1,30 @@
+//! The one error type of the publisher crate.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum PublisherError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("PostgreSQL: {}", db_message(.0))]
+    Db(#[from] tokio_postgres::Error),
+    #[error("NATS: {0}")]
+    Nats(String),
+    #[error("HTTP listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl PublisherError {
+    pub fn nats(e: impl std::fmt::Display) -> Self {
+        PublisherError::Nats(e.to_string())
+    }
+}
+
+/// tokio-postgres' Display says only "db error"; the server's message is what
+/// an operator needs.
+fn db_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => e.to_string(),
+    }
+}

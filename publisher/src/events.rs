@@ -1,0 +1,265 @@
+//! Following the change events: the durable pull consumer on `<ns>-events`,
+//! CloudEvents parsed into cache [`Event`]s, applied, then acknowledged.
+//!
+//! The consumer takes every event (`<ns>.events.>`), not only
+//! `freebusy.changed`: the per-user `sequence` counts all kinds, so only the
+//! full sequence shows whether an event is missing. Being durable, it resumes
+//! after a restart where it stopped; what it delivers then belongs to users
+//! not yet cached (the cache starts empty) and is acknowledged and ignored.
+
+use crate::cache::{Cache, Event, FreeBusyChange, Step};
+use crate::error::PublisherError;
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use imipflow_schema::{BusyPeriod, FbType, Namespace};
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// CloudEvent `type` of a free/busy change.
+pub const FREEBUSY_CHANGED: &str = "org.imipflow.freebusy.changed";
+
+#[derive(Deserialize)]
+struct CloudEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    user: String,
+    sequence: i64,
+    #[serde(default)]
+    data: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct FreeBusyData {
+    uid: String,
+    #[serde(default)]
+    added: Vec<EventPeriod>,
+    #[serde(default)]
+    removed: Vec<EventPeriod>,
+}
+
+#[derive(Deserialize)]
+struct EventPeriod {
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    fbtype: FbType,
+    #[serde(default)]
+    recurrence_id: Option<DateTime<Utc>>,
+}
+
+/// Reads one event's JSON: user and sequence always, the periods when it is
+/// a `freebusy.changed`.
+pub fn parse(payload: &[u8]) -> Result<Event, String> {
+    let ce: CloudEvent = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
+    let freebusy = if ce.kind == FREEBUSY_CHANGED {
+        let d: FreeBusyData =
+            serde_json::from_value(ce.data).map_err(|e| format!("{FREEBUSY_CHANGED} data: {e}"))?;
+        let period = |p: EventPeriod| BusyPeriod {
+            start: p.start,
+            end: p.end,
+            fbtype: p.fbtype,
+            uid: d.uid.clone(),
+            recurrence_id: p.recurrence_id,
+        };
+        Some(FreeBusyChange {
+            added: d.added.into_iter().map(period).collect(),
+            removed: d.removed.into_iter().map(period).collect(),
+        })
+    } else {
+        None
+    };
+    Ok(Event {
+        user: ce.user,
+        sequence: ce.sequence,
+        freebusy,
+    })
+}
+
+/// The events stream and the publisher's durable consumer on it.
+pub struct Subscription {
+    stream: jetstream::stream::Stream,
+    name: String,
+    filter: String,
+}
+
+impl Subscription {
+    /// Finds the events stream (created by `imip-processor migrate`) and the
+    /// durable consumer, creating it when missing.
+    pub async fn open(
+        js: &jetstream::Context,
+        ns: &Namespace,
+        name: String,
+    ) -> Result<(Self, PullConsumer), PublisherError> {
+        let stream = js.get_stream(ns.events_stream()).await.map_err(|e| {
+            PublisherError::Nats(format!(
+                "stream {}: {e} (run `imip-processor migrate` first)",
+                ns.events_stream()
+            ))
+        })?;
+        let sub = Subscription {
+            stream,
+            name,
+            filter: ns.events_subjects(),
+        };
+        let (consumer, _) = sub.consumer().await?;
+        Ok((sub, consumer))
+    }
+
+    /// The durable consumer, and whether it had to be created (then events
+    /// before this moment were never delivered to it).
+    async fn consumer(&self) -> Result<(PullConsumer, bool), PublisherError> {
+        if let Ok(c) = self.stream.get_consumer::<pull::Config>(&self.name).await {
+            if c.cached_info().config.filter_subject == self.filter {
+                return Ok((c, false));
+            }
+            tracing::warn!(consumer = %self.name, "consumer has another filter; recreating it");
+            let _ = self.stream.delete_consumer(&self.name).await;
+        }
+        let c: PullConsumer = self
+            .stream
+            .create_consumer(pull::Config {
+                durable_name: Some(self.name.clone()),
+                description: Some("imip-publisher: free/busy cache".into()),
+                // One subject, `filter_subject`: NATS 2.9 has no `filter_subjects`.
+                filter_subject: self.filter.clone(),
+                // Nothing is cached when the consumer is new, so earlier events
+                // are already in any snapshot loaded later.
+                deliver_policy: DeliverPolicy::New,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(PublisherError::nats)?;
+        let held = &c.cached_info().config.filter_subject;
+        if *held != self.filter {
+            return Err(PublisherError::Nats(format!(
+                "consumer {} has filter {held:?}, expected {:?}",
+                self.name, self.filter
+            )));
+        }
+        tracing::info!(consumer = %self.name, "created durable consumer");
+        Ok((c, true))
+    }
+}
+
+/// Applies events to the cache until shutdown. When the consumer must be
+/// re-opened and turns out to be new (deleted meanwhile), events may have
+/// been missed, so the cache is cleared.
+pub async fn follow(
+    sub: Subscription,
+    mut consumer: PullConsumer,
+    cache: Arc<Cache>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        match consume(&mut consumer, &cache, &mut shutdown).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "events: consumer stopped; re-opening"),
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return,
+            }
+            match sub.consumer().await {
+                Ok((c, created)) => {
+                    if created {
+                        cache.clear();
+                    }
+                    consumer = c;
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "events: cannot open the consumer"),
+            }
+        }
+    }
+}
+
+/// One consumer session: returns `Ok` on shutdown, `Err` when the message
+/// stream fails or ends.
+async fn consume(
+    consumer: &mut PullConsumer,
+    cache: &Cache,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<(), PublisherError> {
+    let mut messages = consumer.messages().await.map_err(PublisherError::nats)?;
+    loop {
+        let next = tokio::select! {
+            m = messages.next() => m,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let Some(m) = next else {
+            return Err(PublisherError::Nats("message stream ended".into()));
+        };
+        let m = match m {
+            Ok(m) => m,
+            // The client renews its pull requests by itself after a missed heartbeat.
+            Err(e) if e.kind() == pull::MessagesErrorKind::MissingHeartbeat => {
+                tracing::warn!(error = %e, "events: missed heartbeat");
+                continue;
+            }
+            Err(e) => return Err(PublisherError::nats(e)),
+        };
+        match parse(&m.payload) {
+            Ok(event) => {
+                let (user, seq) = (event.user.clone(), event.sequence);
+                match cache.apply(event) {
+                    Some(Step::Gap) => {
+                        tracing::info!(%user, seq, "events: sequence gap; user dropped, reloads on next request")
+                    }
+                    step => tracing::debug!(%user, seq, ?step, "event"),
+                }
+            }
+            // A user's event we cannot read leaves a gap in their sequence,
+            // which the next one detects.
+            Err(e) => tracing::warn!(subject = %m.subject, error = %e, "events: unreadable event"),
+        }
+        m.ack().await.map_err(PublisherError::nats)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_freebusy_changed_event() {
+        let ev = parse(br#"{"specversion":"1.0","id":"ns:a@x:2","source":"imipflow/ns",
+            "type":"org.imipflow.freebusy.changed","subject":"a@x","time":"2027-03-01T12:00:00Z",
+            "datacontenttype":"application/json","user":"a@x","sequence":2,
+            "data":{"uid":"u1","added":[{"start":"2027-03-16T09:00:00Z","end":"2027-03-16T10:00:00Z",
+            "fbtype":"BUSY-TENTATIVE","recurrence_id":"2027-03-16T09:00:00Z"}],"removed":[]}}"#)
+        .unwrap();
+        assert_eq!(ev.user, "a@x");
+        assert_eq!(ev.sequence, 2);
+        let fb = ev.freebusy.unwrap();
+        assert_eq!(fb.added.len(), 1);
+        assert_eq!(fb.added[0].uid, "u1");
+        assert_eq!(fb.added[0].fbtype, FbType::BusyTentative);
+        assert_eq!(
+            fb.added[0].recurrence_id,
+            Some("2027-03-16T09:00:00Z".parse().unwrap())
+        );
+        assert!(fb.removed.is_empty());
+    }
+
+    #[test]
+    fn other_kinds_only_carry_the_sequence() {
+        let ev = parse(
+            br#"{"type":"org.imipflow.object.changed","user":"a@x","sequence":1,
+                 "data":{"uid":"u1","recurrence_id":null,"sequence":0}}"#,
+        )
+        .unwrap();
+        assert_eq!((ev.sequence, ev.freebusy), (1, None));
+        assert!(parse(b"{}").is_err());
+        assert!(
+            parse(br#"{"type":"org.imipflow.freebusy.changed","user":"a","sequence":1}"#).is_err()
+        );
+    }
+}

@@ -1,0 +1,41 @@
+//! `imip-publisher` binary: settings, logging, signals; the work is in the library.
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "imip-publisher",
+    version,
+    about = "Serve each user's free/busy over HTTP (/freebusy/<user>.ifb and .json), kept current from imipflow's change events"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: imipflow_publisher::Settings,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IMIP_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down: finishing open requests");
+        let _ = tx.send(true);
+    });
+    imipflow_publisher::run(cli.settings, rx)
+        .await
+        .context("imip-publisher failed")
+}
