@@ -109,14 +109,15 @@ pub async fn log_message(
     Ok(())
 }
 
-/// Writes the new state and periods of one UID; returns the queue change, if any.
+/// Writes the new state and periods of one UID; returns the free/busy and
+/// queue changes this made.
 pub async fn save_outcome(
     tx: &Transaction<'_>,
     cache: &StatementCache,
     user: &str,
     uid: &str,
     outcome: &Outcome,
-) -> Result<Option<Change>> {
+) -> Result<Vec<Change>> {
     // Independent statements are sent together: tokio-postgres pipelines them.
     let key: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &uid];
     let (objects, attendees, freebusy, open) = (
@@ -130,7 +131,11 @@ pub async fn save_outcome(
             )
             .await?,
         cache
-            .get(tx, "DELETE FROM freebusy WHERE user_addr = $1 AND uid = $2")
+            .get(
+                tx,
+                "DELETE FROM freebusy WHERE user_addr = $1 AND uid = $2
+                 RETURNING lower(period), upper(period), fbtype, recurrence_id",
+            )
             .await?,
         cache
             .get(
@@ -139,12 +144,35 @@ pub async fn save_outcome(
             )
             .await?,
     );
-    futures::try_join!(
+    let (_, _, stored, _) = futures::try_join!(
         tx.execute(&objects, &key),
         tx.execute(&attendees, &key),
-        tx.execute(&freebusy, &key),
+        tx.query(&freebusy, &key),
         tx.execute(&open, &key),
     )?;
+    // The free/busy event is the difference between what was stored and what
+    // is stored now — not between two expansions, whose horizons differ.
+    let before: std::collections::BTreeSet<Period> = stored
+        .iter()
+        .map(|r| Period {
+            start: r.get(0),
+            end: r.get(1),
+            fbtype: crate::model::FbType::parse(r.get::<_, &str>(2))
+                .unwrap_or(crate::model::FbType::Busy),
+            recurrence_id: r.get(3),
+        })
+        .collect();
+    let after: std::collections::BTreeSet<Period> = outcome.periods.iter().copied().collect();
+    let mut changes = Vec::new();
+    let added: Vec<Period> = after.difference(&before).copied().collect();
+    let removed: Vec<Period> = before.difference(&after).copied().collect();
+    if !added.is_empty() || !removed.is_empty() {
+        changes.push(Change::FreeBusyChanged {
+            uid: uid.to_owned(),
+            added,
+            removed,
+        });
+    }
     for o in &outcome.state.objects {
         let key = recurrence_key(o.recurrence_id);
         let c = &o.component;
@@ -223,13 +251,13 @@ pub async fn save_outcome(
             )
             .await?;
         if removed > 0 {
-            return Ok(Some(Change::QueueChanged {
+            changes.push(Change::QueueChanged {
                 uid: uid.to_owned(),
                 change: QueueChange::Removed,
-            }));
+            });
         }
     }
-    Ok(None)
+    Ok(changes)
 }
 
 async fn insert_periods(

@@ -385,9 +385,16 @@ async fn apply_payload(
             // A pending request changes only the queue, never the calendar.
             changes.extend(store::enqueue(tx, cache, &payload, uid).await?);
         } else if outcome.disposition == crate::model::Disposition::Applied {
-            let queue = store::save_outcome(tx, cache, user, uid, &outcome).await?;
-            changes.extend(outcome.changes);
-            changes.extend(queue);
+            let stored = store::save_outcome(tx, cache, user, uid, &outcome).await?;
+            // Object changes come from the semantics; the free/busy change from
+            // what the store actually replaced (see store::save_outcome).
+            changes.extend(
+                outcome
+                    .changes
+                    .into_iter()
+                    .filter(|c| !matches!(c, crate::model::Change::FreeBusyChanged { .. })),
+            );
+            changes.extend(stored);
         } else if disposition == crate::model::Disposition::Applied {
             disposition = outcome.disposition;
         }
