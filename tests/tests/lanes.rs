@@ -283,23 +283,3 @@ async fn a_poison_message_is_dead_lettered_the_lane_continues_and_replay_applies
     let status = env.ctl_json(&["status"]).await;
     assert_eq!(status["dead_letters"], 0);
 }
-
-#[tokio::test]
-#[ignore]
-async fn perf_probe() {
-    let env = TestEnv::new().await;
-    let msgs = traffic(&env, 200, 10).await;
-    env.pg()
-        .await
-        .batch_execute(&format!(
-            "ALTER DATABASE {} SET log_min_duration_statement = 4",
-            env.database
-        ))
-        .await
-        .unwrap();
-    publish_payloads(&env, &msgs).await;
-    let started = std::time::Instant::now();
-    let _p = env.start_processor(&[("IMIP_LOG", "imipflow_processor=trace")]);
-    env.wait_applied().await;
-    eprintln!("applied {} in {:?}", msgs.len(), started.elapsed());
-}
