@@ -444,6 +444,26 @@ impl TestEnv {
         })
     }
 
+    /// `imip-ctl freebusy USER --json` over [from, to) as `"start end FBTYPE"` lines.
+    pub async fn busy_lines(&self, user: &str, from: &str, to: &str) -> Vec<String> {
+        let fb = self
+            .ctl_json(&["freebusy", user, "--from", from, "--to", to])
+            .await;
+        fb["periods"]
+            .as_array()
+            .expect("periods")
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {} {}",
+                    p["start"].as_str().unwrap(),
+                    p["end"].as_str().unwrap(),
+                    p["fbtype"].as_str().unwrap()
+                )
+            })
+            .collect()
+    }
+
     /// Stream messages that every partition has applied (all lanes caught up).
     pub async fn wait_applied(&self) {
         let js = self.jetstream().await;

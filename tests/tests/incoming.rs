@@ -58,30 +58,9 @@ impl World {
     }
 
     async fn busy(&self, user: &str) -> Vec<String> {
-        let fb = self
-            .env
-            .ctl_json(&[
-                "freebusy",
-                user,
-                "--from",
-                "2027-03-01T00:00:00Z",
-                "--to",
-                "2027-04-01T00:00:00Z",
-            ])
-            .await;
-        fb["periods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} {} {}",
-                    p["start"].as_str().unwrap(),
-                    p["end"].as_str().unwrap(),
-                    p["fbtype"].as_str().unwrap()
-                )
-            })
-            .collect()
+        self.env
+            .busy_lines(user, "2027-03-01T00:00:00Z", "2027-04-01T00:00:00Z")
+            .await
     }
 
     async fn log(&self) -> Vec<String> {

@@ -40,23 +40,7 @@ impl Run {
     /// (start, end, fbtype) of `user` in the window, after everything applied.
     async fn periods(&self, user: &str, from: &str, to: &str) -> Vec<String> {
         self.env.wait_applied().await;
-        let fb = self
-            .env
-            .ctl_json(&["freebusy", user, "--from", from, "--to", to])
-            .await;
-        fb["periods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} {} {}",
-                    p["start"].as_str().unwrap(),
-                    p["end"].as_str().unwrap(),
-                    p["fbtype"].as_str().unwrap()
-                )
-            })
-            .collect()
+        self.env.busy_lines(user, from, to).await
     }
 
     async fn objects(&self, user: &str) -> Vec<serde_json::Value> {
