@@ -107,8 +107,31 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// The published `.ifb`'s FREEBUSY lines, once they equal `want` (within 10 s).
+async fn ifb_shows(publisher: &imipflow_tests::Publisher, want: &[String]) {
+    let url = publisher.url("/freebusy/alice@example.com.ifb");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let lines: Vec<String> = body
+            .lines()
+            .filter(|l| l.starts_with("FREEBUSY"))
+            .map(str::to_owned)
+            .collect();
+        if lines == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "published {lines:?}, want {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn round_trip(partstat: &str, expect_busy: Vec<String>) {
     let mut w = World::new().await;
+    let publisher = w.env.start_publisher(imipflow_tests::free_port()).await;
     w.mail("REQUEST", BOB, Some(ALICE), &refs(&invitation(0)))
         .await;
     let q = w.queue(ALICE).await;
@@ -136,12 +159,23 @@ async fn round_trip(partstat: &str, expect_busy: Vec<String>) {
         "the answer clears the queue entry"
     );
     assert_eq!(w.busy(ALICE).await, expect_busy);
+    // The published .ifb follows: "start end TYPE" → FREEBUSY;FBTYPE=TYPE:start/end.
+    let ical = |t: &str| t.replace(['-', ':'], "");
+    let published: Vec<String> = expect_busy
+        .iter()
+        .map(|b| {
+            let f: Vec<&str> = b.split(' ').collect();
+            format!("FREEBUSY;FBTYPE={}:{}/{}", f[2], ical(f[0]), ical(f[1]))
+        })
+        .collect();
+    ifb_shows(&publisher, &published).await;
 
     // Bob cancels: Alice's records go.
     let mut cancel = invitation(1);
     cancel.push("STATUS:CANCELLED".into());
     w.mail("CANCEL", BOB, Some(ALICE), &refs(&cancel)).await;
     assert!(w.busy(ALICE).await.is_empty());
+    ifb_shows(&publisher, &[]).await;
     let objs = w.env.ctl_json(&["objects", ALICE]).await;
     assert!(objs["objects"].as_array().unwrap().is_empty(), "{objs}");
     assert_eq!(
