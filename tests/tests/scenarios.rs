@@ -448,3 +448,68 @@ Content-Disposition: attachment; filename=invite.ics\r\n\r\n{ics}--b--\r\n"
         "one object.changed and one freebusy.changed"
     );
 }
+
+#[tokio::test]
+async fn replies_from_non_attendees_are_refused_and_other_object_types_ignored() {
+    let mut r = Run::new(&[]).await;
+    // Bob answers an event that does not list him: refused.
+    r.send(
+        "REPLY",
+        BOB,
+        &[ev(&[
+            "UID:not-his",
+            "DTSTAMP:20270101T000000Z",
+            "DTSTART:20270301T090000Z",
+            "DTEND:20270301T100000Z",
+            "ORGANIZER:mailto:alice@example.com",
+            "ATTENDEE;PARTSTAT=ACCEPTED:mailto:carol@example.net",
+        ])],
+    )
+    .await;
+    // A VTODO request and a VFREEBUSY publish change nothing.
+    let todo = vec![
+        "BEGIN:VTODO".to_owned(),
+        "UID:todo-1".into(),
+        "DTSTAMP:20270101T000000Z".into(),
+        "DUE:20270302T090000Z".into(),
+        "ORGANIZER:mailto:alice@example.com".into(),
+        "END:VTODO".into(),
+    ];
+    r.send("REQUEST", ALICE, &[todo]).await;
+    let fb = vec![
+        "BEGIN:VFREEBUSY".to_owned(),
+        "UID:fb-1".into(),
+        "DTSTAMP:20270101T000000Z".into(),
+        "ORGANIZER:mailto:alice@example.com".into(),
+        "FREEBUSY:20270303T090000Z/20270303T100000Z".into(),
+        "END:VFREEBUSY".into(),
+    ];
+    r.send("PUBLISH", ALICE, &[fb]).await;
+    assert!(
+        r.periods(BOB, "2027-03-01T00:00:00Z", "2027-03-10T00:00:00Z")
+            .await
+            .is_empty()
+    );
+    assert!(
+        r.periods(ALICE, "2027-03-01T00:00:00Z", "2027-03-10T00:00:00Z")
+            .await
+            .is_empty()
+    );
+    assert!(r.objects(ALICE).await.is_empty());
+    assert!(r.objects(BOB).await.is_empty());
+    let db = r.env.pg().await;
+    let outcomes: Vec<String> = db
+        .query(
+            "SELECT method || ' ' || outcome FROM message_log ORDER BY stream_seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec!["REPLY refused", "REQUEST ignored", "PUBLISH ignored"]
+    );
+}
