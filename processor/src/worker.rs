@@ -269,21 +269,16 @@ impl Lane {
         // Fast path: the whole batch without savepoints. If any message fails,
         // start over with one savepoint per message so that only the failing
         // ones go to the dead-letter table.
+        let apply = Apply {
+            cache,
+            settings: &self.settings,
+            ns: &self.ns,
+            partition: self.partition,
+        };
         let mut fast = tx.savepoint("batch").await?;
         let mut failed = false;
         for m in &todo {
-            if apply_payload(
-                &mut fast,
-                cache,
-                &self.settings,
-                &self.ns,
-                self.partition,
-                m.seq,
-                &m.payload,
-            )
-            .await
-            .is_err()
-            {
+            if apply.payload(&mut fast, m.seq, &m.payload).await.is_err() {
                 failed = true;
                 break;
             }
@@ -291,16 +286,7 @@ impl Lane {
         if failed {
             fast.rollback().await?;
             for m in &todo {
-                apply_message(
-                    &mut tx,
-                    cache,
-                    &self.settings,
-                    &self.ns,
-                    self.partition,
-                    m.seq,
-                    &m.payload,
-                )
-                .await?;
+                apply.message(&mut tx, m.seq, &m.payload).await?;
             }
         } else {
             fast.commit().await?;
@@ -317,109 +303,121 @@ impl Lane {
     }
 }
 
-/// Applies one message inside the lane's transaction, under a savepoint: if
-/// applying fails, its partial effects are undone and it goes to the dead-letter
-/// table, and the lane continues.
-pub async fn apply_message(
-    tx: &mut tokio_postgres::Transaction<'_>,
-    cache: &StatementCache,
-    settings: &Settings,
-    ns: &Namespace,
-    partition: i32,
-    seq: i64,
-    bytes: &[u8],
-) -> Result<(), ProcessorError> {
-    let user_hint = serde_json::from_slice::<serde_json::Value>(bytes)
-        .ok()
-        .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| "unknown".to_owned());
-    let mut sp = tx.savepoint("message").await?;
-    match apply_payload(&mut sp, cache, settings, ns, partition, seq, bytes).await {
-        Ok(()) => {
-            sp.commit().await?;
-        }
-        Err(e) => {
-            sp.rollback().await?;
-            tracing::warn!(partition, seq, user = %user_hint, error = %e, "message dead-lettered");
-            store::dead_letter(tx, cache, &user_hint, partition, seq, bytes, &e.to_string())
-                .await?;
-        }
-    }
-    Ok(())
+/// What applying a message needs besides the transaction it runs in.
+pub struct Apply<'a> {
+    pub cache: &'a StatementCache,
+    pub settings: &'a Settings,
+    pub ns: &'a Namespace,
+    pub partition: i32,
 }
 
-async fn apply_payload(
-    tx: &mut tokio_postgres::Transaction<'_>,
-    cache: &StatementCache,
-    settings: &Settings,
-    ns: &Namespace,
-    partition: i32,
-    seq: i64,
-    bytes: &[u8],
-) -> Result<(), ProcessorError> {
-    let payload = Payload::from_json(bytes)
-        .map_err(|e| ProcessorError::Payload(format!("unreadable payload: {e}")))?;
-    if payload.version != PAYLOAD_VERSION {
-        return Err(ProcessorError::Payload(format!(
-            "payload version {} (this processor knows {PAYLOAD_VERSION})",
-            payload.version
-        )));
-    }
-    let user = payload.user.as_str();
-    if store::already_applied(tx, cache, user, &payload.dedupe_id).await? {
-        return Ok(());
-    }
-    let ctx = settings.ctx(payload.ingested_at)?;
-    let mut uids: Vec<&str> = Vec::new();
-    for c in &payload.components {
-        if !uids.contains(&c.uid.as_str()) {
-            uids.push(&c.uid);
+impl Apply<'_> {
+    /// Applies one message under a savepoint: if applying fails, its partial
+    /// effects are undone and it goes to the dead-letter table, and the lane
+    /// continues.
+    pub async fn message(
+        &self,
+        tx: &mut tokio_postgres::Transaction<'_>,
+        seq: i64,
+        bytes: &[u8],
+    ) -> Result<(), ProcessorError> {
+        let user_hint = serde_json::from_slice::<serde_json::Value>(bytes)
+            .ok()
+            .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| "unknown".to_owned());
+        let mut sp = tx.savepoint("message").await?;
+        match self.payload(&mut sp, seq, bytes).await {
+            Ok(()) => sp.commit().await?,
+            Err(e) => {
+                sp.rollback().await?;
+                tracing::warn!(partition = self.partition, seq, user = %user_hint, error = %e, "message dead-lettered");
+                store::dead_letter(
+                    tx,
+                    self.cache,
+                    &user_hint,
+                    self.partition,
+                    seq,
+                    bytes,
+                    &e.to_string(),
+                )
+                .await?;
+            }
         }
+        Ok(())
     }
-    let mut disposition = crate::model::Disposition::Applied;
-    let mut changes = Vec::new();
-    for uid in uids {
-        let state = store::load_state(tx, cache, user, uid).await?;
-        let outcome = semantics::apply(&state, &payload, uid, &ctx);
-        if outcome.disposition == crate::model::Disposition::Applied && outcome.enqueue {
-            // A pending request changes only the queue, never the calendar.
-            changes.extend(store::enqueue(tx, cache, &payload, uid).await?);
-        } else if outcome.disposition == crate::model::Disposition::Applied {
-            let stored = store::save_outcome(tx, cache, user, uid, &outcome).await?;
-            // Object changes come from the semantics; the free/busy change from
-            // what the store actually replaced (see store::save_outcome).
-            changes.extend(
-                outcome
-                    .changes
-                    .into_iter()
-                    .filter(|c| !matches!(c, crate::model::Change::FreeBusyChanged { .. })),
-            );
-            changes.extend(stored);
-        } else if disposition == crate::model::Disposition::Applied {
-            disposition = outcome.disposition;
+
+    /// Applies one payload: every UID it carries, the events, the log line.
+    async fn payload(
+        &self,
+        tx: &mut tokio_postgres::Transaction<'_>,
+        seq: i64,
+        bytes: &[u8],
+    ) -> Result<(), ProcessorError> {
+        let (cache, settings, ns, partition) = (self.cache, self.settings, self.ns, self.partition);
+        let payload = Payload::from_json(bytes)
+            .map_err(|e| ProcessorError::Payload(format!("unreadable payload: {e}")))?;
+        if payload.version != PAYLOAD_VERSION {
+            return Err(ProcessorError::Payload(format!(
+                "payload version {} (this processor knows {PAYLOAD_VERSION})",
+                payload.version
+            )));
         }
+        let user = payload.user.as_str();
+        if store::already_applied(tx, cache, user, &payload.dedupe_id).await? {
+            return Ok(());
+        }
+        let ctx = settings.ctx(payload.ingested_at)?;
+        let mut uids: Vec<&str> = Vec::new();
+        for c in &payload.components {
+            if !uids.contains(&c.uid.as_str()) {
+                uids.push(&c.uid);
+            }
+        }
+        let mut disposition = crate::model::Disposition::Applied;
+        let mut changes = Vec::new();
+        for uid in uids {
+            let state = store::load_state(tx, cache, user, uid).await?;
+            let outcome = semantics::apply(&state, &payload, uid, &ctx);
+            if outcome.disposition == crate::model::Disposition::Applied && outcome.enqueue {
+                // A pending request changes only the queue, never the calendar.
+                changes.extend(store::enqueue(tx, cache, &payload, uid).await?);
+            } else if outcome.disposition == crate::model::Disposition::Applied {
+                let stored = store::save_outcome(tx, cache, user, uid, &outcome).await?;
+                // Object changes come from the semantics; the free/busy change from
+                // what the store actually replaced (see store::save_outcome).
+                changes.extend(
+                    outcome
+                        .changes
+                        .into_iter()
+                        .filter(|c| !matches!(c, crate::model::Change::FreeBusyChanged { .. })),
+                );
+                changes.extend(stored);
+            } else if disposition == crate::model::Disposition::Applied {
+                disposition = outcome.disposition;
+            }
+        }
+        store::append_events(
+            tx,
+            cache,
+            ns.as_str(),
+            partition,
+            user,
+            &changes,
+            chrono::Utc::now(),
+        )
+        .await?;
+        store::log_message(
+            tx,
+            cache,
+            user,
+            &payload.dedupe_id,
+            seq,
+            payload.method.as_str(),
+            &disposition,
+        )
+        .await?;
+        Ok(())
     }
-    store::append_events(
-        tx,
-        cache,
-        ns.as_str(),
-        partition,
-        user,
-        &changes,
-        chrono::Utc::now(),
-    )
-    .await?;
-    store::log_message(
-        tx,
-        cache,
-        user,
-        &payload.dedupe_id,
-        seq,
-        payload.method.as_str(),
-        &disposition,
-    )
-    .await?;
-    Ok(())
 }
 
 /// Starts one lane per partition and waits for shutdown.

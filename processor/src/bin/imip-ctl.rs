@@ -369,16 +369,14 @@ async fn main() -> anyhow::Result<()> {
                         )
                         .await?
                         .get(0);
-                    worker::apply_message(
-                        &mut tx,
-                        &imipflow_processor::store::StatementCache::default(),
-                        &s,
-                        &ns,
+                    let cache = imipflow_processor::store::StatementCache::default();
+                    let apply = worker::Apply {
+                        cache: &cache,
+                        settings: &s,
+                        ns: &ns,
                         partition,
-                        seq,
-                        &payload,
-                    )
-                    .await?;
+                    };
+                    apply.message(&mut tx, seq, &payload).await?;
                     let after: i64 = tx
                         .query_one(
                             "SELECT count(*) FROM dead_letters WHERE user_addr = $1",
