@@ -24,24 +24,29 @@ pub struct Envelope {
 /// One thing to publish.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
-    Payload(Box<Payload>),
+    /// A payload and its JSON, serialised once (the size limit needs it anyway).
+    Payload {
+        payload: Box<Payload>,
+        json: Vec<u8>,
+    },
     Quarantine(Box<QuarantineRecord>),
 }
 
 impl Output {
     pub fn dedupe_id(&self) -> &str {
         match self {
-            Output::Payload(p) => &p.dedupe_id,
+            Output::Payload { payload, .. } => &payload.dedupe_id,
             Output::Quarantine(q) => &q.dedupe_id,
         }
     }
 
-    pub fn to_json(&self) -> Vec<u8> {
+    pub fn to_json(&self) -> std::borrow::Cow<'_, [u8]> {
         match self {
-            Output::Payload(p) => serde_json::to_vec(p),
-            Output::Quarantine(q) => serde_json::to_vec(q),
+            Output::Payload { json, .. } => std::borrow::Cow::Borrowed(json),
+            Output::Quarantine(q) => {
+                std::borrow::Cow::Owned(serde_json::to_vec(q).expect("contract types serialise"))
+            }
         }
-        .expect("contract types serialise")
     }
 }
 
@@ -204,16 +209,19 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
 
     // Objects in MIME order; the same object carried twice (inline and as
     // invite.ics, as Thunderbird and Google do) is kept once.
-    let mut objects: Vec<(&str, Option<&str>, bool)> = Vec::new();
+    let mut objects: Vec<(&str, Option<&str>, bool, [u8; 32])> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for part in &mail.parts {
         let blocks = ical::split_vcalendars(&part.text);
+        let method = part.method_param.as_deref();
         if blocks.is_empty() {
-            objects.push((part.text.as_str(), part.method_param.as_deref(), part.lossy));
+            let digest = sha256(&[canonical(&part.text).as_bytes()]);
+            objects.push((part.text.as_str(), method, part.lossy, digest));
         }
         for b in blocks {
-            if seen.insert(canonical(b)) {
-                objects.push((b, part.method_param.as_deref(), part.lossy));
+            let digest = sha256(&[canonical(b).as_bytes()]);
+            if seen.insert(digest) {
+                objects.push((b, method, part.lossy, digest));
             }
         }
     }
@@ -237,19 +245,20 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
     }
 
     // Parse first, so that objects without METHOD (not iMIP) drop out before indexing.
-    let parsed: Vec<(&str, bool, Result<ical::Parsed, Refusal>)> = objects
+    type Parsed<'t> = (&'t str, bool, [u8; 32], Result<ical::Parsed, Refusal>);
+    let parsed: Vec<Parsed<'_>> = objects
         .iter()
-        .filter_map(
-            |(text, method, lossy)| match ical::parse_object(text, *method, limits) {
-                Ok(Some(p)) => Some((*text, *lossy, Ok(p))),
+        .filter_map(|&(text, method, lossy, digest)| {
+            match ical::parse_object(text, method, limits) {
+                Ok(Some(p)) => Some((text, lossy, digest, Ok(p))),
                 Ok(None) => None,
-                Err(r) => Some((*text, *lossy, Err(r))),
-            },
-        )
+                Err(r) => Some((text, lossy, digest, Err(r))),
+            }
+        })
         .collect();
     let count = parsed.len() as u32;
     let mut outputs = Vec::new();
-    for (index, (text, lossy, result)) in parsed.into_iter().enumerate() {
+    for (index, (text, lossy, text_digest, result)) in parsed.into_iter().enumerate() {
         let index = index as u32;
         let mut parsed = match result {
             Ok(p) => p,
@@ -285,7 +294,6 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
                 .warnings
                 .push("calendar part was not valid in its charset; bytes were replaced".to_owned());
         }
-        let text_digest = sha256(&[canonical(text).as_bytes()]);
         for user in &ctx.users {
             let id = sha256(&[
                 direction_tag(env.direction),
@@ -310,9 +318,8 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
                 warnings: parsed.warnings.clone(),
                 raw: text.to_owned(),
             };
-            let size = serde_json::to_vec(&payload)
-                .map(|v| v.len())
-                .unwrap_or(usize::MAX);
+            let json = serde_json::to_vec(&payload).expect("contract types serialise");
+            let size = json.len();
             if size > limits.max_payload_bytes {
                 let detail = format!(
                     "payload of {size} bytes, limit {}",
@@ -326,7 +333,10 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
                     text.len() as u64,
                 ));
             } else {
-                outputs.push(Output::Payload(Box::new(payload)));
+                outputs.push(Output::Payload {
+                    payload: Box::new(payload),
+                    json,
+                });
             }
         }
     }

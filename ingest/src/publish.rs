@@ -21,7 +21,7 @@ pub struct Target<'a> {
 /// The subject an output goes to.
 pub fn subject(output: &Output, ns: &Namespace, partitions: u32) -> String {
     match output {
-        Output::Payload(p) => {
+        Output::Payload { payload: p, .. } => {
             ns.message_subject(partition(&p.user, partitions), &user_key(&p.user))
         }
         Output::Quarantine(q) => {
@@ -59,7 +59,11 @@ pub async fn publish(plan: &Plan, target: &Target<'_>) -> Result<(), IngestError
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", output.dedupe_id());
         let ack = js
-            .publish_with_headers(subject.clone(), headers, output.to_json().into())
+            .publish_with_headers(
+                subject.clone(),
+                headers,
+                output.to_json().into_owned().into(),
+            )
             .await
             .map_err(|e| IngestError::Publish {
                 subject: subject.clone(),
