@@ -9,6 +9,7 @@
 
 mod fixtures;
 mod measure;
+mod processor;
 mod report;
 mod sandbox;
 
@@ -37,6 +38,8 @@ struct Cli {
 enum Cmd {
     /// imip-ingest per message, next to a process spawn and a JetStream publish-with-ack.
     Ingest(IngestArgs),
+    /// imip-processor messages/s, next to a bare JetStream consumer and plain batched SQL.
+    Processor(processor::ProcessorArgs),
     /// Internal: spawns and reaps the measured children (see `measure.rs`).
     #[command(hide = true)]
     SpawnHelper,
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Ingest(args) => ingest(args),
+        Cmd::Processor(args) => processor::run(args),
         Cmd::SpawnHelper => measure::helper_main(),
     }
 }
