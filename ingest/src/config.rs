@@ -2,9 +2,14 @@
 //!
 //! Ingest reads flags and `IMIP_*` environment variables only, no config file:
 //! it starts once per mail and must not touch the disk more than it has to.
+//! NATS authentication and TLS are the same settings as the other binaries'
+//! (`imipflow_config::NatsAuth`); nothing TLS-related is loaded unless set.
 
+use crate::error::IngestError;
 use clap::{Parser, ValueEnum};
+use imipflow_config::NatsAuth;
 use imipflow_schema::Direction;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DirectionArg {
@@ -58,7 +63,30 @@ pub struct Args {
     pub timeout_ms: u64,
 
     #[command(flatten)]
+    pub nats_auth: NatsAuth,
+
+    #[command(flatten)]
     pub limits: Limits,
+}
+
+/// Connect options for one publish: credentials and TLS from the settings, a
+/// deadline on everything, no reconnects (a failure is the MTA's retry, exit
+/// 75). A missing credentials file or a refused login is also exit 75: the
+/// message waits in the MTA's queue until the administrator fixes it.
+pub fn connect_options(
+    url: &str,
+    auth: &NatsAuth,
+    timeout: Duration,
+) -> Result<async_nats::ConnectOptions, IngestError> {
+    let options = auth.connect_options().map_err(|e| IngestError::Connect {
+        url: imipflow_config::redact_url(url),
+        reason: e.to_string(),
+    })?;
+    Ok(options
+        .connection_timeout(timeout)
+        .request_timeout(Some(timeout))
+        .max_reconnects(Some(0))
+        .name("imip-ingest"))
 }
 
 /// Bounds on what one message may make ingest do. Exceeding one quarantines.

@@ -99,6 +99,7 @@ fn run(args: Args) -> Result<(), IngestError> {
         .map_err(IngestError::Runtime)?;
     let target = publish::Target {
         url: &args.nats_url,
+        auth: &args.nats_auth,
         namespace: &namespace,
         partitions: args.partitions,
         timeout: Duration::from_millis(args.timeout_ms),

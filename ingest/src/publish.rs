@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub struct Target<'a> {
     pub url: &'a str,
+    pub auth: &'a imipflow_config::NatsAuth,
     pub namespace: &'a Namespace,
     pub partitions: u32,
     pub timeout: Duration,
@@ -38,18 +39,14 @@ pub fn subject(output: &Output, ns: &Namespace, partitions: u32) -> String {
 
 pub async fn publish(plan: &Plan, target: &Target<'_>) -> Result<(), IngestError> {
     let connect_err = |reason: String| IngestError::Connect {
-        url: target.url.to_owned(),
+        url: imipflow_config::redact_url(target.url),
         reason,
     };
-    let options = async_nats::ConnectOptions::new()
-        .connection_timeout(target.timeout)
-        .request_timeout(Some(target.timeout))
-        .max_reconnects(Some(0))
-        .name("imip-ingest");
+    let options = crate::config::connect_options(target.url, target.auth, target.timeout)?;
     let client = tokio::time::timeout(target.timeout, options.connect(target.url))
         .await
         .map_err(|_| connect_err("timed out".into()))?
-        .map_err(|e| connect_err(e.to_string()))?;
+        .map_err(|e| connect_err(imipflow_config::nats::explain(&e)))?;
     let mut js = async_nats::jetstream::new(client);
     js.set_timeout(target.timeout);
 

@@ -1,12 +1,19 @@
 //! Settings shared by `imip-processor` and `imip-ctl`: flags over `IMIP_*`
-//! environment variables over defaults (SPEC §1).
+//! environment variables over the TOML config file over defaults (SPEC §1;
+//! the layering is `imipflow_config::layered`, the reference
+//! `docs/configuration.md`). Every field here is a config-file key.
 
 use crate::error::ProcessorError;
+use imipflow_config::layered::ConfigFile;
+use imipflow_config::{NatsAuth, PgAuth, SecretUrl};
 use imipflow_schema::Namespace;
 use std::time::Duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
+    #[command(flatten)]
+    pub config: ConfigFile,
+
     /// NATS server URL(s), comma-separated.
     #[arg(
         long,
@@ -14,7 +21,10 @@ pub struct Settings {
         default_value = "nats://127.0.0.1:4222",
         global = true
     )]
-    pub nats_url: String,
+    pub nats_url: SecretUrl,
+
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
 
     /// PostgreSQL connection URL.
     #[arg(
@@ -23,7 +33,10 @@ pub struct Settings {
         default_value = "postgresql://postgres@127.0.0.1:5432/imip",
         global = true
     )]
-    pub database_url: String,
+    pub database_url: SecretUrl,
+
+    #[command(flatten)]
+    pub pg_auth: PgAuth,
 
     /// Prefix of every stream, subject and consumer.
     #[arg(long, env = "IMIP_NAMESPACE", default_value = "imip", global = true)]
@@ -93,6 +106,75 @@ impl Settings {
             .filter_map(imipflow_schema::normalize_address)
             .collect()
     }
+    /// Everything `imip-processor config check` validates without connecting,
+    /// one line per problem (empty: valid).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut check = |r: Result<(), String>| {
+            if let Err(e) = r {
+                out.push(e);
+            }
+        };
+        check(self.namespace().map(drop).map_err(|e| e.to_string()));
+        check(self.default_tz().map(drop).map_err(|e| e.to_string()));
+        check(if self.partitions == 0 {
+            Err("IMIP_PARTITIONS: must be at least 1".into())
+        } else {
+            Ok(())
+        });
+        for url in self.nats_url.split(',') {
+            check(
+                url.trim()
+                    .parse::<async_nats::ServerAddr>()
+                    .map(drop)
+                    .map_err(|e| {
+                        format!(
+                            "IMIP_NATS_URL: {} is not a NATS URL: {e}",
+                            imipflow_config::redact_url(url)
+                        )
+                    }),
+            );
+        }
+        check(self.nats_auth.validate().map_err(|e| e.to_string()));
+        check(
+            crate::connect::database(self)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+        );
+        check(if (1..=5).contains(&self.replicas) {
+            Ok(())
+        } else {
+            Err("IMIP_STREAM_REPLICAS: must be 1 to 5".into())
+        });
+        check(if self.batch_size == 0 {
+            Err("IMIP_BATCH_SIZE: must be at least 1".into())
+        } else {
+            Ok(())
+        });
+        check(if self.lease_ms < 100 {
+            Err("IMIP_LEASE_MS: must be at least 100".into())
+        } else {
+            Ok(())
+        });
+        check(if self.horizon_days < 1 {
+            Err("IMIP_HORIZON_DAYS: must be at least 1".into())
+        } else {
+            Ok(())
+        });
+        for item in self.manager_addresses.split(',') {
+            check(
+                if item.trim().is_empty() || imipflow_schema::normalize_address(item).is_some() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "IMIP_MANAGER_ADDRESSES: {item:?} is not an address"
+                    ))
+                },
+            );
+        }
+        out
+    }
+
 
     /// Semantics context for a message ingested at `now`.
     pub fn ctx(

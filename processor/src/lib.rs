@@ -4,6 +4,7 @@
 //! migrations that live in `schema/`, and creates the JetStream streams.
 
 pub mod config;
+pub mod connect;
 pub mod ctl;
 pub mod error;
 pub mod events;

@@ -4,7 +4,7 @@
 use crate::config::Settings;
 use crate::error::ProcessorError;
 use crate::streams;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
 
 mod embedded {
     refinery::embed_migrations!("../schema/migrations");
@@ -13,29 +13,16 @@ mod embedded {
 /// Key of the advisory lock that serialises concurrent migrations.
 const MIGRATION_LOCK: i64 = 0x696d_6970_666c_6f77; // "imipflow"
 
-pub async fn connect(url: &str) -> Result<Client, ProcessorError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "PostgreSQL connection closed");
-        }
-    });
-    Ok(client)
-}
+pub use crate::connect::{connect, connect_nats};
 
-/// Creates the database named in `url` when it does not exist yet.
-pub async fn ensure_database(url: &str) -> Result<Option<String>, ProcessorError> {
-    let config: Config = url
-        .parse()
-        .map_err(|e| ProcessorError::Config(format!("IMIP_DATABASE_URL: {e}")))?;
-    let name = config
-        .get_dbname()
+/// Creates the database named in `IMIP_DATABASE_URL` when it does not exist yet.
+pub async fn ensure_database(settings: &Settings) -> Result<Option<String>, ProcessorError> {
+    let target = crate::connect::database(settings)?;
+    let name = target
+        .dbname()
         .ok_or_else(|| ProcessorError::Config("IMIP_DATABASE_URL names no database".into()))?
         .to_owned();
-    let mut admin = config.clone();
-    admin.dbname("postgres");
-    let (client, conn) = admin.connect(NoTls).await?;
-    tokio::spawn(conn);
+    let client = target.with_dbname("postgres").connect().await?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
@@ -77,10 +64,10 @@ pub async fn apply_migrations(client: &mut Client) -> Result<Vec<String>, Proces
 /// Everything `migrate` does; returns one line per action for the operator.
 pub async fn run(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
     let mut log = Vec::new();
-    if let Some(name) = ensure_database(&settings.database_url).await? {
+    if let Some(name) = ensure_database(settings).await? {
         log.push(format!("database {name}: created"));
     }
-    let mut client = connect(&settings.database_url).await?;
+    let mut client = connect(settings).await?;
     log.extend(apply_migrations(&mut client).await?);
     client
         .execute(
@@ -100,9 +87,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
             settings.partitions
         )));
     }
-    let nats = async_nats::connect(&settings.nats_url)
-        .await
-        .map_err(ProcessorError::nats)?;
+    let nats = connect_nats(settings).await?;
     let js = async_nats::jetstream::new(nats);
     log.extend(streams::ensure(&js, settings).await?);
     Ok(log)
@@ -112,9 +97,7 @@ pub async fn run(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
 pub async fn reset(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
     let mut log = Vec::new();
     let ns = settings.namespace()?;
-    let nats = async_nats::connect(&settings.nats_url)
-        .await
-        .map_err(ProcessorError::nats)?;
+    let nats = connect_nats(settings).await?;
     let js = async_nats::jetstream::new(nats);
     for name in [
         ns.messages_stream(),
@@ -125,15 +108,9 @@ pub async fn reset(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
             log.push(format!("stream {name}: deleted"));
         }
     }
-    let config: Config = settings
-        .database_url
-        .parse()
-        .map_err(|e| ProcessorError::Config(format!("IMIP_DATABASE_URL: {e}")))?;
-    if let Some(name) = config.get_dbname().map(str::to_owned) {
-        let mut admin = config.clone();
-        admin.dbname("postgres");
-        let (client, conn) = admin.connect(NoTls).await?;
-        tokio::spawn(conn);
+    let target = crate::connect::database(settings)?;
+    if let Some(name) = target.dbname().map(str::to_owned) {
+        let client = target.with_dbname("postgres").connect().await?;
         let quoted = format!("\"{}\"", name.replace('"', "\"\""));
         client
             .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))

@@ -86,7 +86,7 @@ impl Lane {
 
     /// Runs the lane until shutdown: acquire, apply, and on losing the lease start over.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
-        let mut db = connect(&self.settings.database_url).await?;
+        let mut db = connect(&self.settings).await?;
         let cache = StatementCache::default();
         let retry = Duration::from_millis(self.settings.lease_ms / 4);
         loop {
@@ -427,9 +427,7 @@ pub async fn run(
 ) -> Result<(), ProcessorError> {
     let ns = settings.namespace()?;
     settings.default_tz()?;
-    let nats = async_nats::connect(&settings.nats_url)
-        .await
-        .map_err(ProcessorError::nats)?;
+    let nats = crate::connect::connect_nats(&settings).await?;
     let js = jetstream::new(nats);
     let instance = format!(
         "{}-{}-{}",

@@ -1,15 +1,24 @@
 //! Settings of `imip-publisher`: flags over `IMIP_*` environment variables over
-//! defaults, named as the processor names them where they are shared.
+//! the TOML config file over defaults (`imipflow_config::layered`), named as
+//! the processor names them where they are shared (`docs/configuration.md`).
 
 use crate::error::PublisherError;
+use imipflow_config::layered::ConfigFile;
+use imipflow_config::{Database, NatsAuth, PgAuth, SecretUrl};
 use imipflow_schema::Namespace;
 use std::net::SocketAddr;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
+    #[command(flatten)]
+    pub config: ConfigFile,
+
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    pub nats_url: SecretUrl,
+
+    #[command(flatten)]
+    pub nats_auth: NatsAuth,
 
     /// PostgreSQL connection URL (read only: a user's free/busy is loaded once,
     /// on the first request for that user).
@@ -18,7 +27,10 @@ pub struct Settings {
         env = "IMIP_DATABASE_URL",
         default_value = "postgresql://postgres@127.0.0.1:5432/imip"
     )]
-    pub database_url: String,
+    pub database_url: SecretUrl,
+
+    #[command(flatten)]
+    pub pg_auth: PgAuth,
 
     /// Prefix of every stream, subject and consumer.
     #[arg(long, env = "IMIP_NAMESPACE", default_value = "imip")]
@@ -45,6 +57,12 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The PostgreSQL target: URL, password and TLS, files read.
+    pub fn database(&self) -> Result<Database, PublisherError> {
+        Database::new(&self.database_url, &self.pg_auth)
+            .map_err(|e| PublisherError::Config(e.to_string()))
+    }
+
     pub fn namespace(&self) -> Result<Namespace, PublisherError> {
         Namespace::new(&self.namespace).map_err(|e| PublisherError::Config(e.to_string()))
     }

@@ -28,12 +28,13 @@ pub async fn run(
 ) -> Result<(), PublisherError> {
     let ns = settings.namespace()?;
     let name = settings.consumer_name()?;
-    let client = async_nats::connect(&settings.nats_url)
-        .await
-        .map_err(PublisherError::nats)?;
+    let client =
+        imipflow_config::nats::connect(&settings.nats_url, &settings.nats_auth, "imip-publisher")
+            .await
+            .map_err(PublisherError::nats)?;
     let js = async_nats::jetstream::new(client);
     let (subscription, consumer) = events::Subscription::open(&js, &ns, name.clone()).await?;
-    let db = store::Db::open(&settings.database_url, settings.db_connections).await?;
+    let db = store::Db::open(settings.database()?, settings.db_connections).await?;
     let cache = Arc::new(cache::Cache::new(settings.max_users));
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, consumer = %name, "imip-publisher serving");

@@ -1,7 +1,7 @@
 //! `imip-publisher` binary: settings, logging, signals; the work is in the library.
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser};
 
 #[derive(Parser)]
 #[command(
@@ -23,7 +23,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let cli =
+        imipflow_config::layered::parse_or_exit::<Cli>(imipflow_publisher::Settings::augment_args)
+            .cli;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("SIGTERM handler")?;

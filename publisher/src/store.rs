@@ -8,37 +8,28 @@
 use crate::cache::Snapshot;
 use crate::error::PublisherError;
 use chrono::{DateTime, Utc};
+use imipflow_config::Database;
 use imipflow_schema::{BusyPeriod, FbType};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::Mutex;
-use tokio_postgres::{Client, IsolationLevel, NoTls};
+use tokio_postgres::{Client, IsolationLevel};
 
 /// A few connections, (re)connected when needed; a load takes one for its
 /// transaction.
 pub struct Db {
-    url: String,
+    target: Database,
     connections: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
 }
 
-async fn connect(url: &str) -> Result<Client, PublisherError> {
-    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection closed");
-        }
-    });
-    Ok(client)
-}
-
 impl Db {
     /// Opens the first connection now, so that a wrong URL fails at start.
-    pub async fn open(url: &str, connections: usize) -> Result<Self, PublisherError> {
-        let first = connect(url).await?;
+    pub async fn open(target: Database, connections: usize) -> Result<Self, PublisherError> {
+        let first = target.connect().await?;
         let mut slots: Vec<Mutex<Option<Client>>> = vec![Mutex::new(Some(first))];
         slots.extend((1..connections.max(1)).map(|_| Mutex::new(None)));
         Ok(Db {
-            url: url.to_owned(),
+            target,
             connections: slots,
             next: AtomicUsize::new(0),
         })
@@ -49,7 +40,7 @@ impl Db {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
         let mut slot = self.connections[i].lock().await;
         if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(connect(&self.url).await?);
+            *slot = Some(self.target.connect().await?);
         }
         let client = slot.as_mut().expect("connected");
         let result = load_on(client, user).await;

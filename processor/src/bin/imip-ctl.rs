@@ -3,9 +3,9 @@
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
-use imipflow_processor::{Settings, ctl, migrate::connect, worker};
+use imipflow_processor::{Settings, connect::connect, connect::connect_nats, ctl, worker};
 use imipflow_schema::{normalize_address, user_key};
 use serde_json::json;
 
@@ -100,7 +100,7 @@ fn user_arg(u: &str) -> anyhow::Result<String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = imipflow_config::layered::parse_or_exit::<Cli>(Settings::augment_args).cli;
     let s = cli.settings;
     match cli.command {
         Command::Freebusy {
@@ -111,7 +111,7 @@ async fn main() -> anyhow::Result<()> {
             ics,
         } => {
             let user = user_arg(&user)?;
-            let mut db = connect(&s.database_url).await?;
+            let mut db = connect(&s).await?;
             let periods = ctl::freebusy(&mut db, &s, &user, from, to).await?;
             if json {
                 println!(
@@ -152,7 +152,7 @@ async fn main() -> anyhow::Result<()> {
             ics,
         } => {
             let user = user_arg(&user)?;
-            let db = connect(&s.database_url).await?;
+            let db = connect(&s).await?;
             let objs = ctl::objects(&db, &user, Some(&uid)).await?;
             let Some((_, o)) = objs
                 .into_iter()
@@ -181,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Objects { user, json } => {
             let user = user_arg(&user)?;
-            let db = connect(&s.database_url).await?;
+            let db = connect(&s).await?;
             let objs = ctl::objects(&db, &user, None).await?;
             let docs: Vec<_> = objs
                 .iter()
@@ -204,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Queue { user, json } => {
             let user = user_arg(&user)?;
-            let db = connect(&s.database_url).await?;
+            let db = connect(&s).await?;
             let rows = db
                 .query(
                     "SELECT uid, organizer, summary, added_at, sequence, data FROM request_queue
@@ -263,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
             json,
         } => {
             let ns = s.namespace()?;
-            let js = async_nats::jetstream::new(async_nats::connect(&s.nats_url).await?);
+            let js = async_nats::jetstream::new(connect_nats(&s).await?);
             let stream = js.get_stream(ns.events_stream()).await?;
             let filter = match &user {
                 Some(u) => format!("{}.events.*.*.{}", ns, user_key(&user_arg(u)?)),
@@ -320,7 +320,7 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Dlq { action } => {
-            let mut db = connect(&s.database_url).await?;
+            let mut db = connect(&s).await?;
             match action {
                 DlqAction::List { json } => {
                     let rows = db
@@ -394,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
                     )
                     .await?;
                     tx.commit().await?;
-                    let js = async_nats::jetstream::new(async_nats::connect(&s.nats_url).await?);
+                    let js = async_nats::jetstream::new(connect_nats(&s).await?);
                     imipflow_processor::relay::flush(&db, &js, &ns, partition).await?;
                     println!("dead letter {id} applied");
                 }
@@ -402,8 +402,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Status { json } => {
             let ns = s.namespace()?;
-            let db = connect(&s.database_url).await?;
-            let js = async_nats::jetstream::new(async_nats::connect(&s.nats_url).await?);
+            let db = connect(&s).await?;
+            let js = async_nats::jetstream::new(connect_nats(&s).await?);
             let mut stream = js.get_stream(ns.messages_stream()).await?;
             let rows = db
                 .query(

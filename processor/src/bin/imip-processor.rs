@@ -1,7 +1,7 @@
 //! `imip-processor` binary: subcommand dispatch; the work is in the library.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use imipflow_processor::{Settings, migrate};
 
 #[derive(Parser)]
@@ -23,11 +23,26 @@ enum Command {
     Migrate,
     /// Consume and apply; run any number of instances.
     Run,
+    /// Settings: `config check` validates them and prints each with its
+    /// source (flag, env, file, default), secrets hidden.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Delete this namespace's streams and drop its database (demos, tests).
     Reset {
         /// Required: this destroys data.
         #[arg(long)]
         yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate without connecting; exit 78 (EX_CONFIG) when invalid.
+    Check {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -40,8 +55,38 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let layered = imipflow_config::layered::parse_or_exit::<Cli>(Settings::augment_args);
+    let cli = layered.cli;
     match cli.command {
+        Command::Config {
+            action: ConfigAction::Check { json },
+        } => {
+            let problems = cli.settings.problems();
+            if json {
+                let doc = serde_json::json!({
+                    "file": layered.file,
+                    "valid": problems.is_empty(),
+                    "problems": problems,
+                    "settings": layered.entries,
+                });
+                println!("{doc}");
+            } else {
+                match &layered.file {
+                    Some(f) => println!("config file: {}", f.display()),
+                    None => println!("config file: none"),
+                }
+                print!("{}", imipflow_config::layered::render(&layered.entries));
+                for p in &problems {
+                    eprintln!("invalid: {p}");
+                }
+                if problems.is_empty() {
+                    println!("config: valid");
+                }
+            }
+            if !problems.is_empty() {
+                std::process::exit(78);
+            }
+        }
         Command::Migrate => {
             let log = migrate::run(&cli.settings)
                 .await

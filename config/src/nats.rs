@@ -1,0 +1,248 @@
+//! NATS authentication and TLS settings (flags and `IMIP_NATS_*` variables)
+//! and the one place where they become `async_nats::ConnectOptions`.
+//!
+//! Nothing TLS-related is loaded unless a TLS setting is given (or the server
+//! asks for TLS): the no-auth path of `imip-ingest` stays as fast as before.
+
+use crate::error::ConfigError;
+use crate::secret::{Secret, redact_url};
+use async_nats::ConnectOptions;
+use std::path::{Path, PathBuf};
+
+/// How the binaries authenticate to NATS and secure the connection. At most
+/// one of user/password, token, nkey and credentials file may be given;
+/// `nats://user:password@host` in the URL also works (async-nats reads it).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NatsAuth {
+    /// NATS user name (with a password).
+    #[arg(long, env = "IMIP_NATS_USER", global = true)]
+    pub nats_user: Option<String>,
+
+    /// NATS password (prefer the file variant: environments leak).
+    #[arg(
+        long,
+        env = "IMIP_NATS_PASSWORD",
+        hide_env_values = true,
+        global = true
+    )]
+    pub nats_password: Option<Secret>,
+
+    /// File holding the NATS password (trailing newline ignored).
+    #[arg(long, env = "IMIP_NATS_PASSWORD_FILE", global = true)]
+    pub nats_password_file: Option<PathBuf>,
+
+    /// NATS authentication token.
+    #[arg(long, env = "IMIP_NATS_TOKEN", hide_env_values = true, global = true)]
+    pub nats_token: Option<Secret>,
+
+    /// File holding the NATS token.
+    #[arg(long, env = "IMIP_NATS_TOKEN_FILE", global = true)]
+    pub nats_token_file: Option<PathBuf>,
+
+    /// File holding an nkey seed (`SU…`), for an nkey user.
+    #[arg(long, env = "IMIP_NATS_NKEY_FILE", global = true)]
+    pub nats_nkey_file: Option<PathBuf>,
+
+    /// NATS `.creds` file (user JWT + nkey seed, decentralised auth).
+    #[arg(long, env = "IMIP_NATS_CREDS_FILE", global = true)]
+    pub nats_creds_file: Option<PathBuf>,
+
+    /// PEM file of the CA(s) that signed the server's certificate; implies TLS.
+    /// Without it, the system's roots are used when TLS is on.
+    #[arg(long, env = "IMIP_NATS_TLS_CA", global = true)]
+    pub nats_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS (with --nats-tls-key); implies TLS.
+    #[arg(long, env = "IMIP_NATS_TLS_CERT", global = true)]
+    pub nats_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of the client certificate.
+    #[arg(long, env = "IMIP_NATS_TLS_KEY", global = true)]
+    pub nats_tls_key: Option<PathBuf>,
+
+    /// Refuse a connection that is not TLS (also implied by a CA or client
+    /// certificate, and by a `tls://` URL).
+    #[arg(long, env = "IMIP_NATS_TLS_REQUIRED", global = true)]
+    pub nats_tls_required: bool,
+}
+
+impl NatsAuth {
+    /// Checks what can be checked without connecting: one method, files present.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let methods: Vec<&str> = [
+            (
+                self.nats_user.is_some()
+                    || self.nats_password.is_some()
+                    || self.nats_password_file.is_some(),
+                "user/password",
+            ),
+            (
+                self.nats_token.is_some() || self.nats_token_file.is_some(),
+                "token",
+            ),
+            (self.nats_nkey_file.is_some(), "nkey"),
+            (self.nats_creds_file.is_some(), "credentials file"),
+        ]
+        .into_iter()
+        .filter_map(|(set, name)| set.then_some(name))
+        .collect();
+        if methods.len() > 1 {
+            return Err(ConfigError::Invalid {
+                setting: "NATS authentication",
+                reason: format!("choose one method, got {}", methods.join(" + ")),
+            });
+        }
+        if self.nats_user.is_some()
+            != (self.nats_password.is_some() || self.nats_password_file.is_some())
+        {
+            return Err(ConfigError::Invalid {
+                setting: "IMIP_NATS_USER",
+                reason: "a user needs a password (IMIP_NATS_PASSWORD or IMIP_NATS_PASSWORD_FILE) and a password needs a user".into(),
+            });
+        }
+        if self.nats_password.is_some() && self.nats_password_file.is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "IMIP_NATS_PASSWORD",
+                reason: "give the password or a password file, not both".into(),
+            });
+        }
+        if self.nats_token.is_some() && self.nats_token_file.is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "IMIP_NATS_TOKEN",
+                reason: "give the token or a token file, not both".into(),
+            });
+        }
+        if self.nats_tls_cert.is_some() != self.nats_tls_key.is_some() {
+            return Err(ConfigError::Invalid {
+                setting: "IMIP_NATS_TLS_CERT",
+                reason:
+                    "a client certificate needs its key (IMIP_NATS_TLS_KEY) and the other way round"
+                        .into(),
+            });
+        }
+        for (setting, path) in [
+            ("IMIP_NATS_PASSWORD_FILE", &self.nats_password_file),
+            ("IMIP_NATS_TOKEN_FILE", &self.nats_token_file),
+            ("IMIP_NATS_NKEY_FILE", &self.nats_nkey_file),
+            ("IMIP_NATS_CREDS_FILE", &self.nats_creds_file),
+            ("IMIP_NATS_TLS_CA", &self.nats_tls_ca),
+            ("IMIP_NATS_TLS_CERT", &self.nats_tls_cert),
+            ("IMIP_NATS_TLS_KEY", &self.nats_tls_key),
+        ] {
+            if let Some(path) = path {
+                std::fs::metadata(path).map_err(|source| ConfigError::File {
+                    setting,
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether any TLS setting asks for TLS.
+    pub fn tls_wanted(&self) -> bool {
+        self.nats_tls_required || self.nats_tls_ca.is_some() || self.nats_tls_cert.is_some()
+    }
+
+    /// The connect options these settings describe (files are read now, so a
+    /// missing or unreadable one is reported before any connection attempt).
+    pub fn connect_options(&self) -> Result<ConnectOptions, ConfigError> {
+        self.validate()?;
+        let mut options = ConnectOptions::new();
+        if let Some(path) = &self.nats_creds_file {
+            let text = read_secret("IMIP_NATS_CREDS_FILE", path)?;
+            options = options
+                .credentials(&text)
+                .map_err(|e| ConfigError::Invalid {
+                    setting: "IMIP_NATS_CREDS_FILE",
+                    reason: format!("{}: {e}", path.display()),
+                })?;
+        }
+        if let Some(path) = &self.nats_nkey_file {
+            let seed = read_secret("IMIP_NATS_NKEY_FILE", path)?;
+            if !seed.starts_with('S') {
+                return Err(ConfigError::Invalid {
+                    setting: "IMIP_NATS_NKEY_FILE",
+                    reason: format!("{}: not an nkey seed (they start with S)", path.display()),
+                });
+            }
+            options = options.nkey(seed);
+        }
+        let token = match (&self.nats_token, &self.nats_token_file) {
+            (Some(t), _) => Some(t.expose().to_owned()),
+            (None, Some(path)) => Some(read_secret("IMIP_NATS_TOKEN_FILE", path)?),
+            (None, None) => None,
+        };
+        if let Some(token) = token {
+            options = options.token(token);
+        }
+        if let Some(user) = &self.nats_user {
+            let password = match (&self.nats_password, &self.nats_password_file) {
+                (Some(p), _) => p.expose().to_owned(),
+                (None, Some(path)) => read_secret("IMIP_NATS_PASSWORD_FILE", path)?,
+                (None, None) => unreachable!("validate() checked it"),
+            };
+            options = options.user_and_password(user.clone(), password);
+        }
+        if let Some(ca) = &self.nats_tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.nats_tls_cert, &self.nats_tls_key) {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        if self.tls_wanted() {
+            options = options.require_tls(true);
+        }
+        Ok(options)
+    }
+}
+
+/// Reads a secret from a file; one trailing newline (as editors write) is not
+/// part of it.
+pub fn read_secret(setting: &'static str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        setting,
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+/// Says what went wrong on connecting, in the operator's terms, without the
+/// URL's password.
+pub fn explain_connect_error(url: &str, e: &async_nats::ConnectError) -> ConfigError {
+    ConfigError::Connect {
+        service: "NATS",
+        target: redact_url(url),
+        reason: explain(e),
+    }
+}
+
+/// The reason part of [`explain_connect_error`].
+pub fn explain(e: &async_nats::ConnectError) -> String {
+    use async_nats::ConnectErrorKind as K;
+    let reason = match e.kind() {
+        K::AuthorizationViolation => format!(
+            "authorization failed: the server refused these credentials ({e}); check \
+             IMIP_NATS_USER/IMIP_NATS_PASSWORD, IMIP_NATS_TOKEN, IMIP_NATS_NKEY_FILE or \
+             IMIP_NATS_CREDS_FILE"
+        ),
+        K::Tls => format!("TLS failed ({e}); check IMIP_NATS_TLS_CA and the server's certificate"),
+        _ => e.to_string(),
+    };
+    redact_url(&reason)
+}
+
+/// Connects with these settings; `name` is shown by the server (`connz`).
+pub async fn connect(
+    url: &str,
+    auth: &NatsAuth,
+    name: &str,
+) -> Result<async_nats::Client, ConfigError> {
+    auth.connect_options()?
+        .name(name)
+        .connect(url)
+        .await
+        .map_err(|e| explain_connect_error(url, &e))
+}
