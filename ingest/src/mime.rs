@@ -100,7 +100,9 @@ pub fn calendar_parts(raw: &[u8]) -> Mail {
     let Some(msg) = MessageParser::default().parse(strip_preamble(raw)) else {
         return Mail::default();
     };
-    let message_id = msg.message_id().map(|s| s.trim().to_owned());
+    let message_id = msg
+        .message_id()
+        .map(|s| s.trim().replace(|c: char| c.is_control(), ""));
     let mut parts = Vec::new();
     for part in &msg.parts {
         if !is_calendar_part(part) {
@@ -111,6 +113,14 @@ pub fn calendar_parts(raw: &[u8]) -> Mail {
             PartType::Text(t) | PartType::Html(t) => (t.to_string(), t.contains('\u{FFFD}')),
             PartType::Binary(b) | PartType::InlineBinary(b) => decode_binary(b, charset),
             PartType::Message(_) | PartType::Multipart(_) => continue,
+        };
+        // NUL is never valid in iCalendar text (RFC 5545 §3.1) and PostgreSQL
+        // refuses it in text and jsonb: one would make the processor fail the
+        // whole message. Replace it like any other undecodable byte.
+        let (text, lossy) = if text.contains('\0') {
+            (text.replace('\0', "\u{FFFD}"), true)
+        } else {
+            (text, lossy)
         };
         let method_param = part
             .content_type()

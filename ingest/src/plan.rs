@@ -91,7 +91,9 @@ fn excerpt(bytes: &[u8], limit: usize) -> (String, bool) {
     while end > 0 && end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
         end -= 1;
     }
-    (String::from_utf8_lossy(&bytes[..end]).into_owned(), cut)
+    // No NUL: quarantine records may end up in PostgreSQL, which refuses it.
+    let text = String::from_utf8_lossy(&bytes[..end]).replace('\0', "\u{FFFD}");
+    (text, cut)
 }
 
 struct Ctx<'a> {
@@ -153,6 +155,19 @@ fn direction_tag(d: Direction) -> &'static [u8] {
     }
 }
 
+/// An envelope address as the MTA passes it (`${sender}`, `${recipient}`),
+/// normalised; `None` unless it has the shape `local@domain` with no space or
+/// control character. Postfix and Exim always qualify envelope addresses, so
+/// anything else (`<>` of a bounce, a bare local name, a quoting mistake in
+/// `master.cf`) is a configuration problem: the message is quarantined with
+/// `invalid_address` rather than filed under a user that cannot exist.
+pub fn envelope_address(raw: &str) -> Option<String> {
+    let a = normalize_address(raw)?;
+    let (local, domain) = a.rsplit_once('@')?;
+    let clean = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    (clean(local) && clean(domain)).then_some(a)
+}
+
 /// Decides what a message becomes. An empty plan means: nothing calendar-related.
 pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Utc>) -> Plan {
     let raw = input.bytes;
@@ -162,11 +177,11 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
         return Plan::default();
     }
 
-    let sender = normalize_address(&env.sender).unwrap_or_default();
+    let sender = envelope_address(&env.sender).unwrap_or_default();
     let recipients: Vec<String> = env
         .recipients
         .iter()
-        .filter_map(|r| normalize_address(r))
+        .filter_map(|r| envelope_address(r))
         .collect();
     let users = match env.direction {
         Direction::Outgoing if !sender.is_empty() => vec![sender.clone()],
