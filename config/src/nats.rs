@@ -229,6 +229,11 @@ pub fn explain(e: &async_nats::ConnectError) -> String {
              IMIP_NATS_CREDS_FILE"
         ),
         K::Tls => format!("TLS failed ({e}); check IMIP_NATS_TLS_CA and the server's certificate"),
+        // rustls reading a plaintext INFO line as a TLS record.
+        K::Io if e.to_string().contains("InvalidContentType") => format!(
+            "TLS handshake failed: TLS is required (IMIP_NATS_TLS_REQUIRED, a TLS CA or \
+             certificate, or a tls:// URL) but the server did not answer in TLS ({e})"
+        ),
         _ => e.to_string(),
     };
     redact_url(&reason)

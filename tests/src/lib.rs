@@ -5,6 +5,8 @@
 //! Tests run in parallel (nextest runs each in its own process), so nothing
 //! here is shared: names are unique per process and per environment.
 
+pub mod secure;
+
 use async_nats::jetstream;
 use std::path::PathBuf;
 use std::process::{Output, Stdio};

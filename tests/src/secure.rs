@@ -1,0 +1,281 @@
+//! Private servers that demand credentials and TLS, for the authentication
+//! tests (`tests/tests/auth.rs`): a test CA with a server certificate for
+//! `localhost`/`127.0.0.1` (rcgen), a nats-server with users, an nkey user and
+//! TLS, and a PostgreSQL cluster with scram-sha-256 passwords that accepts
+//! only TLS connections. Each runs on a free loopback port with its files in a
+//! temp directory and is stopped when dropped (also when the test panics);
+//! the shared services on 4222 and 5432 are never touched.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos:x}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A test CA and one server certificate it signed, as PEM files.
+pub struct Pki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl Pki {
+    pub fn generate(dir: &Path) -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+            KeyUsagePurpose,
+        };
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "imipflow test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let mut server_params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("server params");
+        server_params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let server_key = KeyPair::generate().expect("server key");
+        let server = server_params
+            .signed_by(&server_key, &ca)
+            .expect("server certificate");
+        let pki = Pki {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+        };
+        std::fs::write(&pki.ca, ca.pem()).unwrap();
+        std::fs::write(&pki.server_cert, server.pem()).unwrap();
+        std::fs::write(&pki.server_key, server_key.serialize_pem()).unwrap();
+        pki
+    }
+}
+
+fn wait_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "port {port} not open within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The credentials the secure servers accept.
+pub const NATS_USER: &str = "imip";
+pub const NATS_PASSWORD: &str = "nats-pw-Zq8vX2";
+pub const PG_PASSWORD: &str = "pg-pw-Kd93Lm";
+
+/// A nats-server with JetStream that requires TLS and a login: user
+/// [`NATS_USER`] / [`NATS_PASSWORD`], or the nkey whose seed is in `nkey_seed`.
+pub struct SecureNats {
+    pub port: u16,
+    pub pki: Pki,
+    pub nkey_seed: PathBuf,
+    child: Child,
+    pub dir: TempDir,
+}
+
+impl SecureNats {
+    pub fn start() -> Self {
+        let dir = TempDir::new("imip-secure-nats");
+        let pki = Pki::generate(&dir.0);
+        let nkey = nkeys::KeyPair::new_user();
+        let nkey_seed = dir.0.join("user.nk");
+        std::fs::write(&nkey_seed, format!("{}\n", nkey.seed().unwrap())).unwrap();
+        let port = crate::free_port();
+        let config = dir.0.join("nats.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\n\
+                 jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 256MB }}\n\
+                 tls {{ cert_file: \"{cert}\", key_file: \"{key}\", timeout: 2 }}\n\
+                 authorization {{ users = [ {{ user: \"{NATS_USER}\", password: \"{NATS_PASSWORD}\" }}, {{ nkey: \"{public}\" }} ] }}\n",
+                store = dir.0.join("store").display(),
+                cert = pki.server_cert.display(),
+                key = pki.server_key.display(),
+                public = nkey.public_key(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(
+            std::env::var_os("IMIP_TEST_NATS_SERVER")
+                .unwrap_or_else(|| "/usr/sbin/nats-server".into()),
+        )
+        .arg("-c")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.0.join("nats.log")).unwrap())
+        .spawn()
+        .expect("start nats-server");
+        wait_port(port, Duration::from_secs(10));
+        SecureNats {
+            port,
+            pki,
+            nkey_seed,
+            child,
+            dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SecureNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runuser")
+}
+
+/// A PostgreSQL 15 cluster whose only TCP access is `hostssl` with a
+/// scram-sha-256 password ([`PG_PASSWORD`] for `postgres`).
+pub struct SecurePg {
+    pub port: u16,
+    pub pki: Pki,
+    data: PathBuf,
+    pub dir: TempDir,
+}
+
+impl SecurePg {
+    pub fn start() -> Self {
+        let dir = TempDir::new("imip-secure-pg");
+        let pki = Pki::generate(&dir.0);
+        let pwfile = dir.0.join("pw");
+        std::fs::write(&pwfile, PG_PASSWORD).unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "postgres:postgres", &dir.0.display().to_string()])
+            .status();
+        let _ = Command::new("chmod")
+            .args(["600", &pki.server_key.display().to_string()])
+            .status();
+        let data = dir.0.join("data");
+        let out = as_postgres(
+            "initdb",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                &format!("--pwfile={}", pwfile.display()),
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // TLS or nothing: a plaintext TCP connection finds no pg_hba entry.
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        let port = crate::free_port();
+        let opts = format!(
+            "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c ssl=on \
+             -c ssl_cert_file={cert} -c ssl_key_file={key}",
+            sock = dir.0.display(),
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+        );
+        let log = dir.0.join("pg.log").display().to_string();
+        let out = as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &data.display().to_string(),
+                "-o",
+                &opts,
+                "-l",
+                &log,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        wait_port(port, Duration::from_secs(30));
+        SecurePg {
+            port,
+            pki,
+            data,
+            dir,
+        }
+    }
+
+    /// A URL without the password (it comes from `IMIP_DATABASE_PASSWORD`).
+    pub fn url(&self, db: &str) -> String {
+        format!("postgresql://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+}
+
+impl Drop for SecurePg {
+    fn drop(&mut self) {
+        let _ = as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data.display().to_string(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+}

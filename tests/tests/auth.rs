@@ -1,0 +1,246 @@
+//! Authentication and transport security (issue 5): NATS with a user/password
+//! and an nkey user over TLS with a test CA, PostgreSQL with scram-sha-256
+//! over TLS only (`verify-full`), both private servers of this test
+//! (`imipflow_tests::secure`). Ingest, processor and ctl work end to end with
+//! them; wrong or missing credentials fail with a clear message (ingest: exit
+//! 75, the MTA keeps the mail); a client that requires TLS refuses a plain
+//! server; and no password appears in anything the binaries print, at debug
+//! log level.
+
+use imipflow_tests::secure::{NATS_PASSWORD, NATS_USER, PG_PASSWORD, SecureNats, SecurePg};
+use imipflow_tests::{TestEnv, repo_root};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+const ALICE: &str = "alice@example.com";
+
+fn demo_mail() -> Vec<u8> {
+    std::fs::read(repo_root().join("demo/01-weekly-team-meeting-request.eml")).unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Everything the binaries printed, checked at the end for secrets.
+struct Transcript(Vec<String>);
+
+impl Transcript {
+    fn add(&mut self, what: &str, out: &Output) -> String {
+        let t = text(out);
+        self.0.push(format!("== {what}\n{t}"));
+        t
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_with_credentials_and_tls() {
+    let (nats, pg) = tokio::join!(
+        tokio::task::spawn_blocking(SecureNats::start),
+        tokio::task::spawn_blocking(SecurePg::start)
+    );
+    let (nats, pg) = (nats.unwrap(), pg.unwrap());
+    let mut env = TestEnv::unmigrated();
+    env.nats_url = nats.url();
+    env.database_url = pg.url(&env.database);
+    let ca_nats = nats.pki.ca.display().to_string();
+    let ca_pg = pg.pki.ca.display().to_string();
+    let secure: Vec<(&str, String)> = vec![
+        ("IMIP_LOG", "debug".into()),
+        ("IMIP_NATS_USER", NATS_USER.into()),
+        ("IMIP_NATS_PASSWORD", NATS_PASSWORD.into()),
+        ("IMIP_NATS_TLS_CA", ca_nats.clone()),
+        ("IMIP_DATABASE_PASSWORD", PG_PASSWORD.into()),
+        ("IMIP_DATABASE_SSLMODE", "verify-full".into()),
+        ("IMIP_DATABASE_SSLROOTCERT", ca_pg.clone()),
+    ];
+    let run = |name: &'static str,
+               args: Vec<String>,
+               vars: Vec<(&'static str, String)>,
+               stdin: Vec<u8>| {
+        let env = &env;
+        async move {
+            let mut cmd = env.command(name);
+            cmd.envs(vars);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            env.run_with(cmd, &args, &stdin).await
+        }
+    };
+    let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let mut log = Transcript(Vec::new());
+
+    // migrate: creates the database over TLS with the password, and the streams.
+    let out = run("imip-processor", argv(&["migrate"]), secure.clone(), vec![]).await;
+    let t = log.add("migrate", &out);
+    assert!(out.status.success(), "migrate failed:\n{t}");
+
+    // ingest with user/password over TLS, then with the nkey instead.
+    let out = run(
+        "imip-ingest",
+        argv(&["--sender", ALICE]),
+        secure.clone(),
+        demo_mail(),
+    )
+    .await;
+    let t = log.add("ingest user/password", &out);
+    assert!(out.status.success(), "ingest failed:\n{t}");
+    let nkey: Vec<(&str, String)> = vec![
+        ("IMIP_LOG", "debug".into()),
+        ("IMIP_NATS_NKEY_FILE", nats.nkey_seed.display().to_string()),
+        ("IMIP_NATS_TLS_CA", ca_nats.clone()),
+    ];
+    let out = run("imip-ingest", argv(&["--sender", ALICE]), nkey, demo_mail()).await;
+    let t = log.add("ingest nkey", &out);
+    assert!(out.status.success(), "ingest with nkey failed:\n{t}");
+
+    // The processor applies it; ctl reads it back (both need NATS and PostgreSQL).
+    let mut cmd = env.command("imip-processor");
+    cmd.arg("run")
+        .envs(secure.clone())
+        .env("IMIP_METRICS_LISTEN", "")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let processor = cmd.spawn().expect("start processor");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run(
+            "imip-ctl",
+            argv(&["objects", ALICE, "--json"]),
+            secure.clone(),
+            vec![],
+        )
+        .await;
+        let t = log.add("ctl objects", &out);
+        assert!(out.status.success(), "imip-ctl failed:\n{t}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        if doc["objects"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not applied within 20 s: {t}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = run(
+        "imip-ctl",
+        argv(&["status", "--json"]),
+        secure.clone(),
+        vec![],
+    )
+    .await;
+    let t = log.add("ctl status", &out);
+    assert!(out.status.success(), "imip-ctl status failed:\n{t}");
+    let pid = processor.id().expect("pid");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let out = tokio::time::timeout(Duration::from_secs(20), processor.wait_with_output())
+        .await
+        .expect("processor stops on SIGTERM")
+        .unwrap();
+    log.add("processor run", &out);
+
+    // Wrong NATS password: exit 75 (the MTA keeps the mail), a clear reason.
+    let mut wrong = secure.clone();
+    wrong.retain(|(k, _)| *k != "IMIP_NATS_PASSWORD");
+    wrong.push(("IMIP_NATS_PASSWORD", "not-the-password".into()));
+    let out = run(
+        "imip-ingest",
+        argv(&["--sender", ALICE]),
+        wrong,
+        demo_mail(),
+    )
+    .await;
+    let t = log.add("ingest wrong password", &out);
+    assert_eq!(out.status.code(), Some(75), "{t}");
+    assert!(t.contains("authorization failed"), "{t}");
+
+    // No credentials at all: the same.
+    let out = run(
+        "imip-ingest",
+        argv(&["--sender", ALICE]),
+        vec![("IMIP_NATS_TLS_CA", ca_nats.clone())],
+        demo_mail(),
+    )
+    .await;
+    let t = log.add("ingest no credentials", &out);
+    assert_eq!(out.status.code(), Some(75), "{t}");
+    assert!(t.contains("authorization"), "{t}");
+
+    // A credentials file that is not there: exit 75 naming the setting.
+    let out = run(
+        "imip-ingest",
+        argv(&["--sender", ALICE]),
+        vec![("IMIP_NATS_NKEY_FILE", "/nonexistent/user.nk".into())],
+        demo_mail(),
+    )
+    .await;
+    let t = log.add("ingest missing nkey file", &out);
+    assert_eq!(out.status.code(), Some(75), "{t}");
+    assert!(t.contains("IMIP_NATS_NKEY_FILE"), "{t}");
+
+    // TLS without our CA: the server's certificate is not trusted.
+    let mut no_ca = secure.clone();
+    no_ca.retain(|(k, _)| *k != "IMIP_NATS_TLS_CA");
+    let out = run(
+        "imip-ingest",
+        argv(&["--sender", ALICE]),
+        no_ca,
+        demo_mail(),
+    )
+    .await;
+    let t = log.add("ingest untrusted certificate", &out);
+    assert_eq!(out.status.code(), Some(75), "{t}");
+    assert!(
+        t.to_lowercase().contains("tls") || t.contains("certificate"),
+        "{t}"
+    );
+
+    // Wrong PostgreSQL password: ctl fails and says why.
+    let mut wrong = secure.clone();
+    wrong.retain(|(k, _)| *k != "IMIP_DATABASE_PASSWORD");
+    wrong.push(("IMIP_DATABASE_PASSWORD", "not-the-password".into()));
+    let out = run("imip-ctl", argv(&["objects", ALICE]), wrong, vec![]).await;
+    let t = log.add("ctl wrong pg password", &out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("password authentication failed"), "{t}");
+
+    // Plaintext to a server that only accepts TLS: refused by pg_hba.
+    let mut plain = secure.clone();
+    plain.retain(|(k, _)| !k.starts_with("IMIP_DATABASE_SSL"));
+    plain.push(("IMIP_DATABASE_SSLMODE", "disable".into()));
+    let out = run("imip-ctl", argv(&["objects", ALICE]), plain, vec![]).await;
+    let t = log.add("ctl plaintext pg", &out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("no encryption"), "{t}");
+
+    let all = log.0.join("\n");
+    for secret in [NATS_PASSWORD, PG_PASSWORD, "not-the-password"] {
+        assert!(
+            !all.contains(secret),
+            "a password was printed:\n{}",
+            all.lines()
+                .filter(|l| l.contains(secret))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    let seed = std::fs::read_to_string(&nats.nkey_seed).unwrap();
+    assert!(!all.contains(seed.trim()), "the nkey seed was printed");
+}
+
+/// A client that requires TLS refuses a server without it (the shared NATS on
+/// 4222 has no TLS): exit 75 for ingest, before anything is sent.
+#[tokio::test]
+async fn tls_required_refuses_a_plain_server() {
+    let env = TestEnv::unmigrated();
+    let mut cmd = env.command("imip-ingest");
+    cmd.env("IMIP_NATS_TLS_REQUIRED", "true");
+    let out = env.run_with(cmd, &["--sender", ALICE], &demo_mail()).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{t}");
+    assert!(t.to_lowercase().contains("tls"), "{t}");
+}

@@ -1,0 +1,213 @@
+//! Configuration layering (issue 7): flags over `IMIP_*` environment variables
+//! over the TOML config file over defaults, unknown keys rejected, and
+//! `imip-processor config check` printing every setting with its source and
+//! secrets hidden. No server is needed: `config check` does not connect.
+
+use imipflow_tests::bin;
+use imipflow_tests::secure::TempDir;
+use serde_json::Value;
+use std::process::Output;
+
+/// Runs a binary with no inherited `IMIP_*` variable, only `vars`.
+fn run(name: &str, args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut cmd = std::process::Command::new(bin(name));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IMIP_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(vars.iter().copied())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run binary")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn setting<'a>(doc: &'a Value, key: &str) -> &'a Value {
+    doc["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["key"] == key)
+        .unwrap_or_else(|| panic!("no setting {key} in {doc}"))
+}
+
+#[test]
+fn flags_over_env_over_file_over_defaults() {
+    let dir = TempDir::new("imip-config");
+    let file = dir.0.join("imipflow.toml");
+    std::fs::write(
+        &file,
+        r#"
+namespace = "fromfile"
+partitions = 8
+batch-size = 32
+manager_addresses = ["cal@example.com", "web@example.com"]
+nats_user = "imip"
+nats_password = "file-secret-1"
+"#,
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    // The file named by IMIP_CONFIG.
+    let out = run(
+        "imip-processor",
+        &["config", "check", "--json", "--batch-size", "7"],
+        &[("IMIP_CONFIG", &path), ("IMIP_PARTITIONS", "12")],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(!t.contains("file-secret-1"), "secret printed: {t}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], true, "{doc}");
+    assert_eq!(doc["file"], path.as_str());
+    let expect = [
+        ("namespace", "fromfile", "file"),
+        ("partitions", "12", "env"),
+        ("batch_size", "7", "flag"),
+        ("lease_ms", "10000", "default"),
+        (
+            "manager_addresses",
+            "cal@example.com,web@example.com",
+            "file",
+        ),
+        ("nats_password", "***", "file"),
+        ("config", path.as_str(), "env"),
+    ];
+    for (key, value, source) in expect {
+        let e = setting(&doc, key);
+        assert_eq!(e["value"], value, "{key}: {e}");
+        assert_eq!(e["source"], source, "{key}: {e}");
+    }
+    assert_eq!(setting(&doc, "nats_user")["env"], "IMIP_NATS_USER");
+    assert_eq!(setting(&doc, "nats_tls_ca")["source"], "unset");
+
+    // The same file by flag; the flag beats IMIP_CONFIG, env beats the file.
+    let out = run(
+        "imip-processor",
+        &["config", "check", "--json", "--config", &path],
+        &[
+            ("IMIP_CONFIG", "/nonexistent.toml"),
+            ("IMIP_NAMESPACE", "fromenv"),
+        ],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(setting(&doc, "namespace")["value"], "fromenv");
+    assert_eq!(setting(&doc, "namespace")["source"], "env");
+    assert_eq!(setting(&doc, "batch_size")["value"], "32");
+    assert_eq!(setting(&doc, "config")["source"], "flag");
+
+    // The human-readable form says the same.
+    let out = run(
+        "imip-processor",
+        &["--config", &path, "config", "check"],
+        &[],
+    );
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains(&format!("config file: {path}")), "{t}");
+    assert!(t.contains("config: valid"), "{t}");
+    let line = t.lines().find(|l| l.starts_with("nats_password")).unwrap();
+    assert!(line.contains("***") && line.ends_with("file"), "{line}");
+    assert!(!t.contains("file-secret-1"), "{t}");
+}
+
+#[test]
+fn unknown_keys_are_rejected_by_every_binary() {
+    let dir = TempDir::new("imip-config");
+    let file = dir.0.join("typo.toml");
+    std::fs::write(&file, "namespce = \"x\"\n").unwrap();
+    let path = file.display().to_string();
+    for (name, args) in [
+        ("imip-processor", vec!["config", "check"]),
+        ("imip-ctl", vec!["status"]),
+        ("imip-publisher", vec![]),
+    ] {
+        let mut all = vec!["--config", path.as_str()];
+        all.extend(args);
+        let out = run(name, &all, &[]);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(78), "{name}: {t}");
+        assert!(t.contains("unknown key `namespce`"), "{name}: {t}");
+        assert!(t.contains("did you mean `namespace`"), "{name}: {t}");
+    }
+    // Not a table of settings, and not TOML at all.
+    std::fs::write(&file, "[nats]\nurl = \"x\"\n").unwrap();
+    let out = run(
+        "imip-processor",
+        &["--config", &path, "config", "check"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    std::fs::write(&file, "partitions = = 4\n").unwrap();
+    let out = run(
+        "imip-processor",
+        &["--config", &path, "config", "check"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    let out = run(
+        "imip-processor",
+        &["--config", "/nonexistent.toml", "config", "check"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+}
+
+#[test]
+fn check_reports_every_problem_and_hides_secrets() {
+    let dir = TempDir::new("imip-config");
+    let file = dir.0.join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"
+partitions = 0
+default_timezone = "Mars/Olympus_Mons"
+database_url = "postgresql://imip:url-secret-2@db.example:5432/imip"
+nats_url = "nats://imip:url-secret-3@127.0.0.1:4222"
+nats_tls_ca = "/nonexistent/ca.pem"
+"#,
+    )
+    .unwrap();
+    let path = file.display().to_string();
+    let out = run(
+        "imip-processor",
+        &["--config", &path, "config", "check"],
+        &[("IMIP_DATABASE_PASSWORD", "env-secret-4")],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(78), "{t}");
+    for needle in [
+        "IMIP_PARTITIONS",
+        "IMIP_DEFAULT_TIMEZONE",
+        "IMIP_NATS_TLS_CA",
+        "postgresql://imip:***@db.example:5432/imip",
+        "nats://imip:***@127.0.0.1:4222",
+    ] {
+        assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
+    }
+    for secret in ["url-secret-2", "url-secret-3", "env-secret-4"] {
+        assert!(!t.contains(secret), "{secret} printed:\n{t}");
+    }
+    let out = run(
+        "imip-processor",
+        &["--config", &path, "config", "check", "--json"],
+        &[("IMIP_DATABASE_PASSWORD", "env-secret-4")],
+    );
+    assert_eq!(out.status.code(), Some(78));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    assert!(doc["problems"].as_array().unwrap().len() >= 3, "{doc}");
+    assert_eq!(setting(&doc, "database_password")["value"], "***");
+    assert_eq!(setting(&doc, "database_password")["source"], "env");
+}
