@@ -1,5 +1,7 @@
 # syntax=docker/dockerfile:1
 # imipflow binaries: imip-ingest, imip-processor, imip-ctl, imip-publisher.
+# Runtime: debian:bookworm-slim + the four binaries + ca-certificates (TLS to
+# NATS/PostgreSQL), user 10001; docs/operations.md.
 #   docker build -t imipflow:local .
 
 FROM rust:1.95-bookworm AS builder
@@ -17,6 +19,9 @@ COPY processor processor
 COPY publisher publisher
 COPY tests tests
 COPY bench bench
+COPY telemetry telemetry
+COPY config config
+COPY loadgen loadgen
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins -p imipflow-ingest -p imipflow-processor -p imipflow-publisher \
@@ -30,5 +35,13 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin imip
 COPY --from=builder /out/ /usr/local/bin/
+# Health checks without curl or wget (bash's /dev/tcp): see deploy/healthcheck.sh.
+COPY deploy/healthcheck.sh /usr/local/bin/imip-healthcheck
 USER imip
+# The processor's metrics/health listener; 0.0.0.0 inside the container so
+# that the host (or Prometheus on the compose network) can reach it.
+ENV IMIP_METRICS_LISTEN=0.0.0.0:9464
+EXPOSE 9464 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=6 \
+    CMD ["imip-healthcheck", "9464", "/healthz"]
 CMD ["imip-processor", "run"]

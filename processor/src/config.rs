@@ -88,24 +88,24 @@ pub struct Settings {
     /// How long the messages stream keeps messages (for replay), in days.
     #[arg(long, env = "IMIP_RETENTION_DAYS", default_value_t = 7, global = true)]
     pub retention_days: u64,
+
+    /// Address of `imip-processor run`'s HTTP listener for `/metrics`,
+    /// `/healthz` and `/readyz` (docs/operations.md); empty disables it.
+    #[arg(
+        long,
+        env = "IMIP_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub metrics_listen: String,
+
+    /// This instance's name as shown as partition owner (`imip-ctl status`),
+    /// followed by `:pid`; default: the host name.
+    #[arg(long, env = "IMIP_INSTANCE", global = true)]
+    pub instance: Option<String>,
 }
 
 impl Settings {
-    pub fn default_tz(&self) -> Result<chrono_tz::Tz, ProcessorError> {
-        self.default_timezone.parse().map_err(|_| {
-            ProcessorError::Config(format!(
-                "IMIP_DEFAULT_TIMEZONE: unknown zone {:?}",
-                self.default_timezone
-            ))
-        })
-    }
-
-    pub fn managers(&self) -> Vec<String> {
-        self.manager_addresses
-            .split(',')
-            .filter_map(imipflow_schema::normalize_address)
-            .collect()
-    }
     /// Everything `imip-processor config check` validates without connecting,
     /// one line per problem (empty: valid).
     pub fn problems(&self) -> Vec<String> {
@@ -175,6 +175,21 @@ impl Settings {
         out
     }
 
+    pub fn default_tz(&self) -> Result<chrono_tz::Tz, ProcessorError> {
+        self.default_timezone.parse().map_err(|_| {
+            ProcessorError::Config(format!(
+                "IMIP_DEFAULT_TIMEZONE: unknown zone {:?}",
+                self.default_timezone
+            ))
+        })
+    }
+
+    pub fn managers(&self) -> Vec<String> {
+        self.manager_addresses
+            .split(',')
+            .filter_map(imipflow_schema::normalize_address)
+            .collect()
+    }
 
     /// Semantics context for a message ingested at `now`.
     pub fn ctx(
@@ -196,6 +211,23 @@ impl Settings {
 
     pub fn dedupe_window(&self) -> Duration {
         Duration::from_secs(self.dedupe_window_secs)
+    }
+
+    /// Owner identity of this process's lanes: `<IMIP_INSTANCE or host name>:<pid>`.
+    /// (Fencing is by lease epoch, so two processes with the same name are still safe.)
+    pub fn instance_id(&self) -> String {
+        let name = self
+            .instance
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .ok()
+                    .map(|h| h.trim().to_owned())
+            })
+            .unwrap_or_else(|| "host".into());
+        format!("{}:{}", name.trim(), std::process::id())
     }
 
     pub fn retention(&self) -> Duration {

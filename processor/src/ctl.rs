@@ -97,3 +97,394 @@ pub async fn objects(
         })
         .collect())
 }
+
+/// One partition in `imip-ctl status` and in the lag metrics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    /// Stream position the lane has applied.
+    pub applied: u64,
+    /// Stream position of the partition's newest message.
+    pub newest: u64,
+    /// `newest - applied`: messages (of this partition) not applied yet.
+    pub lag: u64,
+    /// Instance holding (or last holding) the lease: `<IMIP_INSTANCE or host>:<pid>`.
+    pub owner: Option<String>,
+    pub epoch: i64,
+    /// Whether the owner's lease is current (a live instance owns the lane).
+    pub leased: bool,
+    pub lease_until: Option<DateTime<Utc>>,
+}
+
+/// Everything `imip-ctl status` reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    pub partitions: Vec<PartitionStatus>,
+    pub lag: u64,
+    pub dead_letters: u64,
+    pub quarantined: u64,
+    /// Messages refused by the trust rules (SPEC §2 "Trust"), from `message_log`.
+    pub refused: u64,
+    /// Live instances and how many partitions each owns.
+    pub instances: Vec<InstanceStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstanceStatus {
+    pub instance: String,
+    pub partitions: usize,
+}
+
+/// Lanes, owners, lag, dead letters, quarantine: from PostgreSQL and the streams.
+pub async fn status(
+    db: &tokio_postgres::Client,
+    js: &async_nats::jetstream::Context,
+    settings: &Settings,
+) -> Result<Status, ProcessorError> {
+    let ns = settings.namespace()?;
+    let rows = db
+        .query(
+            "SELECT partition, last_sequence, owner, epoch,
+                    coalesce(lease_until > clock_timestamp(), false), lease_until
+             FROM partitions ORDER BY partition",
+            &[],
+        )
+        .await?;
+    let dead_letters: i64 = db
+        .query_one(
+            "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let refused: i64 = db
+        .query_one(
+            "SELECT count(*) FROM message_log WHERE outcome = 'refused'",
+            &[],
+        )
+        .await?
+        .get(0);
+    let stream = js
+        .get_stream(ns.messages_stream())
+        .await
+        .map_err(ProcessorError::nats)?;
+    // The partitions' newest positions, asked for all at once.
+    let newest = futures::future::join_all((0..settings.partitions).map(|p| {
+        let stream = &stream;
+        let filter = ns.partition_filter(p);
+        async move {
+            stream
+                .get_last_raw_message_by_subject(&filter)
+                .await
+                .map(|m| m.sequence)
+                .unwrap_or(0)
+        }
+    }))
+    .await;
+    let mut partitions = Vec::new();
+    for (p, newest) in newest.into_iter().enumerate() {
+        let row = rows.iter().find(|r| r.get::<_, i32>(0) == p as i32);
+        let applied = row.map(|r| r.get::<_, i64>(1)).unwrap_or(0).max(0) as u64;
+        partitions.push(PartitionStatus {
+            partition: p as u32,
+            applied,
+            newest,
+            lag: newest.saturating_sub(applied),
+            owner: row.and_then(|r| r.get(2)),
+            epoch: row.map(|r| r.get(3)).unwrap_or(0),
+            leased: row.map(|r| r.get(4)).unwrap_or(false),
+            lease_until: row.and_then(|r| r.get(5)),
+        });
+    }
+    let mut quarantine = js
+        .get_stream(ns.quarantine_stream())
+        .await
+        .map_err(ProcessorError::nats)?;
+    let quarantined = quarantine
+        .info()
+        .await
+        .map_err(ProcessorError::nats)?
+        .state
+        .messages;
+    let mut instances: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in partitions.iter().filter(|p| p.leased) {
+        if let Some(o) = &p.owner {
+            *instances.entry(o.clone()).or_default() += 1;
+        }
+    }
+    Ok(Status {
+        lag: partitions.iter().map(|p| p.lag).sum(),
+        partitions,
+        dead_letters: dead_letters.max(0) as u64,
+        quarantined,
+        refused: refused.max(0) as u64,
+        instances: instances
+            .into_iter()
+            .map(|(instance, partitions)| InstanceStatus {
+                instance,
+                partitions,
+            })
+            .collect(),
+    })
+}
+
+/// Locks the user's partition row for the rest of `tx`: the lane's fencing
+/// update of the same row waits until `tx` ends, so whatever `tx` does is
+/// serialised with the lane (before or after a whole batch, never inside one).
+pub async fn lock_partition(
+    tx: &tokio_postgres::Transaction<'_>,
+    partition: i32,
+) -> Result<i64, ProcessorError> {
+    tx.execute(
+        "INSERT INTO partitions (partition) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&partition],
+    )
+    .await?;
+    Ok(tx
+        .query_one(
+            "SELECT last_sequence FROM partitions WHERE partition = $1 FOR UPDATE",
+            &[&partition],
+        )
+        .await?
+        .get(0))
+}
+
+/// What `imip-ctl rebuild` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RebuildReport {
+    pub user: String,
+    /// UIDs looked at (stored objects, and free/busy rows without an object).
+    pub uids: usize,
+    /// UIDs whose rows differed and were rewritten.
+    pub changed: Vec<String>,
+    pub periods_added: usize,
+    pub periods_removed: usize,
+    /// freebusy.changed events emitted (one per changed UID).
+    pub events: usize,
+}
+
+/// Recomputes the user's free/busy rows from their stored objects with the
+/// same pure functions the lanes use, in one transaction holding the
+/// partition row lock; rewrites only UIDs whose rows differ and emits a
+/// `freebusy.changed` event (the difference) for each. `progress(done, total)`
+/// is called per UID.
+pub async fn rebuild(
+    db: &mut tokio_postgres::Client,
+    settings: &Settings,
+    user: &str,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<RebuildReport, ProcessorError> {
+    let ns = settings.namespace()?;
+    let partition = imipflow_schema::partition(user, settings.partitions) as i32;
+    let tx = db.transaction().await?;
+    lock_partition(&tx, partition).await?;
+    let uids: Vec<String> = tx
+        .query(
+            "SELECT uid FROM objects WHERE user_addr = $1
+             UNION SELECT uid FROM freebusy WHERE user_addr = $1
+             UNION SELECT uid FROM open_series WHERE user_addr = $1
+             ORDER BY 1",
+            &[&user],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let cache = store::StatementCache::default();
+    let mut report = RebuildReport {
+        user: user.to_owned(),
+        uids: uids.len(),
+        ..Default::default()
+    };
+    let mut changes = Vec::new();
+    let total = uids.len() as u64;
+    progress(0, total);
+    for (i, uid) in uids.iter().enumerate() {
+        let state = store::load_state(&tx, &cache, user, uid).await?;
+        let until: Option<DateTime<Utc>> = tx
+            .query_opt(
+                "SELECT materialised_until FROM open_series WHERE user_addr = $1 AND uid = $2",
+                &[&user, &uid],
+            )
+            .await?
+            .map(|r| r.get(0));
+        // The lane materialised an open-ended series up to (ingest time +
+        // horizon); reuse that reference instant so that an intact user
+        // rebuilds to exactly the rows they have.
+        let mut ctx = settings.ctx(Utc::now())?;
+        if let Some(u) = until {
+            ctx.now = u - ctx.horizon;
+        }
+        let m = semantics::materialise_bounded(&state, user, &ctx);
+        let stored: std::collections::BTreeSet<Period> = tx
+            .query(
+                "SELECT lower(period), upper(period), fbtype, recurrence_id FROM freebusy
+                 WHERE user_addr = $1 AND uid = $2",
+                &[&user, &uid],
+            )
+            .await?
+            .iter()
+            .map(|r| Period {
+                start: r.get(0),
+                end: r.get(1),
+                fbtype: FbType::parse(r.get::<_, &str>(2)).unwrap_or(FbType::Busy),
+                recurrence_id: r.get(3),
+            })
+            .collect();
+        let fresh: std::collections::BTreeSet<Period> = m.periods.iter().copied().collect();
+        let new_until = if m.open_ended { m.complete_until } else { None };
+        if stored != fresh || until != new_until {
+            tx.execute(
+                "DELETE FROM freebusy WHERE user_addr = $1 AND uid = $2",
+                &[&user, &uid],
+            )
+            .await?;
+            tx.execute(
+                "DELETE FROM open_series WHERE user_addr = $1 AND uid = $2",
+                &[&user, &uid],
+            )
+            .await?;
+            insert_periods(&tx, user, uid, &m.periods).await?;
+            if let Some(u) = new_until {
+                tx.execute(
+                    "INSERT INTO open_series (user_addr, uid, materialised_until) VALUES ($1, $2, $3)",
+                    &[&user, &uid, &u],
+                )
+                .await?;
+            }
+            let added: Vec<Period> = fresh.difference(&stored).copied().collect();
+            let removed: Vec<Period> = stored.difference(&fresh).copied().collect();
+            report.periods_added += added.len();
+            report.periods_removed += removed.len();
+            report.changed.push(uid.clone());
+            if !added.is_empty() || !removed.is_empty() {
+                changes.push(crate::model::Change::FreeBusyChanged {
+                    uid: uid.clone(),
+                    added,
+                    removed,
+                });
+            }
+        }
+        progress(i as u64 + 1, total);
+    }
+    report.events = changes.len();
+    store::append_events(
+        &tx,
+        &cache,
+        ns.as_str(),
+        partition,
+        user,
+        &changes,
+        Utc::now(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(report)
+}
+
+/// The lane's multi-row insert of one UID's periods (same key and conflict rule).
+async fn insert_periods(
+    tx: &tokio_postgres::Transaction<'_>,
+    user: &str,
+    uid: &str,
+    periods: &[Period],
+) -> Result<(), ProcessorError> {
+    if periods.is_empty() {
+        return Ok(());
+    }
+    let starts: Vec<DateTime<Utc>> = periods.iter().map(|p| p.start).collect();
+    let ends: Vec<DateTime<Utc>> = periods.iter().map(|p| p.end).collect();
+    let types: Vec<&str> = periods.iter().map(|p| p.fbtype.as_str()).collect();
+    let instances: Vec<DateTime<Utc>> = periods
+        .iter()
+        .map(|p| p.recurrence_id.unwrap_or(p.start))
+        .collect();
+    let rids: Vec<Option<DateTime<Utc>>> = periods.iter().map(|p| p.recurrence_id).collect();
+    tx.execute(
+        "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
+         SELECT $1, $2, i, tstzrange(s, e, '[)'), t, r
+         FROM unnest($3::timestamptz[], $4::timestamptz[], $5::timestamptz[], $6::text[], $7::timestamptz[])
+              AS x(i, s, e, t, r)
+         ON CONFLICT (user_addr, uid, instance) DO UPDATE SET period = EXCLUDED.period, fbtype = EXCLUDED.fbtype",
+        &[&user, &uid, &instances, &starts, &ends, &types, &rids],
+    )
+    .await?;
+    Ok(())
+}
+
+/// What became of one message in `imip-ctl replay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplayOutcome {
+    /// In `message_log` already: nothing done (the normal case).
+    Duplicate,
+    Applied,
+    Stale,
+    Ignored,
+    Refused,
+    /// Failed again; a new dead letter records it.
+    DeadLettered,
+    /// Past the partition's applied position: left to the lane, which applies
+    /// it in order (replaying it first could reorder the user's messages).
+    Pending,
+}
+
+/// Re-applies one stream message the way the lane does, in its own
+/// transaction holding the partition row lock (serialised with the lane),
+/// without moving the partition's position. Idempotent: a message already in
+/// `message_log` changes nothing; one that is not (dead-lettered before, or
+/// its log lost with a restored database) goes through newer-wins again.
+pub async fn replay_one(
+    db: &mut tokio_postgres::Client,
+    settings: &Settings,
+    partition: i32,
+    seq: i64,
+    payload: &[u8],
+) -> Result<ReplayOutcome, ProcessorError> {
+    let ns = settings.namespace()?;
+    let ids = serde_json::from_slice::<serde_json::Value>(payload).ok();
+    let user = ids
+        .as_ref()
+        .and_then(|v| v["user"].as_str().map(str::to_owned));
+    let dedupe = ids
+        .as_ref()
+        .and_then(|v| v["dedupe_id"].as_str().map(str::to_owned));
+    let mut tx = db.transaction().await?;
+    let applied_up_to = lock_partition(&tx, partition).await?;
+    if seq > applied_up_to {
+        tx.rollback().await?;
+        return Ok(ReplayOutcome::Pending);
+    }
+    let cache = store::StatementCache::default();
+    if let (Some(u), Some(d)) = (&user, &dedupe)
+        && store::already_applied(&tx, &cache, u, d).await?
+    {
+        tx.rollback().await?;
+        return Ok(ReplayOutcome::Duplicate);
+    }
+    let apply = crate::worker::Apply {
+        cache: &cache,
+        settings,
+        ns: &ns,
+        partition,
+    };
+    apply.message(&mut tx, seq, payload).await?;
+    let logged = match (&user, &dedupe) {
+        (Some(u), Some(d)) => tx
+            .query_opt(
+                "SELECT outcome FROM message_log WHERE user_addr = $1 AND dedupe_id = $2",
+                &[u, d],
+            )
+            .await?
+            .map(|r| r.get::<_, String>(0)),
+        _ => None,
+    };
+    tx.commit().await?;
+    Ok(match logged.as_deref() {
+        Some("applied") => ReplayOutcome::Applied,
+        Some("stale") => ReplayOutcome::Stale,
+        Some("ignored") => ReplayOutcome::Ignored,
+        Some("refused") => ReplayOutcome::Refused,
+        _ => ReplayOutcome::DeadLettered,
+    })
+}

@@ -119,3 +119,14 @@ pub async fn reset(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
     }
     Ok(log)
 }
+
+/// Version of the newest migration this build carries (`/readyz` compares the
+/// database's `refinery_schema_history` with it).
+pub fn latest_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}

@@ -96,8 +96,10 @@ impl Lane {
             match self.acquire(&db).await? {
                 Some((epoch, last)) => {
                     tracing::info!(partition = self.partition, epoch, last, "lane acquired");
+                    crate::metrics::lease_acquired(self.partition);
                     let result = self.own(&mut db, &cache, epoch, last, &mut shutdown).await;
                     self.release(&db, epoch).await;
+                    crate::metrics::lease_released(self.partition, result.is_err());
                     if let Err(e) = result {
                         tracing::warn!(partition = self.partition, error = %e, "lane stopped; retrying");
                     }
@@ -228,6 +230,7 @@ impl Lane {
     ) -> Result<i64, ProcessorError> {
         let started = std::time::Instant::now();
         let result = self.apply_batch_inner(db, cache, epoch, batch).await;
+        crate::metrics::batch(started.elapsed(), result.is_ok());
         tracing::debug!(
             partition = self.partition,
             messages = batch.len(),
@@ -331,6 +334,7 @@ impl Apply<'_> {
             Err(e) => {
                 sp.rollback().await?;
                 tracing::warn!(partition = self.partition, seq, user = %user_hint, error = %e, "message dead-lettered");
+                crate::metrics::dead_lettered(bytes);
                 store::dead_letter(
                     tx,
                     self.cache,
@@ -354,6 +358,7 @@ impl Apply<'_> {
         bytes: &[u8],
     ) -> Result<(), ProcessorError> {
         let (cache, settings, ns, partition) = (self.cache, self.settings, self.ns, self.partition);
+        let started = std::time::Instant::now();
         let payload = Payload::from_json(bytes)
             .map_err(|e| ProcessorError::Payload(format!("unreadable payload: {e}")))?;
         if payload.version != PAYLOAD_VERSION {
@@ -364,6 +369,7 @@ impl Apply<'_> {
         }
         let user = payload.user.as_str();
         if store::already_applied(tx, cache, user, &payload.dedupe_id).await? {
+            crate::metrics::message_duplicate(partition, seq, &payload);
             return Ok(());
         }
         let ctx = settings.ctx(payload.ingested_at)?;
@@ -416,6 +422,7 @@ impl Apply<'_> {
             &disposition,
         )
         .await?;
+        crate::metrics::message_done(partition, seq, &payload, &disposition, started);
         Ok(())
     }
 }
@@ -429,12 +436,7 @@ pub async fn run(
     settings.default_tz()?;
     let nats = crate::connect::connect_nats(&settings).await?;
     let js = jetstream::new(nats);
-    let instance = format!(
-        "{}-{}-{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "host".into()),
-        std::process::id(),
-        chrono::Utc::now().timestamp_millis()
-    );
+    let instance = settings.instance_id();
     let settings = Arc::new(settings);
     let mut tasks = Vec::new();
     for p in 0..settings.partitions {

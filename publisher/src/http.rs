@@ -47,7 +47,12 @@ pub enum Format {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Health,
-    FreeBusy { user: String, format: Format },
+    /// Prometheus metrics (docs/operations.md).
+    Metrics,
+    FreeBusy {
+        user: String,
+        format: Format,
+    },
     BadRequest(String),
     NotFound,
 }
@@ -57,6 +62,9 @@ pub enum Route {
 pub fn route(path: &str) -> Route {
     if path == "/healthz" {
         return Route::Health;
+    }
+    if path == "/metrics" {
+        return Route::Metrics;
     }
     let Some(file) = path.strip_prefix("/freebusy/") else {
         return Route::NotFound;
@@ -158,6 +166,21 @@ fn respond(
         .expect("valid response")
 }
 
+/// The cache's counters as Prometheus metrics (empty when no recorder is installed).
+fn metrics(cache: &Cache) -> Response<Full<Bytes>> {
+    let s = cache.stats();
+    metrics::gauge!("imipflow_publisher_cached_users").set(s.users as f64);
+    metrics::counter!("imipflow_publisher_loads_total").absolute(s.loads);
+    metrics::counter!("imipflow_publisher_events_applied_total").absolute(s.applied);
+    metrics::counter!("imipflow_publisher_events_skipped_total").absolute(s.skipped);
+    metrics::counter!("imipflow_publisher_gaps_total").absolute(s.gaps);
+    respond(
+        StatusCode::OK,
+        imipflow_telemetry::METRICS_CONTENT_TYPE,
+        imipflow_telemetry::render(),
+    )
+}
+
 fn text(status: StatusCode, msg: &str) -> Response<Full<Bytes>> {
     respond(status, "text/plain; charset=utf-8", format!("{msg}\n"))
 }
@@ -172,6 +195,7 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> 
     }
     let (user, format) = match route(req.uri().path()) {
         Route::Health => return text(StatusCode::OK, "ok"),
+        Route::Metrics => return metrics(&app.cache),
         Route::NotFound => return text(StatusCode::NOT_FOUND, "not found"),
         Route::BadRequest(why) => return text(StatusCode::BAD_REQUEST, &why),
         Route::FreeBusy { user, format } => (user, format),

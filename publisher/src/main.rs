@@ -16,13 +16,8 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IMIP_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    imipflow_telemetry::init_logging("info")?;
+    imipflow_telemetry::install_recorder()?;
     let cli =
         imipflow_config::layered::parse_or_exit::<Cli>(imipflow_publisher::Settings::augment_args)
             .cli;

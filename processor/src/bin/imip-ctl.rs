@@ -5,7 +5,9 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
-use imipflow_processor::{Settings, connect::connect, connect::connect_nats, ctl, worker};
+use imipflow_processor::{
+    Settings, connect::connect, connect::connect_nats, ctl, quarantine, worker,
+};
 use imipflow_schema::{normalize_address, user_key};
 use serde_json::json;
 
@@ -81,6 +83,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Recompute a user's free/busy rows from their stored objects (emits
+    /// freebusy.changed where they differed).
+    Rebuild {
+        user: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-apply a range of the messages stream, idempotently: messages already
+    /// applied change nothing; messages past a partition's applied position
+    /// are left to its lane.
+    Replay {
+        /// First stream sequence.
+        #[arg(long)]
+        from: u64,
+        /// Last stream sequence (default: the stream's last message now).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Only this user's messages.
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Calendar data imip-ingest refused: list, show, release, delete.
+    Quarantine {
+        #[command(subcommand)]
+        action: QuarantineAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// Every record (ID = stream sequence), oldest first.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// One record, with the refused data.
+    Show {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-plan the record under the current limits (IMIP_MAX_*), publish the
+    /// payloads to the messages stream, delete the record.
+    Release {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        limits: imipflow_ingest::Limits,
+    },
+    /// Delete a record without releasing it.
+    Delete { id: u64 },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +156,7 @@ fn user_arg(u: &str) -> anyhow::Result<String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    imipflow_telemetry::init_logging("warn")?;
     let cli = imipflow_config::layered::parse_or_exit::<Cli>(Settings::augment_args).cli;
     let s = cli.settings;
     match cli.command {
@@ -401,68 +458,292 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         Command::Status { json } => {
-            let ns = s.namespace()?;
             let db = connect(&s).await?;
             let js = async_nats::jetstream::new(connect_nats(&s).await?);
-            let mut stream = js.get_stream(ns.messages_stream()).await?;
-            let rows = db
-                .query(
-                    "SELECT partition, last_sequence, owner, epoch, coalesce(lease_until > now(), false)
-                     FROM partitions ORDER BY partition",
-                    &[],
-                )
-                .await?;
-            let dlq: i64 = db
-                .query_one(
-                    "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL",
-                    &[],
-                )
-                .await?
-                .get(0);
-            let mut parts = Vec::new();
-            let mut total_lag = 0u64;
-            for p in 0..s.partitions as i32 {
-                let row = rows.iter().find(|r| r.get::<_, i32>(0) == p);
-                let applied = row.map(|r| r.get::<_, i64>(1)).unwrap_or(0) as u64;
-                // Lag in stream positions: the partition's newest message minus
-                // the position its lane has applied (0 when caught up).
-                let newest = stream
-                    .get_last_raw_message_by_subject(&ns.partition_filter(p as u32))
-                    .await
-                    .map(|m| m.sequence)
-                    .unwrap_or(0);
-                let lag = newest.saturating_sub(applied);
-                total_lag += lag;
-                parts.push(
-                    json!({"partition": p, "applied": applied, "newest": newest, "lag": lag,
-                    "owner": row.and_then(|r| r.get::<_, Option<String>>(2)),
-                    "epoch": row.map(|r| r.get::<_, i64>(3)).unwrap_or(0),
-                    "leased": row.map(|r| r.get::<_, bool>(4)).unwrap_or(false)}),
-                );
-            }
-            let quarantined = js
-                .get_stream(ns.quarantine_stream())
-                .await?
-                .info()
-                .await?
-                .state
-                .messages;
-            let _ = stream.info().await?;
+            let st = ctl::status(&db, &js, &s).await?;
             if json {
-                println!(
-                    "{}",
-                    json!({"partitions": parts, "lag": total_lag, "dead_letters": dlq, "quarantined": quarantined})
-                );
+                println!("{}", serde_json::to_string(&st)?);
             } else {
-                for p in &parts {
+                for p in &st.partitions {
+                    let owner = match (&p.owner, p.leased) {
+                        (Some(o), true) => o.clone(),
+                        (Some(o), false) => format!("none (lease of {o} expired)"),
+                        (None, _) => "none".to_owned(),
+                    };
                     println!(
-                        "partition {:>3}  applied {:>8}  lag {:>6}  owner {} (epoch {})",
-                        p["partition"], p["applied"], p["lag"], p["owner"], p["epoch"]
+                        "partition {:>3}  applied {:>8}  newest {:>8}  lag {:>6}  owner {} (epoch {})",
+                        p.partition, p.applied, p.newest, p.lag, owner, p.epoch
                     );
                 }
-                println!("lag {total_lag}, dead letters {dlq}, quarantined {quarantined}");
+                for i in &st.instances {
+                    println!("instance {} owns {} partition(s)", i.instance, i.partitions);
+                }
+                println!(
+                    "lag {}, dead letters {}, quarantined {}, refused {}",
+                    st.lag, st.dead_letters, st.quarantined, st.refused
+                );
             }
         }
+        Command::Rebuild { user, json } => {
+            let user = user_arg(&user)?;
+            let mut db = connect(&s).await?;
+            let bar = progress(json, "rebuild");
+            let report = ctl::rebuild(&mut db, &s, &user, |done, total| {
+                bar.set_length(total);
+                bar.set_position(done);
+            })
+            .await?;
+            bar.finish_and_clear();
+            if report.events > 0 {
+                flush_events(&db, &s, &user).await?;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "rebuilt {user}: {} UID(s), {} changed ({} period(s) added, {} removed), {} event(s)",
+                    report.uids,
+                    report.changed.len(),
+                    report.periods_added,
+                    report.periods_removed,
+                    report.events
+                );
+                for uid in &report.changed {
+                    println!("  changed: {uid}");
+                }
+            }
+        }
+        Command::Replay {
+            from,
+            to,
+            user,
+            json,
+        } => {
+            let user = user.map(|u| user_arg(&u)).transpose()?;
+            replay(&s, from, to, user.as_deref(), json).await?;
+        }
+        Command::Quarantine { action } => {
+            let js = async_nats::jetstream::new(connect_nats(&s).await?);
+            match action {
+                QuarantineAction::List { json } => {
+                    for e in quarantine::list(&js, &s).await? {
+                        let r = &e.record;
+                        if json {
+                            println!(
+                                "{}",
+                                json!({"id": e.id, "reason": r.reason, "detail": r.detail,
+                                       "users": r.users, "sender": r.sender, "direction": r.direction,
+                                       "message_id": r.message_id, "ingested_at": r.ingested_at,
+                                       "size": r.size, "truncated": r.truncated})
+                            );
+                        } else {
+                            println!(
+                                "{:>6}  {}  {:<26} {} ({}){}: {}",
+                                e.id,
+                                r.ingested_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                                r.reason.as_str(),
+                                r.sender,
+                                r.users.join(","),
+                                if r.truncated { " [excerpt]" } else { "" },
+                                r.detail
+                            );
+                        }
+                    }
+                }
+                QuarantineAction::Show { id, json } => {
+                    let e = quarantine::show(&js, &s, id).await?;
+                    if json {
+                        println!(
+                            "{}",
+                            json!({"id": e.id, "subject": e.subject, "record": e.record})
+                        );
+                    } else {
+                        let r = &e.record;
+                        println!("id:          {}", e.id);
+                        println!("reason:      {} ({})", r.reason, r.detail);
+                        println!("direction:   {:?}", r.direction);
+                        println!("sender:      {}", r.sender);
+                        println!("recipients:  {}", r.recipients.join(", "));
+                        println!("users:       {}", r.users.join(", "));
+                        println!("message id:  {}", r.message_id.as_deref().unwrap_or("-"));
+                        println!("ingested at: {}", r.ingested_at);
+                        println!(
+                            "size:        {} bytes{}",
+                            r.size,
+                            if r.truncated {
+                                " (excerpt below, truncated: cannot be released)"
+                            } else {
+                                ""
+                            }
+                        );
+                        println!(
+                            "object:      {}",
+                            r.object_index
+                                .map(|i| i.to_string())
+                                .unwrap_or_else(|| "whole message".into())
+                        );
+                        println!("--");
+                        print!("{}", r.excerpt);
+                        if !r.excerpt.ends_with('\n') {
+                            println!();
+                        }
+                    }
+                }
+                QuarantineAction::Release { id, json, limits } => {
+                    let released = quarantine::release(&js, &s, id, &limits).await?;
+                    if json {
+                        println!("{}", serde_json::to_string(&released)?);
+                    } else {
+                        println!(
+                            "quarantine record {id} released: {} payload(s) published to the messages stream",
+                            released.payloads.len()
+                        );
+                    }
+                }
+                QuarantineAction::Delete { id } => {
+                    quarantine::delete(&js, &s, id).await?;
+                    println!("quarantine record {id} deleted");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr; hidden with --json or when stderr is not a terminal.
+fn progress(json: bool, what: &'static str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if json || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.set_prefix(what);
+    bar
+}
+
+/// Publishes the events a ctl command committed for `user` (the lane would
+/// also publish them, but only after its next batch).
+async fn flush_events(db: &tokio_postgres::Client, s: &Settings, user: &str) -> anyhow::Result<()> {
+    let ns = s.namespace()?;
+    let js = async_nats::jetstream::new(connect_nats(&s).await?);
+    let partition = imipflow_schema::partition(user, s.partitions) as i32;
+    imipflow_processor::relay::flush(db, &js, &ns, partition).await?;
+    Ok(())
+}
+
+/// `imip-ctl replay`: reads the range from the messages stream and re-applies
+/// each message with `ctl::replay_one` (see there for the rules).
+async fn replay(
+    s: &Settings,
+    from: u64,
+    to: Option<u64>,
+    user: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let ns = s.namespace()?;
+    let js = async_nats::jetstream::new(connect_nats(&s).await?);
+    let mut stream = js.get_stream(ns.messages_stream()).await?;
+    let last = stream.info().await?.state.last_sequence;
+    let to = to.unwrap_or(last).min(last);
+    let from = from.max(1);
+    let mut counts: std::collections::BTreeMap<ctl::ReplayOutcome, u64> = Default::default();
+    let mut touched: std::collections::BTreeSet<i32> = Default::default();
+    let bar = progress(json, "replay");
+    if from <= to {
+        bar.set_length(to - from + 1);
+        let filter = match user {
+            Some(u) => {
+                ns.message_subject(imipflow_schema::partition(u, s.partitions), &user_key(u))
+            }
+            None => ns.messages_subjects(),
+        };
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: filter,
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: from,
+                },
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let mut db = connect(&s).await?;
+        let prefix = format!("{ns}.msg.");
+        // A filtered range may end before `to` with nothing more to deliver:
+        // stop after a quiet second.
+        while let Ok(Some(m)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), messages.next()).await
+        {
+            let m = m?;
+            let seq = m
+                .info()
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .stream_sequence;
+            if seq > to {
+                break;
+            }
+            let partition: i32 = m
+                .subject
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|p| p.parse().ok())
+                .with_context(|| format!("message {seq}: unexpected subject {}", m.subject))?;
+            let outcome = ctl::replay_one(&mut db, s, partition, seq as i64, &m.payload).await?;
+            *counts.entry(outcome).or_default() += 1;
+            if !matches!(
+                outcome,
+                ctl::ReplayOutcome::Duplicate | ctl::ReplayOutcome::Pending
+            ) {
+                touched.insert(partition);
+            }
+            if !json && !matches!(outcome, ctl::ReplayOutcome::Duplicate) {
+                bar.suspend(|| println!("seq {seq} (partition {partition}): {outcome:?}"));
+            }
+            bar.set_position(seq - from + 1);
+            if seq >= to {
+                break;
+            }
+        }
+        for p in &touched {
+            imipflow_processor::relay::flush(&db, &js, &ns, *p).await?;
+        }
+    }
+    bar.finish_and_clear();
+    let total: u64 = counts.values().sum();
+    if json {
+        let outcomes: serde_json::Map<String, serde_json::Value> = counts
+            .iter()
+            .map(|(k, v)| {
+                (
+                    serde_json::to_value(k)
+                        .ok()
+                        .and_then(|k| k.as_str().map(str::to_owned))
+                        .unwrap_or_default(),
+                    json!(v),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"from": from, "to": to, "user": user, "messages": total, "outcomes": outcomes})
+        );
+    } else {
+        let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k:?} {v}")).collect();
+        println!(
+            "replayed {total} message(s) from {from} to {to}: {}",
+            if parts.is_empty() {
+                "none".to_owned()
+            } else {
+                parts.join(", ")
+            }
+        );
     }
     Ok(())
 }

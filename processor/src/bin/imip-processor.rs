@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use imipflow_processor::{Settings, migrate};
+use imipflow_processor::{Settings, health, migrate};
 
 #[derive(Parser)]
 #[command(
@@ -48,13 +48,7 @@ enum ConfigAction {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IMIP_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    imipflow_telemetry::init_logging("info")?;
     let layered = imipflow_config::layered::parse_or_exit::<Cli>(Settings::augment_args);
     let cli = layered.cli;
     match cli.command {
@@ -120,6 +114,17 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!("shutting down: finishing the current batches, releasing leases");
                 let _ = tx.send(true);
             });
+            // The listener is up before the lanes, so that /healthz answers
+            // from the start and /readyz says why the processor is not ready
+            // (e.g. not migrated yet) while the lanes keep retrying.
+            if let Some(addr) = imipflow_telemetry::parse_listen(&cli.settings.metrics_listen)? {
+                imipflow_telemetry::install_recorder()?;
+                imipflow_processor::metrics::describe();
+                let listener = imipflow_telemetry::bind(addr).await?;
+                tracing::info!(listen = %listener.local_addr()?, "metrics, /healthz, /readyz");
+                let probe = std::sync::Arc::new(health::Probe::new(cli.settings.clone()).await?);
+                tokio::spawn(imipflow_telemetry::serve(listener, probe, rx.clone()));
+            }
             imipflow_processor::worker::run(cli.settings, rx)
                 .await
                 .context("run failed")?;

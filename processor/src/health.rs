@@ -1,0 +1,139 @@
+//! `imip-processor run`'s answers to `/readyz` and `/metrics` (the listener
+//! itself is `imipflow_telemetry::serve`): readiness means NATS connected,
+//! PostgreSQL reachable and migrated to this build's schema, streams present.
+//!
+//! The probe keeps its own NATS and PostgreSQL connections: it answers for
+//! this process's ability to reach both, and a slow scrape never queues behind
+//! a lane's transaction.
+
+use crate::config::Settings;
+use crate::error::ProcessorError;
+use crate::{ctl, metrics, migrate};
+use async_nats::connection::State;
+use imipflow_schema::Namespace;
+use std::time::Duration;
+use tokio::sync::Mutex;
+use tokio_postgres::Client;
+
+/// Longest a readiness check or a scrape's store readings may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct Probe {
+    settings: Settings,
+    ns: Namespace,
+    nats: async_nats::Client,
+    db: Mutex<Option<Client>>,
+}
+
+impl Probe {
+    /// Never waits for NATS: the client connects (and reconnects) in the
+    /// background, and `/readyz` says so until it has.
+    pub async fn new(settings: Settings) -> Result<Self, ProcessorError> {
+        let ns = settings.namespace()?;
+        let nats = crate::connect::nats_options(&settings)?
+            .retry_on_initial_connect()
+            .name("imip-processor-probe")
+            .connect(&*settings.nats_url)
+            .await
+            .map_err(ProcessorError::nats)?;
+        Ok(Probe {
+            settings,
+            ns,
+            nats,
+            db: Mutex::new(None),
+        })
+    }
+
+    /// Runs `f` with a live PostgreSQL connection, connecting when there is none.
+    async fn with_db<T>(
+        &self,
+        f: impl AsyncFnOnce(&Client) -> Result<T, ProcessorError>,
+    ) -> Result<T, ProcessorError> {
+        let mut guard = self.db.lock().await;
+        if guard.as_ref().is_none_or(|c| c.is_closed()) {
+            *guard = Some(migrate::connect(&self.settings).await?);
+        }
+        let client = guard.as_ref().expect("connected above");
+        let result = f(client).await;
+        if result.is_err() && client.is_closed() {
+            *guard = None;
+        }
+        result
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match self.nats.connection_state() {
+            State::Connected => {}
+            other => return Err(format!("NATS {}: {other:?}", self.settings.nats_url)),
+        }
+        let want = migrate::latest_version();
+        let have = self
+            .with_db(async |db| {
+                let row = db
+                    .query_one(
+                        "SELECT max(version)::bigint FROM refinery_schema_history",
+                        &[],
+                    )
+                    .await?;
+                Ok(row.get::<_, Option<i64>>(0).unwrap_or(0))
+            })
+            .await
+            .map_err(|e| match &e {
+                ProcessorError::Db(db)
+                    if db.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+                {
+                    "database not migrated (run imip-processor migrate)".to_owned()
+                }
+                _ => format!("PostgreSQL: {e}"),
+            })?;
+        if have < want {
+            return Err(format!(
+                "database schema at V{have}, this build needs V{want} (run imip-processor migrate)"
+            ));
+        }
+        let js = async_nats::jetstream::new(self.nats.clone());
+        for name in [self.ns.messages_stream(), self.ns.events_stream()] {
+            if js.get_stream(&name).await.is_err() {
+                return Err(format!(
+                    "stream {name} missing (run imip-processor migrate)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn readings(&self) -> Result<metrics::StoreReadings, ProcessorError> {
+        let js = async_nats::jetstream::new(self.nats.clone());
+        let status = self
+            .with_db(async |db| ctl::status(db, &js, &self.settings).await)
+            .await?;
+        Ok(metrics::StoreReadings {
+            partitions: status
+                .partitions
+                .iter()
+                .map(|p| (p.partition, p.applied, p.newest, p.leased))
+                .collect(),
+            dead_letters: status.dead_letters,
+            quarantined: status.quarantined,
+        })
+    }
+}
+
+impl imipflow_telemetry::Probe for Probe {
+    async fn ready(&self) -> Result<(), String> {
+        tokio::time::timeout(CHECK_TIMEOUT, self.check())
+            .await
+            .unwrap_or_else(|_| Err("readiness check timed out".into()))
+    }
+
+    async fn refresh(&self) {
+        match tokio::time::timeout(CHECK_TIMEOUT, self.readings()).await {
+            Ok(Ok(r)) => metrics::set_readings(&r),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "metrics: store readings failed");
+                metrics::scrape_failed();
+            }
+            Err(_) => metrics::scrape_failed(),
+        }
+    }
+}

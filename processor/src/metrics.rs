@@ -1,0 +1,218 @@
+//! The processor's Prometheus metrics: names, labels, and the one-line hooks
+//! the lanes call (`worker.rs`), so that the names live in one place and
+//! `docs/operations.md` can list them.
+//!
+//! Counters and histograms are recorded as things happen in this process;
+//! the deployment-wide gauges (lag, dead letters, quarantine) are read from
+//! PostgreSQL and NATS when `/metrics` is scraped (`health.rs`), so every
+//! instance reports the same values for them.
+//!
+//! Without an installed recorder (imip-ctl, tests) every hook is a no-op.
+
+use crate::model::Disposition;
+use std::time::Duration;
+
+/// Messages by `method` and `outcome` (counter).
+pub const MESSAGES: &str = "imipflow_messages_total";
+/// Time to apply one message inside its batch's transaction (histogram, seconds).
+pub const MESSAGE_SECONDS: &str = "imipflow_message_apply_seconds";
+/// Time of one batch transaction, fence to commit (histogram, seconds).
+pub const BATCH_SECONDS: &str = "imipflow_batch_apply_seconds";
+/// Batches by `result` (`committed`, `failed`) (counter).
+pub const BATCHES: &str = "imipflow_batches_total";
+/// Lanes this instance took over, by `partition` (counter).
+pub const LEASE_ACQUIRED: &str = "imipflow_lease_acquisitions_total";
+/// Lanes this instance lost or gave up, by `partition` and `reason` (counter).
+pub const LEASE_RELEASED: &str = "imipflow_lease_releases_total";
+/// Partitions this instance owns right now (gauge).
+pub const OWNED_PARTITIONS: &str = "imipflow_owned_partitions";
+/// Newest stream position minus applied position, by `partition` (gauge, scraped).
+pub const LAG: &str = "imipflow_partition_lag";
+/// Stream position applied, by `partition` (gauge, scraped).
+pub const APPLIED_SEQUENCE: &str = "imipflow_partition_applied_sequence";
+/// 1 when some live instance holds the partition's lease, by `partition` (gauge, scraped).
+pub const PARTITION_OWNED: &str = "imipflow_partition_owned";
+/// Dead letters not replayed yet (gauge, scraped).
+pub const DEAD_LETTERS: &str = "imipflow_dead_letters";
+/// Records in the quarantine stream (gauge, scraped).
+pub const QUARANTINED: &str = "imipflow_quarantined";
+/// Scrapes whose store readings failed (counter); the gauges keep their last values.
+pub const SCRAPE_ERRORS: &str = "imipflow_scrape_errors_total";
+
+/// What became of one message: the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageOutcome {
+    Applied,
+    Stale,
+    Ignored,
+    Refused,
+    DeadLettered,
+    /// Already in `message_log` (re-delivered after JetStream's dedupe window).
+    Duplicate,
+}
+
+impl MessageOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageOutcome::Applied => "applied",
+            MessageOutcome::Stale => "stale",
+            MessageOutcome::Ignored => "ignored",
+            MessageOutcome::Refused => "refused",
+            MessageOutcome::DeadLettered => "dead_lettered",
+            MessageOutcome::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl From<&Disposition> for MessageOutcome {
+    fn from(d: &Disposition) -> Self {
+        match d {
+            Disposition::Applied => MessageOutcome::Applied,
+            Disposition::Stale(_) => MessageOutcome::Stale,
+            Disposition::Ignored(_) => MessageOutcome::Ignored,
+            Disposition::Refused(_) => MessageOutcome::Refused,
+        }
+    }
+}
+
+/// Registers descriptions, and zeroes the gauges this instance reports, so
+/// that a fresh process exposes every series from its first scrape.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        MESSAGES,
+        "Messages applied, by method and outcome (applied, stale, ignored, refused, dead_lettered, duplicate)"
+    );
+    describe_histogram!(
+        MESSAGE_SECONDS,
+        Unit::Seconds,
+        "Time to apply one message within its batch transaction"
+    );
+    describe_histogram!(
+        BATCH_SECONDS,
+        Unit::Seconds,
+        "Time of one batch transaction, fence to commit"
+    );
+    describe_counter!(BATCHES, "Batch transactions, by result");
+    describe_counter!(LEASE_ACQUIRED, "Partition leases this instance acquired");
+    describe_counter!(
+        LEASE_RELEASED,
+        "Partition leases this instance released (shutdown) or lost (error, fenced)"
+    );
+    describe_gauge!(OWNED_PARTITIONS, "Partitions this instance owns");
+    describe_gauge!(
+        LAG,
+        "Stream positions between the partition's newest message and the one applied"
+    );
+    describe_gauge!(
+        APPLIED_SEQUENCE,
+        "Stream position the partition has applied"
+    );
+    describe_gauge!(
+        PARTITION_OWNED,
+        "1 when a live instance holds the partition's lease, else 0"
+    );
+    describe_gauge!(DEAD_LETTERS, "Dead letters not replayed yet");
+    describe_gauge!(QUARANTINED, "Records in the quarantine stream");
+    describe_counter!(SCRAPE_ERRORS, "Scrapes whose store readings failed");
+    metrics::gauge!(OWNED_PARTITIONS).set(0.0);
+}
+
+/// One message's outcome (and how long applying it took, when it was applied).
+pub fn message(method: &str, outcome: MessageOutcome, took: Option<Duration>) {
+    metrics::counter!(MESSAGES, "method" => method.to_owned(), "outcome" => outcome.as_str())
+        .increment(1);
+    if let Some(t) = took {
+        metrics::histogram!(MESSAGE_SECONDS).record(t.as_secs_f64());
+    }
+}
+
+/// A message that went to the dead-letter table; its method is read from the
+/// payload when it is readable at all.
+pub fn dead_lettered(payload: &[u8]) {
+    let method = serde_json::from_slice::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|v| v.get("method").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned());
+    message(&method, MessageOutcome::DeadLettered, None);
+}
+
+/// One batch transaction.
+pub fn batch(took: Duration, committed: bool) {
+    metrics::histogram!(BATCH_SECONDS).record(took.as_secs_f64());
+    let result = if committed { "committed" } else { "failed" };
+    metrics::counter!(BATCHES, "result" => result).increment(1);
+}
+
+/// This instance took a lane over.
+pub fn lease_acquired(partition: i32) {
+    metrics::counter!(LEASE_ACQUIRED, "partition" => partition.to_string()).increment(1);
+    metrics::gauge!(OWNED_PARTITIONS).increment(1.0);
+}
+
+/// This instance stopped owning a lane: `lost` when it ended by an error
+/// (lease lost, fenced, broker or database trouble) rather than at shutdown.
+pub fn lease_released(partition: i32, lost: bool) {
+    let reason = if lost { "lost" } else { "shutdown" };
+    metrics::counter!(LEASE_RELEASED, "partition" => partition.to_string(), "reason" => reason)
+        .increment(1);
+    metrics::gauge!(OWNED_PARTITIONS).decrement(1.0);
+}
+
+/// Deployment-wide readings of one scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreReadings {
+    /// (partition, applied position, newest position, owned by a live lease)
+    pub partitions: Vec<(u32, u64, u64, bool)>,
+    pub dead_letters: u64,
+    pub quarantined: u64,
+}
+
+pub fn set_readings(r: &StoreReadings) {
+    for &(p, applied, newest, owned) in &r.partitions {
+        let p = p.to_string();
+        metrics::gauge!(LAG, "partition" => p.clone()).set(newest.saturating_sub(applied) as f64);
+        metrics::gauge!(APPLIED_SEQUENCE, "partition" => p.clone()).set(applied as f64);
+        metrics::gauge!(PARTITION_OWNED, "partition" => p).set(if owned { 1.0 } else { 0.0 });
+    }
+    metrics::gauge!(DEAD_LETTERS).set(r.dead_letters as f64);
+    metrics::gauge!(QUARANTINED).set(r.quarantined as f64);
+}
+
+pub fn scrape_failed() {
+    metrics::counter!(SCRAPE_ERRORS).increment(1);
+}
+
+/// The lane's record of one message it decided on: the counter, the latency,
+/// and a log line carrying partition, stream sequence, user, UIDs, method and
+/// outcome (`debug`, or `info` for a refusal, which is worth an operator's eye).
+pub fn message_done(
+    partition: i32,
+    seq: i64,
+    payload: &imipflow_schema::Payload,
+    disposition: &Disposition,
+    started: std::time::Instant,
+) {
+    let outcome = MessageOutcome::from(disposition);
+    let method = payload.method.as_str();
+    message(method, outcome, Some(started.elapsed()));
+    let mut uids: Vec<&str> = payload.components.iter().map(|c| c.uid.as_str()).collect();
+    uids.dedup();
+    let uid = uids.join(",");
+    let reason = match disposition {
+        Disposition::Applied => "",
+        Disposition::Stale(r) | Disposition::Ignored(r) | Disposition::Refused(r) => r.as_str(),
+    };
+    if outcome == MessageOutcome::Refused {
+        tracing::info!(partition, seq, user = %payload.user, uid, method, outcome = outcome.as_str(), reason, "message refused");
+    } else {
+        tracing::debug!(partition, seq, user = %payload.user, uid, method, outcome = outcome.as_str(), reason, "message");
+    }
+}
+
+/// A message already in `message_log` (applied before): counted, not re-applied.
+pub fn message_duplicate(partition: i32, seq: i64, payload: &imipflow_schema::Payload) {
+    let method = payload.method.as_str();
+    message(method, MessageOutcome::Duplicate, None);
+    tracing::debug!(partition, seq, user = %payload.user, method, outcome = "duplicate", "message already applied");
+}
