@@ -120,10 +120,22 @@ async fn main() -> anyhow::Result<()> {
             if let Some(addr) = imipflow_telemetry::parse_listen(&cli.settings.metrics_listen)? {
                 imipflow_telemetry::install_recorder()?;
                 imipflow_processor::metrics::describe();
-                let listener = imipflow_telemetry::bind(addr).await?;
-                tracing::info!(listen = %listener.local_addr()?, "metrics, /healthz, /readyz");
-                let probe = std::sync::Arc::new(health::Probe::new(cli.settings.clone()).await?);
-                tokio::spawn(imipflow_telemetry::serve(listener, probe, rx.clone()));
+                // A taken port does not stop the processor: applying mail
+                // matters more than its metrics, and several processors on
+                // one host with default settings still work (the first one
+                // serves the port). The error says which setting to change.
+                match imipflow_telemetry::bind(addr).await {
+                    Ok(listener) => {
+                        tracing::info!(listen = %listener.local_addr()?, "metrics, /healthz, /readyz");
+                        let probe =
+                            std::sync::Arc::new(health::Probe::new(cli.settings.clone()).await?);
+                        tokio::spawn(imipflow_telemetry::serve(listener, probe, rx.clone()));
+                    }
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "no /metrics, /healthz, /readyz: set IMIP_METRICS_LISTEN to a free address (empty disables)"
+                    ),
+                }
             }
             imipflow_processor::worker::run(cli.settings, rx)
                 .await
