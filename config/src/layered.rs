@@ -126,7 +126,10 @@ pub fn try_parse_from<C: clap::Parser>(
     for (key, value) in &file_values {
         // clap keeps defaults as 'static; one small leak per setting, once.
         let value: &'static str = Box::leak(value.clone().into_boxed_str());
-        command = command.mut_arg(key.as_str(), |a| a.default_value(value));
+        // Hidden from `--help`: a file's value may be a secret.
+        command = command.mut_arg(key.as_str(), |a| {
+            a.default_value(value).hide_default_value(true)
+        });
     }
     let matches = command
         .try_get_matches_from(args)

@@ -120,6 +120,12 @@ nats_password = "file-secret-1"
     let line = t.lines().find(|l| l.starts_with("nats_password")).unwrap();
     assert!(line.contains("***") && line.ends_with("file"), "{line}");
     assert!(!t.contains("file-secret-1"), "{t}");
+
+    // --help shows no value that came from the file.
+    let out = run("imip-processor", &["--config", &path, "--help"], &[]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("IMIP_NATS_PASSWORD") && !t.contains("file-secret-1"), "{t}");
 }
 
 #[test]
@@ -210,4 +216,35 @@ nats_tls_ca = "/nonexistent/ca.pem"
     assert!(doc["problems"].as_array().unwrap().len() >= 3, "{doc}");
     assert_eq!(setting(&doc, "database_password")["value"], "***");
     assert_eq!(setting(&doc, "database_password")["source"], "env");
+}
+
+/// docs/configuration.md lists every environment variable the binaries'
+/// `--help` shows (so a setting added anywhere must be documented).
+#[test]
+fn every_setting_is_documented() {
+    let docs = std::fs::read_to_string(imipflow_tests::repo_root().join("docs/configuration.md"))
+        .expect("docs/configuration.md");
+    let mut missing = Vec::new();
+    for name in [
+        "imip-processor",
+        "imip-ctl",
+        "imip-publisher",
+        "imip-ingest",
+    ] {
+        let out = run(name, &["--help"], &[]);
+        let help = String::from_utf8_lossy(&out.stdout);
+        for part in help.split("[env: ").skip(1) {
+            let var: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_')
+                .collect();
+            if !docs.contains(&format!("`{var}`")) {
+                missing.push(format!("{name}: {var}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:?}"
+    );
 }
