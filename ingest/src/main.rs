@@ -93,10 +93,6 @@ fn run(args: Args) -> Result<(), IngestError> {
     if plan.outputs.is_empty() {
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(IngestError::Runtime)?;
     let target = publish::Target {
         url: &args.nats_url,
         auth: &args.nats_auth,
@@ -104,5 +100,5 @@ fn run(args: Args) -> Result<(), IngestError> {
         partitions: args.partitions,
         timeout: Duration::from_millis(args.timeout_ms),
     };
-    runtime.block_on(publish::publish(&plan, &target))
+    publish::publish(&plan, &target)
 }

@@ -4,12 +4,20 @@
 //! several objects costs one round trip, not one per object. Any failure is a
 //! temporary failure for the MTA (exit 75): it keeps the message and retries,
 //! and `Nats-Msg-Id` makes the retry harmless for what did get through.
+//!
+//! [`publish`] uses the small blocking client in [`wire`] (one write, one
+//! round trip, no async runtime) whenever the settings allow it: plain TCP
+//! with no login, user/password or a token. TLS, nkeys and credentials files
+//! go through async-nats ([`publish_async`]), and so does a server whose INFO
+//! asks for TLS.
 
 use crate::error::IngestError;
 use crate::plan::{Output, Plan};
 use async_nats::HeaderMap;
 use imipflow_schema::{Namespace, partition, user_key};
 use std::time::Duration;
+
+pub mod wire;
 
 pub struct Target<'a> {
     pub url: &'a str,
@@ -37,7 +45,85 @@ pub fn subject(output: &Output, ns: &Namespace, partitions: u32) -> String {
     }
 }
 
-pub async fn publish(plan: &Plan, target: &Target<'_>) -> Result<(), IngestError> {
+/// Publishes every output and waits for its acknowledgement.
+pub fn publish(plan: &Plan, target: &Target<'_>) -> Result<(), IngestError> {
+    if let Some(login) = plain_login(target)? {
+        let subjects: Vec<String> = plan
+            .outputs
+            .iter()
+            .map(|o| subject(o, target.namespace, target.partitions))
+            .collect();
+        let payloads: Vec<_> = plan.outputs.iter().map(Output::to_json).collect();
+        let messages: Vec<wire::Message<'_>> = plan
+            .outputs
+            .iter()
+            .zip(&subjects)
+            .zip(&payloads)
+            .map(|((o, subject), payload)| wire::Message {
+                subject,
+                msg_id: o.dedupe_id(),
+                payload,
+            })
+            .collect();
+        match wire::publish(target.url, &login, &messages, target.timeout) {
+            Ok(()) => return Ok(()),
+            Err(wire::WireError::Unsupported(_)) => {}
+            Err(wire::WireError::Connect(reason)) => {
+                return Err(IngestError::Connect {
+                    url: imipflow_config::redact_url(target.url),
+                    reason,
+                });
+            }
+            Err(wire::WireError::Publish { index, reason }) => {
+                return Err(IngestError::Publish {
+                    subject: subjects[index].clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(IngestError::Runtime)?;
+    runtime.block_on(publish_async(plan, target))
+}
+
+/// The login for [`wire`], or `None` when the settings need async-nats
+/// (TLS, nkey, credentials file). Reads password and token files.
+fn plain_login(target: &Target<'_>) -> Result<Option<wire::Login>, IngestError> {
+    let auth = target.auth;
+    let refused = |e: imipflow_config::ConfigError| IngestError::Connect {
+        url: imipflow_config::redact_url(target.url),
+        reason: e.to_string(),
+    };
+    auth.validate().map_err(refused)?;
+    if auth.tls_wanted() || auth.nats_nkey_file.is_some() || auth.nats_creds_file.is_some() {
+        return Ok(None);
+    }
+    if let Some(user) = &auth.nats_user {
+        let password = match (&auth.nats_password, &auth.nats_password_file) {
+            (Some(p), _) => p.expose().to_owned(),
+            (None, Some(path)) => {
+                imipflow_config::nats::read_secret("IMIP_NATS_PASSWORD_FILE", path)
+                    .map_err(refused)?
+            }
+            (None, None) => return Ok(None),
+        };
+        return Ok(Some(wire::Login::UserPassword(user.clone(), password)));
+    }
+    let token = match (&auth.nats_token, &auth.nats_token_file) {
+        (Some(t), _) => Some(t.expose().to_owned()),
+        (None, Some(path)) => Some(
+            imipflow_config::nats::read_secret("IMIP_NATS_TOKEN_FILE", path).map_err(refused)?,
+        ),
+        (None, None) => None,
+    };
+    Ok(Some(token.map_or(wire::Login::None, wire::Login::Token)))
+}
+
+/// The same through async-nats, for what [`wire`] does not speak.
+pub async fn publish_async(plan: &Plan, target: &Target<'_>) -> Result<(), IngestError> {
     let connect_err = |reason: String| IngestError::Connect {
         url: imipflow_config::redact_url(target.url),
         reason,
