@@ -212,6 +212,8 @@ impl Sandbox {
             ("IMIP_PARTITIONS", args.partitions.to_string()),
             ("IMIP_BATCH_SIZE", args.batch_size.to_string()),
             ("IMIP_LOG", "warn".to_owned()),
+            // No HTTP listener: its fixed default port may be taken.
+            ("IMIP_METRICS_LISTEN", String::new()),
         ]
     }
 

@@ -3,6 +3,7 @@
 //! [`config`] gathers settings; [`migrate`] creates the database, applies the
 //! migrations that live in `schema/`, and creates the JetStream streams.
 
+pub mod batch;
 pub mod config;
 pub mod connect;
 pub mod ctl;

@@ -84,6 +84,16 @@ pub async fn already_applied(
         .is_some())
 }
 
+/// `message_log.outcome` and `.reason` of a disposition.
+pub fn disposition_columns(disposition: &Disposition) -> (&'static str, Option<&str>) {
+    match disposition {
+        Disposition::Applied => ("applied", None),
+        Disposition::Stale(r) => ("stale", Some(r.as_str())),
+        Disposition::Ignored(r) => ("ignored", Some(r.as_str())),
+        Disposition::Refused(r) => ("refused", Some(r.as_str())),
+    }
+}
+
 pub async fn log_message(
     tx: &Transaction<'_>,
     cache: &StatementCache,
@@ -93,12 +103,7 @@ pub async fn log_message(
     method: &str,
     disposition: &Disposition,
 ) -> Result<()> {
-    let (outcome, reason) = match disposition {
-        Disposition::Applied => ("applied", None),
-        Disposition::Stale(r) => ("stale", Some(r.as_str())),
-        Disposition::Ignored(r) => ("ignored", Some(r.as_str())),
-        Disposition::Refused(r) => ("refused", Some(r.as_str())),
-    };
+    let (outcome, reason) = disposition_columns(disposition);
     tx.execute(
         &cache.get(tx, "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason)
          VALUES ($1, $2, $3, $4, $5, $6)
@@ -368,6 +373,39 @@ pub async fn dead_letter(
     Ok(())
 }
 
+/// A request-queue row for one UID of an incoming REQUEST (SPEC §3).
+pub struct QueueEntry {
+    pub organizer: Option<String>,
+    pub summary: Option<String>,
+    pub data: serde_json::Value,
+    pub sequence: i64,
+    pub dtstamp: Option<DateTime<Utc>>,
+}
+
+/// The queue row `payload` makes for `uid`; `None` when it carries no component of it.
+pub fn queue_entry(payload: &imipflow_schema::Payload, uid: &str) -> Option<QueueEntry> {
+    let comps: Vec<&imipflow_schema::Component> =
+        payload.components.iter().filter(|c| c.uid == uid).collect();
+    let first = comps.first()?;
+    let master = comps
+        .iter()
+        .find(|c| c.recurrence_id.is_none())
+        .unwrap_or(first);
+    Some(QueueEntry {
+        organizer: master.organizer.as_ref().map(|o| o.address.clone()),
+        summary: master.summary.clone(),
+        sequence: comps.iter().map(|c| c.sequence).max().unwrap_or(0),
+        dtstamp: comps.iter().filter_map(|c| c.dtstamp).max(),
+        data: serde_json::json!({
+            "method": payload.method,
+            "sender": payload.sender,
+            "components": comps,
+            "timezones": payload.timezones,
+            "raw": payload.raw,
+        }),
+    })
+}
+
 /// Adds or replaces the pending request for one UID (an incoming REQUEST, SPEC
 /// §3) unless the stored one is newer; returns the queue change when it wrote.
 pub async fn enqueue(
@@ -376,24 +414,9 @@ pub async fn enqueue(
     payload: &imipflow_schema::Payload,
     uid: &str,
 ) -> Result<Option<Change>> {
-    let comps: Vec<&imipflow_schema::Component> =
-        payload.components.iter().filter(|c| c.uid == uid).collect();
-    let Some(first) = comps.first() else {
+    let Some(e) = queue_entry(payload, uid) else {
         return Ok(None);
     };
-    let master = comps
-        .iter()
-        .find(|c| c.recurrence_id.is_none())
-        .unwrap_or(first);
-    let sequence = comps.iter().map(|c| c.sequence).max().unwrap_or(0);
-    let dtstamp = comps.iter().filter_map(|c| c.dtstamp).max();
-    let data = serde_json::json!({
-        "method": payload.method,
-        "sender": payload.sender,
-        "components": comps,
-        "timezones": payload.timezones,
-        "raw": payload.raw,
-    });
     let written = tx
         .query_opt(
             &cache
@@ -412,11 +435,11 @@ pub async fn enqueue(
             &[
                 &payload.user,
                 &uid,
-                &master.organizer.as_ref().map(|o| o.address.clone()),
-                &master.summary,
-                &Json(&data),
-                &sequence,
-                &dtstamp,
+                &e.organizer,
+                &e.summary,
+                &Json(&e.data),
+                &e.sequence,
+                &e.dtstamp,
             ],
         )
         .await?;

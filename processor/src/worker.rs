@@ -269,9 +269,10 @@ impl Lane {
             tx.rollback().await?;
             return Ok(stored_last);
         };
-        // Fast path: the whole batch without savepoints. If any message fails,
-        // start over with one savepoint per message so that only the failing
-        // ones go to the dead-letter table.
+        // Fast path: the whole batch applied in memory and written with a few
+        // multi-row statements (see batch.rs). If that fails, start over with
+        // one savepoint per message so that only the failing ones go to the
+        // dead-letter table.
         let apply = Apply {
             cache,
             settings: &self.settings,
@@ -279,13 +280,40 @@ impl Lane {
             partition: self.partition,
         };
         let mut fast = tx.savepoint("batch").await?;
-        let mut failed = false;
-        for m in &todo {
-            if apply.payload(&mut fast, m.seq, &m.payload).await.is_err() {
-                failed = true;
-                break;
+        let failed = if crate::batch::per_message() {
+            let mut failed = false;
+            for m in &todo {
+                if apply.payload(&mut fast, m.seq, &m.payload).await.is_err() {
+                    failed = true;
+                    break;
+                }
             }
-        }
+            failed
+        } else {
+            let inputs: Vec<crate::batch::Input> = todo
+                .iter()
+                .map(|m| crate::batch::Input {
+                    seq: m.seq,
+                    bytes: &m.payload,
+                })
+                .collect();
+            match crate::batch::apply(
+                &fast,
+                cache,
+                &self.settings,
+                self.ns.as_str(),
+                self.partition,
+                &inputs,
+            )
+            .await
+            {
+                Ok(()) => false,
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "batch failed; applying message by message");
+                    true
+                }
+            }
+        };
         if failed {
             fast.rollback().await?;
             for m in &todo {

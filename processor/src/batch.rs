@@ -1,0 +1,689 @@
+//! The fast path of a lane's batch: every message applied in memory against
+//! state loaded for the whole batch at once, then written back with a few
+//! multi-row statements.
+//!
+//! Why: applying message by message (`worker::Apply::payload`) costs about ten
+//! PostgreSQL round trips per message (dedupe check, load, four deletes, three
+//! inserts, sequence, outbox, log), and on a small machine those statements,
+//! not the semantics, are the processor's cost. Here a batch costs one
+//! pipelined load (message log, objects, free/busy, queue), one sequence
+//! upsert and one pipelined write, whatever its size.
+//!
+//! It must do exactly what the per-message path does, message after message:
+//! later messages of the batch see the state earlier ones left (in memory),
+//! free/busy changes are differences of *stored* periods, duplicates are
+//! skipped, per-user event sequences stay gap-free and in message order. Only
+//! unreadable payloads are dead-lettered here; any database error makes the
+//! caller roll the batch back and run the per-message path, which isolates the
+//! failing message under its own savepoint.
+
+use crate::config::Settings;
+use crate::error::ProcessorError;
+use crate::events;
+use crate::model::{Change, Ctx, Disposition, FbType, Period, QueueChange, StoredObject};
+use crate::semantics;
+use crate::store::{self, QueueEntry, StatementCache};
+use chrono::{DateTime, Utc};
+use imipflow_schema::{PAYLOAD_VERSION, Payload};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use tokio_postgres::Transaction;
+use tokio_postgres::types::Json;
+
+/// Whether lanes apply message by message instead (`IMIP_APPLY_PER_MESSAGE=1`):
+/// the path before batching, kept for before/after measurements (`imip-bench
+/// processor`) and as the fallback a failed batch takes anyway.
+pub fn per_message() -> bool {
+    static PER_MESSAGE: std::sync::LazyLock<bool> = std::sync::LazyLock::new(|| {
+        std::env::var("IMIP_APPLY_PER_MESSAGE").is_ok_and(|v| v == "1")
+    });
+    *PER_MESSAGE
+}
+
+/// One message of the batch as the lane read it.
+pub struct Input<'a> {
+    pub seq: i64,
+    pub bytes: &'a [u8],
+}
+
+/// Reads and checks a payload; the error is what the dead-letter row says.
+pub fn parse(settings: &Settings, bytes: &[u8]) -> Result<(Payload, Ctx), ProcessorError> {
+    let payload = Payload::from_json(bytes)
+        .map_err(|e| ProcessorError::Payload(format!("unreadable payload: {e}")))?;
+    if payload.version != PAYLOAD_VERSION {
+        return Err(ProcessorError::Payload(format!(
+            "payload version {} (this processor knows {PAYLOAD_VERSION})",
+            payload.version
+        )));
+    }
+    let ctx = settings.ctx(payload.ingested_at)?;
+    Ok((payload, ctx))
+}
+
+/// The user a dead letter is filed under: the payload's, if it has one.
+pub fn user_hint(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+type Key = (String, String);
+
+/// One statement of the pipelined write.
+type Write<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a>,
+>;
+
+/// What the batch knows of one (user, UID): as loaded, then as each message left it.
+#[derive(Default)]
+struct UidSlot {
+    objects: Vec<StoredObject>,
+    busy: BTreeSet<Period>,
+    /// (SEQUENCE, DTSTAMP) of the pending request, if any.
+    queued: Option<(i64, Option<DateTime<Utc>>)>,
+    /// Whether objects, attendees, free/busy and open_series are rewritten.
+    saved: bool,
+    open_until: Option<DateTime<Utc>>,
+    queue_write: Option<QueueWrite>,
+}
+
+enum QueueWrite {
+    Delete,
+    Upsert(QueueEntry),
+}
+
+/// Applies `batch` in `tx` (the caller holds the lease and a savepoint).
+pub async fn apply(
+    tx: &Transaction<'_>,
+    cache: &StatementCache,
+    settings: &Settings,
+    ns: &str,
+    partition: i32,
+    batch: &[Input<'_>],
+) -> Result<(), ProcessorError> {
+    let started = std::time::Instant::now();
+    let mut good = Vec::with_capacity(batch.len());
+    let mut bad = Vec::new();
+    for m in batch {
+        match parse(settings, m.bytes) {
+            Ok((payload, ctx)) => good.push((m, payload, ctx)),
+            Err(e) => bad.push((m, e)),
+        }
+    }
+
+    // Load everything the batch may read, in one pipelined round trip.
+    let mut keys: Vec<Key> = Vec::new();
+    let mut seen_keys: HashSet<Key> = HashSet::new();
+    for (_, p, _) in &good {
+        for c in &p.components {
+            let k = (p.user.clone(), c.uid.clone());
+            if seen_keys.insert(k.clone()) {
+                keys.push(k);
+            }
+        }
+    }
+    let (key_users, key_uids): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(u, i)| (u.as_str(), i.as_str())).unzip();
+    let log_users: Vec<&str> = good.iter().map(|(_, p, _)| p.user.as_str()).collect();
+    let log_ids: Vec<&str> = good.iter().map(|(_, p, _)| p.dedupe_id.as_str()).collect();
+    let (s_log, s_obj, s_busy, s_queue) = (
+        cache.get(tx, LOAD_LOG).await?,
+        cache.get(tx, LOAD_OBJECTS).await?,
+        cache.get(tx, LOAD_BUSY).await?,
+        cache.get(tx, LOAD_QUEUE).await?,
+    );
+    let log_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&log_users, &log_ids];
+    let key_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&key_users, &key_uids];
+    let (logged, objects, busy, queued) = futures::try_join!(
+        tx.query(&s_log, &log_params),
+        tx.query(&s_obj, &key_params),
+        tx.query(&s_busy, &key_params),
+        tx.query(&s_queue, &key_params),
+    )?;
+    let mut applied: HashSet<(String, String)> = logged
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .collect();
+    let mut slots: HashMap<Key, UidSlot> = HashMap::with_capacity(keys.len());
+    for r in &objects {
+        // Unreadable stored objects are skipped, as `store::load_state` does.
+        if let Ok(o) = serde_json::from_value::<StoredObject>(r.get::<_, serde_json::Value>(2)) {
+            slots
+                .entry((r.get(0), r.get(1)))
+                .or_default()
+                .objects
+                .push(o);
+        }
+    }
+    for r in &busy {
+        slots
+            .entry((r.get(0), r.get(1)))
+            .or_default()
+            .busy
+            .insert(Period {
+                start: r.get(2),
+                end: r.get(3),
+                fbtype: FbType::parse(r.get::<_, &str>(4)).unwrap_or(FbType::Busy),
+                recurrence_id: r.get(5),
+            });
+    }
+    for r in &queued {
+        slots.entry((r.get(0), r.get(1))).or_default().queued = Some((r.get(2), r.get(3)));
+    }
+
+    // Apply in stream order, in memory.
+    struct Done<'p> {
+        payload: &'p Payload,
+        seq: i64,
+        disposition: Disposition,
+        changes: Vec<Change>,
+    }
+    let mut done: Vec<Done> = Vec::with_capacity(good.len());
+    let mut duplicates = Vec::new();
+    for (m, payload, ctx) in &good {
+        let user = payload.user.as_str();
+        if !applied.insert((payload.user.clone(), payload.dedupe_id.clone())) {
+            duplicates.push((m.seq, payload));
+            continue;
+        }
+        let mut uids: Vec<&str> = Vec::new();
+        for c in &payload.components {
+            if !uids.contains(&c.uid.as_str()) {
+                uids.push(&c.uid);
+            }
+        }
+        let mut disposition = Disposition::Applied;
+        let mut changes = Vec::new();
+        for uid in uids {
+            let slot = slots.entry((user.to_owned(), uid.to_owned())).or_default();
+            let state = crate::model::UidState {
+                objects: std::mem::take(&mut slot.objects),
+            };
+            let outcome = semantics::apply(&state, payload, uid, ctx);
+            if outcome.disposition == Disposition::Applied && outcome.enqueue {
+                slot.objects = state.objects;
+                // A pending request changes only the queue, never the calendar.
+                if let Some(entry) = store::queue_entry(payload, uid) {
+                    let newer = slot.queued.is_none_or(|(s, d)| {
+                        (s, d.unwrap_or(DateTime::<Utc>::MIN_UTC))
+                            <= (
+                                entry.sequence,
+                                entry.dtstamp.unwrap_or(DateTime::<Utc>::MIN_UTC),
+                            )
+                    });
+                    if newer {
+                        slot.queued = Some((entry.sequence, entry.dtstamp));
+                        slot.queue_write = Some(QueueWrite::Upsert(entry));
+                        changes.push(Change::QueueChanged {
+                            uid: uid.to_owned(),
+                            change: QueueChange::Added,
+                        });
+                    }
+                }
+            } else if outcome.disposition == Disposition::Applied {
+                // The free/busy change is the difference of stored periods
+                // (see store::save_outcome); object changes come from the semantics.
+                let after: BTreeSet<Period> = outcome.periods.iter().copied().collect();
+                let added: Vec<Period> = after.difference(&slot.busy).copied().collect();
+                let removed: Vec<Period> = slot.busy.difference(&after).copied().collect();
+                changes.extend(
+                    outcome
+                        .changes
+                        .into_iter()
+                        .filter(|c| !matches!(c, Change::FreeBusyChanged { .. })),
+                );
+                if !added.is_empty() || !removed.is_empty() {
+                    changes.push(Change::FreeBusyChanged {
+                        uid: uid.to_owned(),
+                        added,
+                        removed,
+                    });
+                }
+                let mut objects = outcome.state.objects;
+                // As reloaded from `objects` (ORDER BY recurrence_key).
+                objects.sort_by_cached_key(|o| store::recurrence_key(o.recurrence_id));
+                slot.objects = objects;
+                slot.busy = after;
+                slot.saved = true;
+                slot.open_until = if outcome.open_ended {
+                    outcome.complete_until
+                } else {
+                    None
+                };
+                if outcome.dequeue && slot.queued.take().is_some() {
+                    slot.queue_write = Some(QueueWrite::Delete);
+                    changes.push(Change::QueueChanged {
+                        uid: uid.to_owned(),
+                        change: QueueChange::Removed,
+                    });
+                }
+            } else {
+                slot.objects = state.objects;
+                if disposition == Disposition::Applied {
+                    disposition = outcome.disposition;
+                }
+            }
+        }
+        done.push(Done {
+            payload,
+            seq: m.seq,
+            disposition,
+            changes,
+        });
+    }
+
+    // Per-user event sequences: one upsert for the batch, numbered in message order.
+    let mut counts: Vec<(&str, i64)> = Vec::new();
+    for d in &done {
+        if d.changes.is_empty() {
+            continue;
+        }
+        match counts.iter_mut().find(|(u, _)| *u == d.payload.user) {
+            Some((_, n)) => *n += d.changes.len() as i64,
+            None => counts.push((&d.payload.user, d.changes.len() as i64)),
+        }
+    }
+    let mut next_seq: HashMap<&str, i64> = HashMap::new();
+    if !counts.is_empty() {
+        let (users, ns_): (Vec<&str>, Vec<i64>) = counts.iter().copied().unzip();
+        let rows = tx
+            .query(&cache.get(tx, UPSERT_USER_EVENTS).await?, &[&users, &ns_])
+            .await?;
+        for r in &rows {
+            let user: String = r.get(0);
+            let last: i64 = r.get(1);
+            if let Some(&(u, n)) = counts.iter().find(|(u, _)| *u == user) {
+                next_seq.insert(u, last - n + 1);
+            }
+        }
+    }
+
+    // Rows to write.
+    let now = Utc::now();
+    let mut out = Outbox::default();
+    let mut log = Log::default();
+    for d in &done {
+        let user = d.payload.user.as_str();
+        for change in &d.changes {
+            let seq = next_seq
+                .get_mut(user)
+                .ok_or_else(|| ProcessorError::Config(format!("no event sequence for {user}")))?;
+            out.users.push(user);
+            out.seqs.push(*seq);
+            out.ids.push(events::event_id(ns, user, *seq));
+            out.kinds.push(change.kind());
+            out.bodies
+                .push(Json(events::cloud_event(ns, user, *seq, now, change)));
+            *seq += 1;
+        }
+        let (outcome, reason) = store::disposition_columns(&d.disposition);
+        log.users.push(user);
+        log.ids.push(&d.payload.dedupe_id);
+        log.seqs.push(d.seq);
+        log.methods.push(d.payload.method.as_str());
+        log.outcomes.push(outcome);
+        log.reasons.push(reason);
+    }
+    let mut rows = Rows::default();
+    let mut queue_deletes: (Vec<&str>, Vec<&str>) = (Vec::new(), Vec::new());
+    let mut queue_upserts = Queue::default();
+    for k in &keys {
+        let Some(slot) = slots.get(k) else { continue };
+        let (user, uid) = (k.0.as_str(), k.1.as_str());
+        if slot.saved {
+            rows.add(user, uid, slot);
+        }
+        match &slot.queue_write {
+            Some(QueueWrite::Delete) => {
+                queue_deletes.0.push(user);
+                queue_deletes.1.push(uid);
+            }
+            Some(QueueWrite::Upsert(e)) => {
+                let q = &mut queue_upserts;
+                q.users.push(user);
+                q.uids.push(uid);
+                q.organizers.push(e.organizer.as_deref());
+                q.summaries.push(e.summary.as_deref());
+                q.data.push(Json(&e.data));
+                q.sequences.push(e.sequence);
+                q.dtstamps.push(e.dtstamp);
+            }
+            None => {}
+        }
+    }
+    let mut dead = Dead::default();
+    for (m, e) in &bad {
+        dead.users.push(user_hint(m.bytes));
+        dead.seqs.push(m.seq);
+        dead.payloads.push(m.bytes);
+        dead.errors.push(e.to_string());
+    }
+
+    // One pipelined round trip: deletes before inserts (sent, and run, in order).
+    let mut writes: Vec<Write<'_>> = Vec::new();
+    let (su, si) = (&rows.saved_users, &rows.saved_uids);
+    if !su.is_empty() {
+        for sql in [DELETE_OBJECTS, DELETE_ATTENDEES, DELETE_BUSY, DELETE_OPEN] {
+            let s = cache.get(tx, sql).await?;
+            writes.push(Box::pin(async move { tx.execute(&s, &[su, si]).await }));
+        }
+    }
+    if !rows.o_users.is_empty() {
+        let s = cache.get(tx, INSERT_OBJECTS).await?;
+        let r = &rows;
+        writes.push(Box::pin(async move {
+            tx.execute(
+                &s,
+                &[
+                    &r.o_users,
+                    &r.o_uids,
+                    &r.o_keys,
+                    &r.o_rids,
+                    &r.o_seqs,
+                    &r.o_stamps,
+                    &r.o_status,
+                    &r.o_summary,
+                    &r.o_org,
+                    &r.o_start,
+                    &r.o_end,
+                    &r.o_data,
+                ],
+            )
+            .await
+        }));
+    }
+    if !rows.a_users.is_empty() {
+        let s = cache.get(tx, INSERT_ATTENDEES).await?;
+        let r = &rows;
+        writes.push(Box::pin(async move {
+            tx.execute(
+                &s,
+                &[
+                    &r.a_users, &r.a_uids, &r.a_keys, &r.a_addr, &r.a_part, &r.a_role, &r.a_seq,
+                    &r.a_stamp,
+                ],
+            )
+            .await
+        }));
+    }
+    if !rows.f_users.is_empty() {
+        let s = cache.get(tx, INSERT_BUSY).await?;
+        let r = &rows;
+        writes.push(Box::pin(async move {
+            tx.execute(
+                &s,
+                &[
+                    &r.f_users, &r.f_uids, &r.f_inst, &r.f_start, &r.f_end, &r.f_type, &r.f_rid,
+                ],
+            )
+            .await
+        }));
+    }
+    if !rows.open_users.is_empty() {
+        let s = cache.get(tx, INSERT_OPEN).await?;
+        let r = &rows;
+        writes.push(Box::pin(async move {
+            tx.execute(&s, &[&r.open_users, &r.open_uids, &r.open_until])
+                .await
+        }));
+    }
+    if !queue_deletes.0.is_empty() {
+        let s = cache.get(tx, DELETE_QUEUE).await?;
+        let q = &queue_deletes;
+        writes.push(Box::pin(async move { tx.execute(&s, &[&q.0, &q.1]).await }));
+    }
+    if !queue_upserts.users.is_empty() {
+        let s = cache.get(tx, UPSERT_QUEUE).await?;
+        let q = &queue_upserts;
+        writes.push(Box::pin(async move {
+            tx.execute(
+                &s,
+                &[
+                    &q.users,
+                    &q.uids,
+                    &q.organizers,
+                    &q.summaries,
+                    &q.data,
+                    &q.sequences,
+                    &q.dtstamps,
+                ],
+            )
+            .await
+        }));
+    }
+    if !out.users.is_empty() {
+        let s = cache.get(tx, INSERT_OUTBOX).await?;
+        let (o, p) = (&out, &partition);
+        writes.push(Box::pin(async move {
+            tx.execute(&s, &[&o.users, &o.seqs, p, &o.ids, &o.kinds, &o.bodies])
+                .await
+        }));
+    }
+    if !log.users.is_empty() {
+        let s = cache.get(tx, INSERT_LOG).await?;
+        let l = &log;
+        writes.push(Box::pin(async move {
+            tx.execute(
+                &s,
+                &[
+                    &l.users,
+                    &l.ids,
+                    &l.seqs,
+                    &l.methods,
+                    &l.outcomes,
+                    &l.reasons,
+                ],
+            )
+            .await
+        }));
+    }
+    if !dead.users.is_empty() {
+        let s = cache.get(tx, INSERT_DEAD_LETTERS).await?;
+        let (d, p) = (&dead, &partition);
+        writes.push(Box::pin(async move {
+            tx.execute(&s, &[&d.users, p, &d.seqs, &d.payloads, &d.errors])
+                .await
+        }));
+    }
+    // At most 13 statements: join_all polls (and so sends) them in order.
+    futures::future::try_join_all(writes).await?;
+
+    for (m, e) in &bad {
+        tracing::warn!(partition, seq = m.seq, user = %user_hint(m.bytes), error = %e, "message dead-lettered");
+        crate::metrics::dead_lettered(m.bytes);
+    }
+    for (seq, payload) in duplicates {
+        crate::metrics::message_duplicate(partition, seq, payload);
+    }
+    for d in &done {
+        crate::metrics::message_done(partition, d.seq, d.payload, &d.disposition, started);
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Queue<'a> {
+    users: Vec<&'a str>,
+    uids: Vec<&'a str>,
+    organizers: Vec<Option<&'a str>>,
+    summaries: Vec<Option<&'a str>>,
+    data: Vec<Json<&'a serde_json::Value>>,
+    sequences: Vec<i64>,
+    dtstamps: Vec<Option<DateTime<Utc>>>,
+}
+
+#[derive(Default)]
+struct Dead<'a> {
+    users: Vec<String>,
+    seqs: Vec<i64>,
+    payloads: Vec<&'a [u8]>,
+    errors: Vec<String>,
+}
+
+#[derive(Default)]
+struct Outbox<'a> {
+    users: Vec<&'a str>,
+    seqs: Vec<i64>,
+    ids: Vec<String>,
+    kinds: Vec<&'static str>,
+    bodies: Vec<Json<serde_json::Value>>,
+}
+
+#[derive(Default)]
+struct Log<'a> {
+    users: Vec<&'a str>,
+    ids: Vec<&'a str>,
+    seqs: Vec<i64>,
+    methods: Vec<&'a str>,
+    outcomes: Vec<&'static str>,
+    reasons: Vec<Option<&'a str>>,
+}
+
+/// Column arrays of the rows that replace the saved UIDs' rows.
+#[derive(Default)]
+struct Rows<'a> {
+    saved_users: Vec<&'a str>,
+    saved_uids: Vec<&'a str>,
+    o_users: Vec<&'a str>,
+    o_uids: Vec<&'a str>,
+    o_keys: Vec<String>,
+    o_rids: Vec<Option<DateTime<Utc>>>,
+    o_seqs: Vec<i64>,
+    o_stamps: Vec<Option<DateTime<Utc>>>,
+    o_status: Vec<Option<&'a str>>,
+    o_summary: Vec<Option<&'a str>>,
+    o_org: Vec<Option<&'a str>>,
+    o_start: Vec<Option<DateTime<Utc>>>,
+    o_end: Vec<Option<DateTime<Utc>>>,
+    o_data: Vec<Json<&'a StoredObject>>,
+    a_users: Vec<&'a str>,
+    a_uids: Vec<&'a str>,
+    a_keys: Vec<String>,
+    a_addr: Vec<&'a str>,
+    a_part: Vec<&'a str>,
+    a_role: Vec<&'a str>,
+    a_seq: Vec<Option<i64>>,
+    a_stamp: Vec<Option<DateTime<Utc>>>,
+    f_users: Vec<&'a str>,
+    f_uids: Vec<&'a str>,
+    f_inst: Vec<DateTime<Utc>>,
+    f_start: Vec<DateTime<Utc>>,
+    f_end: Vec<DateTime<Utc>>,
+    f_type: Vec<&'static str>,
+    f_rid: Vec<Option<DateTime<Utc>>>,
+    open_users: Vec<&'a str>,
+    open_uids: Vec<&'a str>,
+    open_until: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Rows<'a> {
+    /// The rows `store::save_outcome` writes for one UID's final state.
+    fn add(&mut self, user: &'a str, uid: &'a str, slot: &'a UidSlot) {
+        self.saved_users.push(user);
+        self.saved_uids.push(uid);
+        for o in &slot.objects {
+            let key = store::recurrence_key(o.recurrence_id);
+            let c = &o.component;
+            self.o_users.push(user);
+            self.o_uids.push(uid);
+            self.o_keys.push(key.clone());
+            self.o_rids.push(o.recurrence_id);
+            self.o_seqs.push(c.sequence);
+            self.o_stamps.push(c.dtstamp);
+            self.o_status.push(c.status.as_ref().map(|s| s.as_str()));
+            self.o_summary.push(c.summary.as_deref());
+            self.o_org
+                .push(c.organizer.as_ref().map(|p| p.address.as_str()));
+            self.o_start.push(c.start.as_ref().and_then(|t| t.utc));
+            self.o_end.push(c.end.as_ref().and_then(|t| t.utc));
+            self.o_data.push(Json(o));
+            for a in &c.attendees {
+                let answer = o.answers.get(&a.address);
+                self.a_users.push(user);
+                self.a_uids.push(uid);
+                self.a_keys.push(key.clone());
+                self.a_addr.push(&a.address);
+                self.a_part.push(a.partstat.as_str());
+                self.a_role.push(&a.role);
+                self.a_seq.push(answer.map(|s| s.sequence));
+                self.a_stamp.push(answer.and_then(|s| s.dtstamp));
+            }
+        }
+        for p in &slot.busy {
+            self.f_users.push(user);
+            self.f_uids.push(uid);
+            self.f_inst.push(p.recurrence_id.unwrap_or(p.start));
+            self.f_start.push(p.start);
+            self.f_end.push(p.end);
+            self.f_type.push(p.fbtype.as_str());
+            self.f_rid.push(p.recurrence_id);
+        }
+        if let Some(until) = slot.open_until {
+            self.open_users.push(user);
+            self.open_uids.push(uid);
+            self.open_until.push(until);
+        }
+    }
+}
+
+const LOAD_LOG: &str = "SELECT l.user_addr, l.dedupe_id FROM message_log l
+     JOIN unnest($1::text[], $2::text[]) AS k(u, d) ON l.user_addr = k.u AND l.dedupe_id = k.d";
+const LOAD_OBJECTS: &str = "SELECT o.user_addr, o.uid, o.data FROM objects o
+     JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(u, i) ON o.user_addr = k.u AND o.uid = k.i
+     ORDER BY o.user_addr, o.uid, o.recurrence_key";
+const LOAD_BUSY: &str = "SELECT f.user_addr, f.uid, lower(f.period), upper(f.period), f.fbtype, f.recurrence_id
+     FROM freebusy f
+     JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(u, i) ON f.user_addr = k.u AND f.uid = k.i";
+const LOAD_QUEUE: &str = "SELECT q.user_addr, q.uid, q.sequence, q.dtstamp FROM request_queue q
+     JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(u, i) ON q.user_addr = k.u AND q.uid = k.i";
+const UPSERT_USER_EVENTS: &str = "INSERT INTO user_events (user_addr, last_seq)
+     SELECT * FROM unnest($1::text[], $2::bigint[])
+     ON CONFLICT (user_addr) DO UPDATE SET last_seq = user_events.last_seq + EXCLUDED.last_seq
+     RETURNING user_addr, last_seq";
+const DELETE_OBJECTS: &str = "DELETE FROM objects t USING unnest($1::text[], $2::text[]) AS k(u, i)
+     WHERE t.user_addr = k.u AND t.uid = k.i";
+const DELETE_ATTENDEES: &str =
+    "DELETE FROM attendees t USING unnest($1::text[], $2::text[]) AS k(u, i)
+     WHERE t.user_addr = k.u AND t.uid = k.i";
+const DELETE_BUSY: &str = "DELETE FROM freebusy t USING unnest($1::text[], $2::text[]) AS k(u, i)
+     WHERE t.user_addr = k.u AND t.uid = k.i";
+const DELETE_OPEN: &str =
+    "DELETE FROM open_series t USING unnest($1::text[], $2::text[]) AS k(u, i)
+     WHERE t.user_addr = k.u AND t.uid = k.i";
+const DELETE_QUEUE: &str =
+    "DELETE FROM request_queue t USING unnest($1::text[], $2::text[]) AS k(u, i)
+     WHERE t.user_addr = k.u AND t.uid = k.i";
+const INSERT_OBJECTS: &str = "INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence,
+         dtstamp, status, summary, organizer, dtstart, dtend, data)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+         $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
+         $12::jsonb[])";
+const INSERT_ATTENDEES: &str =
+    "INSERT INTO attendees (user_addr, uid, recurrence_key, address, partstat,
+         role, answer_sequence, answer_dtstamp)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+         $7::bigint[], $8::timestamptz[])
+     ON CONFLICT DO NOTHING";
+const INSERT_BUSY: &str =
+    "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
+     SELECT u, i, n, tstzrange(s, e, '[)'), t, r
+     FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+         $6::text[], $7::timestamptz[]) AS x(u, i, n, s, e, t, r)";
+const INSERT_OPEN: &str = "INSERT INTO open_series (user_addr, uid, materialised_until)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[])";
+const INSERT_OUTBOX: &str = "INSERT INTO outbox (user_addr, user_seq, partition, event_id, kind, body)
+     SELECT u, s, $3, i, k, b FROM unnest($1::text[], $2::bigint[], $4::text[], $5::text[], $6::jsonb[])
+         AS x(u, s, i, k, b)";
+const INSERT_LOG: &str =
+    "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+     ON CONFLICT (user_addr, dedupe_id) DO NOTHING";
+const UPSERT_QUEUE: &str =
+    "INSERT INTO request_queue (user_addr, uid, organizer, summary, data, sequence, dtstamp)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::bigint[],
+         $7::timestamptz[])
+     ON CONFLICT (user_addr, uid) DO UPDATE
+     SET organizer = EXCLUDED.organizer, summary = EXCLUDED.summary, data = EXCLUDED.data,
+         sequence = EXCLUDED.sequence, dtstamp = EXCLUDED.dtstamp, added_at = now()";
+const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (user_addr, partition, stream_seq, payload, error)
+     SELECT u, $2, s, p, e FROM unnest($1::text[], $3::bigint[], $4::bytea[], $5::text[]) AS x(u, s, p, e)";
