@@ -5,6 +5,7 @@
 //! Tests run in parallel (nextest runs each in its own process), so nothing
 //! here is shared: names are unique per process and per environment.
 
+pub mod mta;
 pub mod secure;
 
 use async_nats::jetstream;

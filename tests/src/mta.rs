@@ -1,0 +1,472 @@
+//! Private mail servers for the MTA end-to-end tests: a real Postfix
+//! instance (own config, queue and log directory, own loopback ports, every
+//! real delivery discarded) wired to `imip-ingest` with the example
+//! configuration in `deploy/postfix/`, and a private `nats-server` that a
+//! test may stop and start without disturbing anyone else's tests.
+//!
+//! Both are torn down by `Drop`, also when the test panics.
+
+use crate::{TestEnv, bin, free_port, repo_root};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const POSTFIX: &str = "/usr/sbin/postfix";
+const NATS_SERVER: &str = "/usr/sbin/nats-server";
+/// Serialises edits of the system's `/etc/postfix/main.cf` between tests.
+const MAIN_CF_LOCK: &str = "/etc/postfix/.imipflow-tests.lock";
+
+/// The domain the test instance treats as local (the deploy examples use it too).
+pub const DOMAIN: &str = "example.org";
+
+/// Why the Postfix tests cannot run here, or `None` when they can. Installs
+/// postfix and swaks with `scripts/mta-setup.sh` when they are missing.
+pub fn postfix_unavailable() -> Option<String> {
+    let present = || Path::new(POSTFIX).exists() && which("swaks");
+    if !present() {
+        let out = Command::new(repo_root().join("scripts/mta-setup.sh")).output();
+        if !present() {
+            let detail = match out {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                Err(e) => e.to_string(),
+            };
+            return Some(format!(
+                "postfix or swaks missing and scripts/mta-setup.sh could not install them: {detail}"
+            ));
+        }
+    }
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("a private Postfix instance must be started as root".to_owned());
+    }
+    None
+}
+
+fn which(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(name).is_file()))
+}
+
+/// A fresh directory under the system temp dir that the unprivileged pipe
+/// user can traverse (mode 0755).
+fn private_dir(kind: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir =
+        std::env::temp_dir().join(format!("imipflow-{kind}-{}-{nanos:x}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create private dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+fn wait_listening(port: u16, what: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on 127.0.0.1:{port} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `nats-server` with JetStream on a free loopback port and a store
+/// directory of its own, for a test that stops and starts it; killed (and
+/// its directory removed) when dropped.
+pub struct NatsServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let mut server = NatsServer {
+            port: free_port(),
+            dir: private_dir("nats"),
+            child: None,
+        };
+        server.start_again();
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port and store: streams and
+    /// their messages survive a stop. JetStream is up before the port opens.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "nats-server already running");
+        let child = Command::new(NATS_SERVER)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.join("store"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
+        self.child = Some(child);
+        wait_listening(self.port, "nats-server", Duration::from_secs(15));
+    }
+
+    /// SIGTERM (a clean shutdown, as an operator's restart would do) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private Postfix instance: `main.cf` and `master.cf` are a minimal base
+/// (own directories and ports, real deliveries discarded) plus the example
+/// configuration from `deploy/postfix/`, with its paths pointed at this
+/// instance, its pipes at the test's NATS namespace and `user=imip` replaced by
+/// `nobody`. Two SMTP listeners: `mx_port` (port 25's role: incoming copies
+/// only) and `submission_port` (port 587's role: `cleanup_service_name =
+/// imip-cleanup`, so submitted mail also gets the outgoing copy).
+pub struct Postfix {
+    pub dir: PathBuf,
+    pub mx_port: u16,
+    pub submission_port: u16,
+    config_dir: PathBuf,
+    registered: bool,
+    started: bool,
+}
+
+impl Postfix {
+    /// Writes the configuration, registers it with the system Postfix
+    /// (`alternate_config_directories`), checks it and starts the instance.
+    pub fn start(env: &TestEnv) -> Self {
+        let dir = private_dir("postfix");
+        let mut pf = Postfix {
+            config_dir: dir.join("etc"),
+            dir,
+            mx_port: free_port(),
+            submission_port: free_port(),
+            registered: false,
+            started: false,
+        };
+        pf.write_config(env);
+        pf.register();
+        let check = pf.postfix(&["check"]);
+        assert!(
+            check.status.success(),
+            "postfix check failed: {}{}\n{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr),
+            pf.maillog()
+        );
+        let start = pf.postfix(&["start"]);
+        assert!(
+            start.status.success(),
+            "postfix start failed: {}\n{}",
+            String::from_utf8_lossy(&start.stderr),
+            pf.maillog()
+        );
+        pf.started = true;
+        wait_listening(pf.mx_port, "postfix smtpd", Duration::from_secs(15));
+        wait_listening(
+            pf.submission_port,
+            "postfix submission",
+            Duration::from_secs(15),
+        );
+        pf
+    }
+
+    fn write_config(&self, env: &TestEnv) {
+        use std::os::unix::fs::{PermissionsExt, chown};
+        let etc = &self.config_dir;
+        for sub in ["etc", "spool", "data", "bin"] {
+            std::fs::create_dir_all(self.dir.join(sub)).expect("create instance dirs");
+        }
+        // The data directory belongs to the mail system owner.
+        let postfix_uid = user_id("postfix");
+        chown(self.dir.join("data"), Some(postfix_uid), None).expect("chown data_directory");
+        // The pipe runs as nobody: it gets its own copy of the binary, in a
+        // directory it can reach (target/ may not be, and may be rebuilt mid-test).
+        let ingest = self.dir.join("bin/imip-ingest");
+        std::fs::copy(bin("imip-ingest"), &ingest).expect("copy imip-ingest");
+        for p in [self.dir.join("bin"), ingest.clone()] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+
+        let deploy = repo_root().join("deploy/postfix");
+        let read = |name: &str| {
+            std::fs::read_to_string(deploy.join(name))
+                .unwrap_or_else(|e| panic!("deploy/postfix/{name}: {e}"))
+        };
+        let etc_s = etc.display().to_string();
+        let localise = |text: String| {
+            text.replace("/etc/postfix/", &format!("{etc_s}/"))
+                .replace("/usr/local/bin/imip-ingest", &ingest.display().to_string())
+                .replace(
+                    "IMIP_NATS_URL=nats://127.0.0.1:4222",
+                    &format!(
+                        "IMIP_NATS_URL={} IMIP_NAMESPACE={} IMIP_PARTITIONS={}",
+                        env.nats_url, env.namespace, env.partitions
+                    ),
+                )
+                .replace(" user=imip ", " user=nobody ")
+        };
+        for table in [
+            "imip-incoming-bcc",
+            "imip-outgoing-bcc",
+            "imip-transport",
+            "imip-reserved",
+        ] {
+            std::fs::write(etc.join(table), read(table)).expect("write table");
+        }
+
+        let d = self.dir.display();
+        let main_cf = format!(
+            "# Private test instance (tests/src/mta.rs): own directories and ports;\n\
+             # every real delivery is discarded, nothing leaves the machine.\n\
+             compatibility_level = 3.6\n\
+             queue_directory = {d}/spool\n\
+             data_directory = {d}/data\n\
+             maillog_file = {d}/maillog\n\
+             maillog_file_prefixes = {d}\n\
+             myhostname = mx.{DOMAIN}\n\
+             mydomain = {DOMAIN}\n\
+             myorigin = $mydomain\n\
+             mydestination = {DOMAIN}\n\
+             inet_interfaces = 127.0.0.1\n\
+             inet_protocols = ipv4\n\
+             mynetworks = 127.0.0.0/8\n\
+             local_recipient_maps =\n\
+             alias_maps =\n\
+             alias_database =\n\
+             biff = no\n\
+             default_transport = discard:\n\
+             relay_transport = discard:\n\
+             local_transport = discard:\n\
+             virtual_transport = discard:\n\
+             \n{}",
+            localise(read("main.cf.imip"))
+        );
+        let master_cf = format!(
+            "# Private test instance (tests/src/mta.rs). No chroot anywhere.\n\
+             127.0.0.1:{mx} inet n - n - - smtpd\n\
+             127.0.0.1:{sub} inet n - n - - smtpd\n  -o syslog_name=postfix/submission\n  -o cleanup_service_name=imip-cleanup\n\
+             pickup    unix  n - n 60 1 pickup\n\
+             cleanup   unix  n - n - 0 cleanup\n\
+             qmgr      unix  n - n 300 1 qmgr\n\
+             rewrite   unix  - - n - - trivial-rewrite\n\
+             bounce    unix  - - n - 0 bounce\n\
+             defer     unix  - - n - 0 bounce\n\
+             trace     unix  - - n - 0 bounce\n\
+             verify    unix  - - n - 1 verify\n\
+             flush     unix  n - n 1000? 0 flush\n\
+             proxymap  unix  - - n - - proxymap\n\
+             showq     unix  n - n - - showq\n\
+             error     unix  - - n - - error\n\
+             retry     unix  - - n - - error\n\
+             discard   unix  - - n - - discard\n\
+             anvil     unix  - - n - 1 anvil\n\
+             scache    unix  - - n - 1 scache\n\
+             postlog   unix-dgram n - n - 1 postlogd\n\
+             \n{}",
+            localise(read("master.cf.imip")),
+            mx = self.mx_port,
+            sub = self.submission_port,
+        );
+        std::fs::write(etc.join("main.cf"), main_cf).expect("write main.cf");
+        std::fs::write(etc.join("master.cf"), master_cf).expect("write master.cf");
+    }
+
+    /// Adds (or removes) this instance's config directory to the system
+    /// main.cf's `alternate_config_directories`, under a lock: tests run in
+    /// parallel processes.
+    fn edit_alternate_dirs(&self, add: bool) {
+        let script = r#"
+            cur=$(postconf -h alternate_config_directories 2>/dev/null || true)
+            new=$(printf '%s\n' $cur | grep -vxF "$1" | tr '\n' ' ')
+            if [ "$2" = add ]; then new="$new $1"; fi
+            postconf -e "alternate_config_directories = $(echo $new)"
+        "#;
+        let status = Command::new("flock")
+            .args([MAIN_CF_LOCK, "sh", "-c", script, "sh"])
+            .arg(&self.config_dir)
+            .arg(if add { "add" } else { "remove" })
+            .status()
+            .expect("run flock/postconf");
+        assert!(
+            status.success(),
+            "editing alternate_config_directories failed"
+        );
+    }
+
+    fn register(&mut self) {
+        self.edit_alternate_dirs(true);
+        self.registered = true;
+    }
+
+    fn postfix(&self, args: &[&str]) -> std::process::Output {
+        Command::new(POSTFIX)
+            .arg("-c")
+            .arg(&self.config_dir)
+            .args(args)
+            .output()
+            .expect("run postfix")
+    }
+
+    /// Submits `message` over SMTP (swaks) to `port`; panics unless accepted.
+    pub fn send(&self, port: u16, from: &str, to: &[&str], message: &[u8]) {
+        let out = self.try_send(port, from, to, message);
+        assert!(out.0, "SMTP submission failed:\n{}", out.1);
+    }
+
+    /// Submits `message` over SMTP; `(accepted, transcript)`.
+    pub fn try_send(&self, port: u16, from: &str, to: &[&str], message: &[u8]) -> (bool, String) {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let file = self.dir.join(format!("msg-{nanos:x}.eml"));
+        std::fs::write(&file, message).expect("write message");
+        let out = Command::new("swaks")
+            .args(["--server", &format!("127.0.0.1:{port}")])
+            .args(["--from", from, "--to", &to.join(",")])
+            .args(["--timeout", "20"])
+            .arg("--data")
+            .arg(format!("@{}", file.display()))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run swaks");
+        let _ = std::fs::remove_file(&file);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// The instance's log so far.
+    pub fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.join("maillog")).unwrap_or_default()
+    }
+
+    /// The log lines that contain every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.maillog()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until `count` log lines contain every one of `needles`; returns
+    /// the last of them.
+    pub async fn wait_log(&self, needles: &[&str], count: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = self.log_lines(needles);
+            if lines.len() >= count {
+                return lines[count - 1].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {count} maillog lines with {needles:?} within 30 s; log:\n{}",
+                self.maillog()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `postqueue -p` of this instance.
+    pub fn queue(&self) -> String {
+        let out = Command::new("postqueue")
+            .arg("-c")
+            .arg(&self.config_dir)
+            .arg("-p")
+            .output()
+            .expect("run postqueue -p");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `postqueue -f`: retry every deferred message now.
+    pub fn flush(&self) {
+        let status = Command::new("postqueue")
+            .arg("-c")
+            .arg(&self.config_dir)
+            .arg("-f")
+            .status()
+            .expect("run postqueue -f");
+        assert!(status.success(), "postqueue -f failed");
+    }
+
+    /// Waits until the queue is empty (every copy delivered).
+    pub async fn wait_queue_empty(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let q = self.queue();
+            if q.contains("Mail queue is empty") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "queue not empty after 30 s:\n{q}\nlog:\n{}",
+                self.maillog()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        if self.started {
+            // `abort`: no need to wait for idle daemons, the instance is discarded.
+            let _ = self.postfix(&["abort"]);
+        }
+        if self.registered {
+            self.edit_alternate_dirs(false);
+        }
+        if std::env::var_os("IMIPFLOW_KEEP_POSTFIX").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn user_id(name: &str) -> u32 {
+    let out = Command::new("id")
+        .args(["-u", name])
+        .output()
+        .expect("run id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no user {name}"))
+}
