@@ -206,7 +206,7 @@ pub fn message_done(
     if outcome == MessageOutcome::Refused {
         tracing::info!(partition, seq, user = %payload.user, uid, method, outcome = outcome.as_str(), reason, "message refused");
     } else {
-        tracing::debug!(partition, seq, user = %payload.user, uid, method, outcome = outcome.as_str(), reason, "message");
+        tracing::debug!(partition, seq, user = %payload.user, uid, method, outcome = outcome.as_str(), reason, "message handled");
     }
 }
 

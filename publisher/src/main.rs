@@ -16,7 +16,7 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    imipflow_telemetry::init_logging("info")?;
+    imipflow_telemetry::init_logging("info,async_nats=warn")?;
     imipflow_telemetry::install_recorder()?;
     let cli =
         imipflow_config::layered::parse_or_exit::<Cli>(imipflow_publisher::Settings::augment_args)

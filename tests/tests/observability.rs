@@ -381,3 +381,49 @@ fn systemd_units_verify() {
         "systemd-analyze verify:\n{stderr}"
     );
 }
+
+/// Every metric the code defines is documented in docs/operations.md, and the
+/// Grafana dashboard only queries metrics that exist.
+#[test]
+fn docs_and_dashboard_name_real_metrics() {
+    let root = repo_root();
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    let names = |text: &str| -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("imipflow_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            out.insert(tail[..end].to_owned());
+            rest = &tail[end..];
+        }
+        out
+    };
+    let code = read("processor/src/metrics.rs") + &read("publisher/src/http.rs");
+    let defined: std::collections::BTreeSet<String> = names(&code)
+        .into_iter()
+        .filter(|n| code.contains(&format!("\"{n}\"")) && !n.starts_with("imipflow_processor"))
+        .collect();
+    assert!(defined.len() >= 15, "{defined:?}");
+    let docs = read("docs/operations.md");
+    for n in &defined {
+        assert!(
+            docs.contains(&format!("`{n}`")),
+            "{n} is not in docs/operations.md"
+        );
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&read("deploy/grafana/imipflow.json")).expect("dashboard JSON");
+    for n in names(&dashboard.to_string()) {
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| n.strip_suffix(s))
+            .unwrap_or(&n);
+        assert!(
+            defined.contains(base),
+            "dashboard queries unknown metric {n}"
+        );
+    }
+}

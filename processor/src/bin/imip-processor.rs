@@ -48,7 +48,7 @@ enum ConfigAction {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    imipflow_telemetry::init_logging("info")?;
+    imipflow_telemetry::init_logging("info,async_nats=warn")?;
     let layered = imipflow_config::layered::parse_or_exit::<Cli>(Settings::augment_args);
     let cli = layered.cli;
     match cli.command {
