@@ -126,9 +126,16 @@ pub fn try_parse_from<C: clap::Parser>(
     for (key, value) in &file_values {
         // clap keeps defaults as 'static; one small leak per setting, once.
         let value: &'static str = Box::leak(value.clone().into_boxed_str());
-        // Hidden from `--help`: a file's value may be a secret.
+        // Hidden from `--help`: a file's value may be a secret (flags show
+        // no value anyway, and clap refuses the setting on them).
         command = command.mut_arg(key.as_str(), |a| {
-            a.default_value(value).hide_default_value(true)
+            let takes_value = a.get_action().takes_values();
+            let a = a.default_value(value);
+            if takes_value {
+                a.hide_default_value(true)
+            } else {
+                a
+            }
         });
     }
     let matches = command

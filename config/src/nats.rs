@@ -140,6 +140,17 @@ impl NatsAuth {
         Ok(())
     }
 
+    /// Whether a login method is set (besides one in the URL).
+    pub fn has_login(&self) -> bool {
+        self.nats_user.is_some()
+            || self.nats_password.is_some()
+            || self.nats_password_file.is_some()
+            || self.nats_token.is_some()
+            || self.nats_token_file.is_some()
+            || self.nats_nkey_file.is_some()
+            || self.nats_creds_file.is_some()
+    }
+
     /// Whether any TLS setting asks for TLS.
     pub fn tls_wanted(&self) -> bool {
         self.nats_tls_required || self.nats_tls_ca.is_some() || self.nats_tls_cert.is_some()
@@ -198,6 +209,91 @@ impl NatsAuth {
     }
 }
 
+/// A login written into a server URL (`nats://user:password@host`,
+/// `nats://token@host`).
+#[derive(Clone, PartialEq, Eq)]
+pub enum UrlLogin {
+    UserPassword(String, Secret),
+    Token(Secret),
+}
+
+impl std::fmt::Debug for UrlLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlLogin::UserPassword(user, _) => write!(f, "UserPassword({user:?}, ***)"),
+            UrlLogin::Token(_) => f.write_str("Token(***)"),
+        }
+    }
+}
+
+/// Takes the credentials out of a (comma-separated) list of server URLs: the
+/// URLs without them, and the first login found. async-nats neither uses a
+/// URL's credentials nor keeps them out of its debug log, so they are handed
+/// to it as options instead.
+pub fn split_url_login(urls: &str) -> (String, Option<UrlLogin>) {
+    let mut login = None;
+    let clean: Vec<String> = urls
+        .split(',')
+        .map(|item| {
+            let start = item.find("://").map_or(0, |i| i + 3);
+            let end = item[start..]
+                .find(['/', '?', '#'])
+                .map_or(item.len(), |i| i + start);
+            let Some(at) = item[start..end].rfind('@') else {
+                return item.to_owned();
+            };
+            let userinfo = &item[start..start + at];
+            let found = match userinfo.split_once(':') {
+                Some((user, password)) => UrlLogin::UserPassword(
+                    percent_decode(user),
+                    Secret::from(percent_decode(password)),
+                ),
+                None => UrlLogin::Token(Secret::from(percent_decode(userinfo))),
+            };
+            login.get_or_insert(found);
+            format!("{}{}", &item[..start], &item[start + at + 1..])
+        })
+        .collect();
+    (clean.join(","), login)
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl NatsAuth {
+    /// Options and the URL to connect to: credentials in the URL are moved
+    /// into the options (they win over the settings, as in `imip-ingest`'s
+    /// own client), so the URL handed to async-nats carries no secret.
+    pub fn connect_target(&self, urls: &str) -> Result<(ConnectOptions, String), ConfigError> {
+        let (clean, login) = split_url_login(urls);
+        let options = self.connect_options()?;
+        let options = match login {
+            None => options,
+            Some(UrlLogin::UserPassword(user, password)) => {
+                options.user_and_password(user, password.expose().to_owned())
+            }
+            Some(UrlLogin::Token(token)) => options.token(token.expose().to_owned()),
+        };
+        Ok((options, clean))
+    }
+}
+
 /// Reads a secret from a file; one trailing newline (as editors write) is not
 /// part of it.
 pub fn read_secret(setting: &'static str, path: &Path) -> Result<String, ConfigError> {
@@ -245,9 +341,37 @@ pub async fn connect(
     auth: &NatsAuth,
     name: &str,
 ) -> Result<async_nats::Client, ConfigError> {
-    auth.connect_options()?
+    let (options, clean) = auth.connect_target(url)?;
+    options
         .name(name)
-        .connect(url)
+        .connect(clean.as_str())
         .await
         .map_err(|e| explain_connect_error(url, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_credentials_are_taken_out() {
+        let (clean, login) = split_url_login("nats://u%40x:p%3Aw@h1:4222,nats://h2:4222");
+        assert_eq!(clean, "nats://h1:4222,nats://h2:4222");
+        assert_eq!(
+            login,
+            Some(UrlLogin::UserPassword(
+                "u@x".into(),
+                Secret::from("p:w".to_owned())
+            ))
+        );
+        let (clean, login) = split_url_login("tls://t0k3n@h:4443");
+        assert_eq!(clean, "tls://h:4443");
+        assert_eq!(
+            login,
+            Some(UrlLogin::Token(Secret::from("t0k3n".to_owned())))
+        );
+        assert!(!format!("{login:?}").contains("t0k3n"));
+        let (clean, login) = split_url_login("nats://127.0.0.1:4222");
+        assert_eq!((clean.as_str(), login), ("nats://127.0.0.1:4222", None));
+    }
 }

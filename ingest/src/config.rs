@@ -69,24 +69,27 @@ pub struct Args {
     pub limits: Limits,
 }
 
-/// Connect options for one publish: credentials and TLS from the settings, a
-/// deadline on everything, no reconnects (a failure is the MTA's retry, exit
-/// 75). A missing credentials file or a refused login is also exit 75: the
-/// message waits in the MTA's queue until the administrator fixes it.
+/// Connect options for one publish, and the URL to connect to (credentials
+/// written in the URL move into the options, so async-nats never sees or logs
+/// them): credentials and TLS from the settings, a deadline on everything, no
+/// reconnects (a failure is the MTA's retry, exit 75). A missing credentials
+/// file or a refused login is also exit 75: the message waits in the MTA's
+/// queue until the administrator fixes it.
 pub fn connect_options(
     url: &str,
     auth: &NatsAuth,
     timeout: Duration,
-) -> Result<async_nats::ConnectOptions, IngestError> {
-    let options = auth.connect_options().map_err(|e| IngestError::Connect {
+) -> Result<(async_nats::ConnectOptions, String), IngestError> {
+    let (options, clean) = auth.connect_target(url).map_err(|e| IngestError::Connect {
         url: imipflow_config::redact_url(url),
         reason: e.to_string(),
     })?;
-    Ok(options
+    let options = options
         .connection_timeout(timeout)
         .request_timeout(Some(timeout))
         .max_reconnects(Some(0))
-        .name("imip-ingest"))
+        .name("imip-ingest");
+    Ok((options, clean))
 }
 
 /// Bounds on what one message may make ingest do. Exceeding one quarantines.

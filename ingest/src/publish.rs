@@ -128,8 +128,8 @@ pub async fn publish_async(plan: &Plan, target: &Target<'_>) -> Result<(), Inges
         url: imipflow_config::redact_url(target.url),
         reason,
     };
-    let options = crate::config::connect_options(target.url, target.auth, target.timeout)?;
-    let client = tokio::time::timeout(target.timeout, options.connect(target.url))
+    let (options, url) = crate::config::connect_options(target.url, target.auth, target.timeout)?;
+    let client = tokio::time::timeout(target.timeout, options.connect(url.as_str()))
         .await
         .map_err(|_| connect_err("timed out".into()))?
         .map_err(|e| connect_err(imipflow_config::nats::explain(&e)))?;

@@ -137,6 +137,16 @@ impl Settings {
         }
         check(self.nats_auth.validate().map_err(|e| e.to_string()));
         check(
+            match imipflow_config::nats::split_url_login(&self.nats_url).1 {
+                Some(_) if self.nats_auth.has_login() => Err(
+                    "IMIP_NATS_URL: carries credentials and another login is set too \
+                     (the URL's would win); choose one"
+                        .into(),
+                ),
+                _ => Ok(()),
+            },
+        );
+        check(
             crate::connect::database(self)
                 .map(drop)
                 .map_err(|e| e.to_string()),

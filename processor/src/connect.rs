@@ -19,13 +19,21 @@ pub async fn connect(settings: &Settings) -> Result<Client, ProcessorError> {
     Ok(database(settings)?.connect().await?)
 }
 
-/// `async_nats::ConnectOptions` with the authentication and TLS settings, for
-/// callers that add options of their own.
-pub fn nats_options(settings: &Settings) -> Result<async_nats::ConnectOptions, ProcessorError> {
-    settings
+/// A NATS client with the authentication and TLS settings and options of the
+/// caller's (`configure`), e.g. retrying the first connection.
+pub async fn connect_nats_with(
+    settings: &Settings,
+    configure: impl FnOnce(async_nats::ConnectOptions) -> async_nats::ConnectOptions,
+) -> Result<async_nats::Client, ProcessorError> {
+    let (options, url) = settings
         .nats_auth
-        .connect_options()
-        .map_err(|e| ProcessorError::Config(e.to_string()))
+        .connect_target(&settings.nats_url)
+        .map_err(|e| ProcessorError::Config(e.to_string()))?;
+    configure(options).connect(url.as_str()).await.map_err(|e| {
+        ProcessorError::Nats(
+            imipflow_config::nats::explain_connect_error(&settings.nats_url, &e).to_string(),
+        )
+    })
 }
 
 /// A NATS client with the authentication and TLS settings.

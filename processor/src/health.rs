@@ -30,12 +30,10 @@ impl Probe {
     /// background, and `/readyz` says so until it has.
     pub async fn new(settings: Settings) -> Result<Self, ProcessorError> {
         let ns = settings.namespace()?;
-        let nats = crate::connect::nats_options(&settings)?
-            .retry_on_initial_connect()
-            .name("imip-processor-probe")
-            .connect(&*settings.nats_url)
-            .await
-            .map_err(ProcessorError::nats)?;
+        let nats = crate::connect::connect_nats_with(&settings, |o| {
+            o.retry_on_initial_connect().name("imip-processor-probe")
+        })
+        .await?;
         Ok(Probe {
             settings,
             ns,

@@ -143,6 +143,42 @@ async fn end_to_end_with_credentials_and_tls() {
         .unwrap();
     log.add("processor run", &out);
 
+    // Credentials inside both URLs instead of separate settings, at debug
+    // level too: still never printed.
+    let in_urls: Vec<(&str, String)> = vec![
+        ("IMIP_LOG", "debug".into()),
+        (
+            "IMIP_NATS_URL",
+            format!("nats://{NATS_USER}:{NATS_PASSWORD}@127.0.0.1:{}", nats.port),
+        ),
+        ("IMIP_NATS_TLS_CA", ca_nats.clone()),
+        (
+            "IMIP_DATABASE_URL",
+            format!(
+                "postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{}/{}?sslmode=verify-full&sslrootcert={ca_pg}",
+                pg.port, env.database
+            ),
+        ),
+    ];
+    let out = run("imip-ctl", argv(&["status"]), in_urls.clone(), vec![]).await;
+    let t = log.add("ctl credentials in URLs", &out);
+    assert!(
+        out.status.success(),
+        "imip-ctl with credentials in URLs failed:\n{t}"
+    );
+    let out = run(
+        "imip-ingest",
+        argv(&["--sender", ALICE]),
+        in_urls,
+        demo_mail(),
+    )
+    .await;
+    let t = log.add("ingest credentials in URL", &out);
+    assert!(
+        out.status.success(),
+        "ingest with credentials in the URL failed:\n{t}"
+    );
+
     // Wrong NATS password: exit 75 (the MTA keeps the mail), a clear reason.
     let mut wrong = secure.clone();
     wrong.retain(|(k, _)| *k != "IMIP_NATS_PASSWORD");

@@ -125,7 +125,10 @@ nats_password = "file-secret-1"
     let out = run("imip-processor", &["--config", &path, "--help"], &[]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(t.contains("IMIP_NATS_PASSWORD") && !t.contains("file-secret-1"), "{t}");
+    assert!(
+        t.contains("IMIP_NATS_PASSWORD") && !t.contains("file-secret-1"),
+        "{t}"
+    );
 }
 
 #[test]
