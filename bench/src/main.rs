@@ -8,6 +8,7 @@
 //! `bench/README.md` for what each figure means.
 
 mod fixtures;
+mod latency;
 mod measure;
 mod processor;
 mod report;
@@ -40,6 +41,8 @@ enum Cmd {
     Ingest(IngestArgs),
     /// imip-processor messages/s, next to a bare JetStream consumer and plain batched SQL.
     Processor(processor::ProcessorArgs),
+    /// Ingest exit to change event, at fixed offered rates and at saturation.
+    Latency(latency::LatencyArgs),
     /// Internal: spawns and reaps the measured children (see `measure.rs`).
     #[command(hide = true)]
     SpawnHelper,
@@ -76,6 +79,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Ingest(args) => ingest(args),
         Cmd::Processor(args) => processor::run(args),
+        Cmd::Latency(args) => latency::run(args),
         Cmd::SpawnHelper => measure::helper_main(),
     }
 }
