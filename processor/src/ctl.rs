@@ -429,6 +429,20 @@ pub enum ReplayOutcome {
     Pending,
 }
 
+impl ReplayOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayOutcome::Duplicate => "duplicate",
+            ReplayOutcome::Applied => "applied",
+            ReplayOutcome::Stale => "stale",
+            ReplayOutcome::Ignored => "ignored",
+            ReplayOutcome::Refused => "refused",
+            ReplayOutcome::DeadLettered => "dead_lettered",
+            ReplayOutcome::Pending => "pending",
+        }
+    }
+}
+
 /// Re-applies one stream message the way the lane does, in its own
 /// transaction holding the partition row lock (serialised with the lane),
 /// without moving the partition's position. Idempotent: a message already in

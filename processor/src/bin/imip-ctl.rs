@@ -704,7 +704,7 @@ async fn replay(
                 touched.insert(partition);
             }
             if !json && !matches!(outcome, ctl::ReplayOutcome::Duplicate) {
-                bar.suspend(|| println!("seq {seq} (partition {partition}): {outcome:?}"));
+                bar.suspend(|| println!("seq {seq} (partition {partition}): {}", outcome.as_str()));
             }
             bar.set_position(seq - from + 1);
             if seq >= to {
@@ -720,22 +720,17 @@ async fn replay(
     if json {
         let outcomes: serde_json::Map<String, serde_json::Value> = counts
             .iter()
-            .map(|(k, v)| {
-                (
-                    serde_json::to_value(k)
-                        .ok()
-                        .and_then(|k| k.as_str().map(str::to_owned))
-                        .unwrap_or_default(),
-                    json!(v),
-                )
-            })
+            .map(|(k, v)| (k.as_str().to_owned(), json!(v)))
             .collect();
         println!(
             "{}",
             json!({"from": from, "to": to, "user": user, "messages": total, "outcomes": outcomes})
         );
     } else {
-        let parts: Vec<String> = counts.iter().map(|(k, v)| format!("{k:?} {v}")).collect();
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(k, v)| format!("{} {v}", k.as_str()))
+            .collect();
         println!(
             "replayed {total} message(s) from {from} to {to}: {}",
             if parts.is_empty() {
