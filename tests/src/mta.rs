@@ -1,10 +1,11 @@
 //! Private mail servers for the MTA end-to-end tests: a real Postfix
-//! instance (own config, queue and log directory, own loopback ports, every
-//! real delivery discarded) wired to `imip-ingest` with the example
-//! configuration in `deploy/postfix/`, and a private `nats-server` that a
-//! test may stop and start without disturbing anyone else's tests.
+//! instance and a real Exim (each with its own config, queue and log
+//! directory and loopback ports, every real delivery discarded) wired to
+//! `imip-ingest` with the example configuration in `deploy/postfix/` and
+//! `deploy/exim/`, and a private `nats-server` that a test may stop and start
+//! without disturbing anyone else's tests.
 //!
-//! Both are torn down by `Drop`, also when the test panics.
+//! All are torn down by `Drop`, also when the test panics.
 
 use crate::{TestEnv, bin, free_port, repo_root};
 use std::path::{Path, PathBuf};
@@ -469,4 +470,254 @@ fn user_id(name: &str) -> u32 {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("no user {name}"))
+}
+
+/// Where `scripts/mta-setup.sh` unpacks Debian's Exim (its packages conflict
+/// with postfix, so they are not installed).
+fn exim_root() -> PathBuf {
+    std::env::var_os("IMIP_EXIM_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/imipflow/exim"))
+}
+
+/// Why the Exim tests cannot run here, or `None` when they can (unpacks Exim
+/// with `scripts/mta-setup.sh` when needed).
+pub fn exim_unavailable() -> Option<String> {
+    if let Some(why) = postfix_unavailable() {
+        return Some(why);
+    }
+    let runs = || {
+        let conf = std::env::temp_dir().join(format!("imipflow-exim-probe-{}", std::process::id()));
+        let _ = std::fs::write(&conf, "keep_environment =\n");
+        let ok = Command::new(exim_root().join("usr/sbin/exim4"))
+            .arg("-C")
+            .arg(&conf)
+            .arg("-bV")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let _ = std::fs::remove_file(&conf);
+        ok
+    };
+    if !runs() {
+        let out = Command::new(repo_root().join("scripts/mta-setup.sh")).output();
+        if !runs() {
+            let detail = out
+                .map(|o| String::from_utf8_lossy(&o.stderr).trim().to_owned())
+                .unwrap_or_else(|e| e.to_string());
+            return Some(format!(
+                "Debian's Exim could not be unpacked into {} by scripts/mta-setup.sh: {detail}",
+                exim_root().display()
+            ));
+        }
+    }
+    None
+}
+
+/// A private Exim: a minimal main section (own spool, log and ports, a test
+/// PLAIN authenticator on the submission port), the routers and transports
+/// from `deploy/exim/` (paths, environment and `user = imip` localised as for
+/// Postfix), then a catch-all router whose transport reads and discards.
+///
+/// The unpacked binary is not setuid root and an alternate configuration
+/// (`-C`) is not trusted, so a delivery process forked by the daemon could
+/// not switch to the pipe user. Hence `queue_only`: the daemon receives, and
+/// the test delivers with `run_queue` (`exim -qff`, as root) — a normal
+/// queue run.
+pub struct Exim {
+    pub dir: PathBuf,
+    pub mx_port: u16,
+    pub submission_port: u16,
+    config: PathBuf,
+    daemon: Option<Child>,
+}
+
+impl Exim {
+    pub fn start(env: &TestEnv) -> Self {
+        use std::os::unix::fs::{PermissionsExt, chown};
+        let dir = private_dir("exim");
+        let mut exim = Exim {
+            config: dir.join("exim.conf"),
+            dir,
+            mx_port: free_port(),
+            submission_port: free_port(),
+            daemon: None,
+        };
+        let d = exim.dir.clone();
+        let exim_uid = user_id("Debian-exim");
+        for sub in ["spool", "log", "bin"] {
+            std::fs::create_dir_all(d.join(sub)).expect("create instance dirs");
+        }
+        for sub in ["spool", "log"] {
+            chown(d.join(sub), Some(exim_uid), Some(exim_uid)).expect("chown");
+        }
+        let ingest = d.join("bin/imip-ingest");
+        std::fs::copy(bin("imip-ingest"), &ingest).expect("copy imip-ingest");
+        for p in [d.join("bin"), ingest.clone()] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        let read = |name: &str| {
+            let text = std::fs::read_to_string(repo_root().join("deploy/exim").join(name))
+                .unwrap_or_else(|e| panic!("deploy/exim/{name}: {e}"));
+            text.replace("/usr/local/bin/imip-ingest", &ingest.display().to_string())
+                .replace(
+                    "IMIP_NATS_URL=nats://127.0.0.1:4222",
+                    &format!(
+                        "IMIP_NATS_URL={} ; IMIP_NAMESPACE={} ; IMIP_PARTITIONS={}",
+                        env.nats_url, env.namespace, env.partitions
+                    ),
+                )
+                .replace("user = imip\n", "user = nobody\n")
+        };
+        let (mx, sub) = (exim.mx_port, exim.submission_port);
+        let config = format!(
+            "# Private test instance (tests/src/mta.rs); every real delivery is discarded.\n\
+             primary_hostname = mx.{DOMAIN}\n\
+             domainlist local_domains = {DOMAIN}\n\
+             daemon_smtp_ports = {mx} : {sub}\n\
+             local_interfaces = 127.0.0.1\n\
+             spool_directory = {d}/spool\n\
+             log_file_path = {d}/log/%slog\n\
+             pid_file_path = {d}/exim.pid\n\
+             exim_path = {exim_bin}\n\
+             tls_advertise_hosts =\n\
+             queue_only = true\n\
+             never_users = root\n\
+             keep_environment =\n\
+             auth_advertise_hosts = ${{if eq{{$received_port}}{{{sub}}}{{*}}{{}}}}\n\
+             acl_smtp_rcpt = acl_check_rcpt\n\
+             \n\
+             begin acl\n\
+             acl_check_rcpt:\n\
+             \x20 accept authenticated = *\n\
+             \x20 accept domains = +local_domains\n\
+             \x20 deny message = relay not permitted\n\
+             \n\
+             begin routers\n\
+             {routers}\n\
+             deliver_and_discard:\n\
+             \x20 driver = accept\n\
+             \x20 transport = discard\n\
+             \n\
+             begin transports\n\
+             {transports}\n\
+             discard:\n\
+             \x20 driver = pipe\n\
+             \x20 command = /bin/sh -c 'cat >/dev/null'\n\
+             \x20 user = nobody\n\
+             \n\
+             begin retry\n\
+             *  *  F,1h,1m\n\
+             \n\
+             begin authenticators\n\
+             plain:\n\
+             \x20 driver = plaintext\n\
+             \x20 public_name = PLAIN\n\
+             \x20 server_prompts = :\n\
+             \x20 server_condition = ${{if eq{{$auth3}}{{test}}}}\n\
+             \x20 server_set_id = $auth2\n",
+            d = d.display(),
+            exim_bin = exim_root().join("usr/sbin/exim4").display(),
+            routers = read("router_imip"),
+            transports = read("transport_imip"),
+        );
+        std::fs::write(&exim.config, config).expect("write exim.conf");
+        let check = exim.command().arg("-bV").output().expect("run exim -bV");
+        assert!(
+            check.status.success(),
+            "exim rejects the configuration: {}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let daemon = exim
+            .command()
+            .arg("-bdf")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn exim daemon");
+        exim.daemon = Some(daemon);
+        wait_listening(mx, "exim", Duration::from_secs(15));
+        wait_listening(sub, "exim submission", Duration::from_secs(15));
+        exim
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(exim_root().join("usr/sbin/exim4"));
+        cmd.arg("-C").arg(&self.config);
+        cmd
+    }
+
+    /// Submits `message` over SMTP (swaks); with `auth`, authenticates as
+    /// `from` first (the submission port's test authenticator). Panics
+    /// unless accepted.
+    pub fn send(&self, port: u16, auth: bool, from: &str, to: &[&str], message: &[u8]) {
+        let file = self.dir.join("message.eml");
+        std::fs::write(&file, message).expect("write message");
+        let mut cmd = Command::new("swaks");
+        cmd.args(["--server", &format!("127.0.0.1:{port}")])
+            .args(["--from", from, "--to", &to.join(",")])
+            .args(["--timeout", "20"])
+            .arg("--data")
+            .arg(format!("@{}", file.display()))
+            .stdin(Stdio::null());
+        if auth {
+            cmd.args([
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                from,
+                "--auth-password",
+                "test",
+            ]);
+        }
+        let out = cmd.output().expect("run swaks");
+        assert!(
+            out.status.success(),
+            "SMTP submission failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One queue run over every message (`exim -qff`), as root.
+    pub fn run_queue(&self) {
+        let out = self.command().arg("-qff").output().expect("run exim -qff");
+        assert!(
+            out.status.success(),
+            "exim -qff: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `exim -bp`: the queue.
+    pub fn queue(&self) -> String {
+        let out = self.command().arg("-bp").output().expect("run exim -bp");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn mainlog(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log/mainlog")).unwrap_or_default()
+    }
+
+    /// The main log's lines that contain every one of `needles`.
+    pub fn log_lines(&self, needles: &[&str]) -> Vec<String> {
+        self.mainlog()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Exim {
+    fn drop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+        if std::env::var_os("IMIPFLOW_KEEP_EXIM").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }

@@ -1,0 +1,158 @@
+//! A real Exim (Debian's 4.96, unpacked beside Postfix) in front of
+//! imipflow (issue 7), configured with the routers and transports of
+//! `deploy/exim/`: an authenticated submission makes the outgoing copy, every
+//! local recipient the incoming one, an unauthenticated "local" sender none;
+//! and the EX_TEMPFAIL path: NATS down → only the copies are deferred → NATS
+//! up → a queue run applies them.
+//!
+//! Skips (with a message) when Exim cannot be unpacked here.
+
+use imipflow_tests::mta::{Exim, NatsServer, exim_unavailable};
+use imipflow_tests::{TestEnv, imip_mail, vevent};
+
+const ALICE: &str = "alice@example.org";
+const BOB: &str = "bob@example.org";
+const DAVE: &str = "dave@example.com";
+const FROM: &str = "2027-03-01T00:00:00Z";
+const TO: &str = "2027-04-01T00:00:00Z";
+const SLOT: &str = "2027-03-10T09:00:00Z 2027-03-10T10:00:00Z BUSY";
+
+fn skip() -> bool {
+    match exim_unavailable() {
+        Some(why) => {
+            eprintln!("SKIPPED: {why}");
+            true
+        }
+        None => false,
+    }
+}
+
+fn invitation(message_id: &str, method: &str) -> Vec<u8> {
+    let mut lines = vec![
+        "UID:exim-sync@example.org",
+        "SEQUENCE:0",
+        "DTSTAMP:20270101T000000Z",
+        "DTSTART:20270310T090000Z",
+        "DTEND:20270310T100000Z",
+        "SUMMARY:Team sync",
+        "ORGANIZER:mailto:alice@example.org",
+        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:alice@example.org",
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:bob@example.org",
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:dave@example.com",
+    ];
+    if method == "CANCEL" {
+        lines.push("STATUS:CANCELLED");
+    }
+    imip_mail(method, ALICE, message_id, &[vevent(&lines)])
+}
+
+async fn queue_len(env: &TestEnv, user: &str) -> usize {
+    env.ctl_json(&["queue", user]).await["queue"]
+        .as_array()
+        .expect("queue")
+        .len()
+}
+
+#[tokio::test]
+async fn outgoing_and_incoming_copies_through_exim() {
+    if skip() {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let _processor = env.start_processor(&[]);
+    let exim = Exim::start(&env);
+
+    exim.send(
+        exim.submission_port,
+        true,
+        ALICE,
+        &[BOB, DAVE],
+        &invitation("invite@exim", "REQUEST"),
+    );
+    // A forged "Alice" without authentication (port 25's case): delivered,
+    // but no outgoing copy, so her calendar keeps the meeting.
+    exim.send(
+        exim.mx_port,
+        false,
+        ALICE,
+        &[BOB],
+        &invitation("forged@exim", "CANCEL"),
+    );
+    exim.run_queue();
+    let log = exim.mainlog();
+    assert_eq!(
+        exim.log_lines(&["R=imip_outgoing"]).len(),
+        2,
+        "one outgoing copy (two recipients, one batched run):\n{log}"
+    );
+    assert_eq!(exim.log_lines(&["R=imip_incoming"]).len(), 2, "{log}");
+    assert_eq!(exim.log_lines(&["R=deliver_and_discard"]).len(), 3, "{log}");
+    assert!(exim.queue().trim().is_empty(), "{}", exim.queue());
+
+    env.wait_applied().await;
+    assert_eq!(env.busy_lines(ALICE, FROM, TO).await, vec![SLOT]);
+    // Bob got the invitation and the forged cancel: the cancel, from the
+    // organizer's address, removes the pending entry — that is what an
+    // organizer's CANCEL does; the point here is Alice's own records.
+    let objects = env.ctl_json(&["objects", ALICE]).await;
+    assert_eq!(
+        objects["objects"].as_array().map(Vec::len),
+        Some(1),
+        "{objects}"
+    );
+}
+
+#[tokio::test]
+async fn nats_down_defers_the_copies_and_a_queue_run_applies_them() {
+    if skip() {
+        return;
+    }
+    let mut nats = NatsServer::start();
+    let mut env = TestEnv::unmigrated();
+    env.nats_url = nats.url();
+    let out = env.run("imip-processor", &["migrate"], b"").await;
+    assert!(
+        out.status.success(),
+        "migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _processor = env.start_processor(&[]);
+    let exim = Exim::start(&env);
+
+    nats.stop();
+    exim.send(
+        exim.submission_port,
+        true,
+        ALICE,
+        &[BOB, DAVE],
+        &invitation("invite@exim-tempfail", "REQUEST"),
+    );
+    exim.run_queue();
+    let log = exim.mainlog();
+    // The recipients' own deliveries happened; the copies wait.
+    assert_eq!(exim.log_lines(&["R=deliver_and_discard"]).len(), 2, "{log}");
+    let deferred = exim.log_lines(&["==", "defer"]);
+    assert_eq!(
+        deferred.len(),
+        3,
+        "2 outgoing (batched) + 1 incoming:\n{log}"
+    );
+    assert!(
+        deferred.iter().all(|l| l.contains("returned 75")),
+        "{deferred:?}"
+    );
+    assert!(exim.queue().contains(ALICE), "{}", exim.queue());
+
+    nats.start_again();
+    exim.run_queue();
+    let log = exim.mainlog();
+    assert!(exim.queue().trim().is_empty(), "{}\n{log}", exim.queue());
+    assert_eq!(
+        exim.log_lines(&["R=deliver_and_discard"]).len(),
+        2,
+        "the real deliveries are not repeated:\n{log}"
+    );
+    env.wait_applied().await;
+    assert_eq!(env.busy_lines(ALICE, FROM, TO).await, vec![SLOT]);
+    assert_eq!(queue_len(&env, BOB).await, 1);
+}
