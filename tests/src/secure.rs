@@ -36,6 +36,9 @@ pub struct Pki {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// A client certificate from the same CA, for mutual TLS.
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
 }
 
 impl Pki {
@@ -66,11 +69,25 @@ impl Pki {
         let server = server_params
             .signed_by(&server_key, &ca)
             .expect("server certificate");
+        let mut client_params =
+            CertificateParams::new(vec!["imipflow-client".to_owned()]).expect("client params");
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "imipflow-client");
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = KeyPair::generate().expect("client key");
+        let client = client_params
+            .signed_by(&client_key, &ca)
+            .expect("client certificate");
         let pki = Pki {
             ca: dir.join("ca.pem"),
             server_cert: dir.join("server.pem"),
             server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
         };
+        std::fs::write(&pki.client_cert, client.pem()).unwrap();
+        std::fs::write(&pki.client_key, client_key.serialize_pem()).unwrap();
         std::fs::write(&pki.ca, ca.pem()).unwrap();
         std::fs::write(&pki.server_cert, server.pem()).unwrap();
         std::fs::write(&pki.server_key, server_key.serialize_pem()).unwrap();
@@ -93,6 +110,17 @@ fn wait_port(port: u16, within: Duration) {
 pub const NATS_USER: &str = "imip";
 pub const NATS_PASSWORD: &str = "nats-pw-Zq8vX2";
 pub const PG_PASSWORD: &str = "pg-pw-Kd93Lm";
+pub const NATS_TOKEN: &str = "nats-token-Vb71Qe";
+
+/// Which login the server asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsLogin {
+    /// [`NATS_USER`]/[`NATS_PASSWORD`] or the nkey of `nkey_seed`; TLS with
+    /// a server certificate.
+    UsersAndNkey,
+    /// [`NATS_TOKEN`], and TLS with a client certificate (`verify: true`).
+    TokenAndClientCert,
+}
 
 /// A nats-server with JetStream that requires TLS and a login: user
 /// [`NATS_USER`] / [`NATS_PASSWORD`], or the nkey whose seed is in `nkey_seed`.
@@ -106,6 +134,10 @@ pub struct SecureNats {
 
 impl SecureNats {
     pub fn start() -> Self {
+        Self::start_with(NatsLogin::UsersAndNkey)
+    }
+
+    pub fn start_with(login: NatsLogin) -> Self {
         let dir = TempDir::new("imip-secure-nats");
         let pki = Pki::generate(&dir.0);
         let nkey = nkeys::KeyPair::new_user();
@@ -113,17 +145,29 @@ impl SecureNats {
         std::fs::write(&nkey_seed, format!("{}\n", nkey.seed().unwrap())).unwrap();
         let port = crate::free_port();
         let config = dir.0.join("nats.conf");
+        let (tls_extra, authorization) = match login {
+            NatsLogin::UsersAndNkey => (
+                String::new(),
+                format!(
+                    "users = [ {{ user: \"{NATS_USER}\", password: \"{NATS_PASSWORD}\" }}, {{ nkey: \"{}\" }} ]",
+                    nkey.public_key()
+                ),
+            ),
+            NatsLogin::TokenAndClientCert => (
+                format!(", ca_file: \"{}\", verify: true", pki.ca.display()),
+                format!("token: \"{NATS_TOKEN}\""),
+            ),
+        };
         std::fs::write(
             &config,
             format!(
                 "listen: 127.0.0.1:{port}\n\
                  jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 256MB }}\n\
-                 tls {{ cert_file: \"{cert}\", key_file: \"{key}\", timeout: 2 }}\n\
-                 authorization {{ users = [ {{ user: \"{NATS_USER}\", password: \"{NATS_PASSWORD}\" }}, {{ nkey: \"{public}\" }} ] }}\n",
+                 tls {{ cert_file: \"{cert}\", key_file: \"{key}\", timeout: 2{tls_extra} }}\n\
+                 authorization {{ {authorization} }}\n",
                 store = dir.0.join("store").display(),
                 cert = pki.server_cert.display(),
                 key = pki.server_key.display(),
-                public = nkey.public_key(),
             ),
         )
         .unwrap();

@@ -7,7 +7,9 @@
 //! server; and no password appears in anything the binaries print, at debug
 //! log level.
 
-use imipflow_tests::secure::{NATS_PASSWORD, NATS_USER, PG_PASSWORD, SecureNats, SecurePg};
+use imipflow_tests::secure::{
+    NATS_PASSWORD, NATS_TOKEN, NATS_USER, NatsLogin, PG_PASSWORD, SecureNats, SecurePg,
+};
 use imipflow_tests::{TestEnv, repo_root};
 use std::process::Output;
 use std::time::{Duration, Instant};
@@ -133,6 +135,29 @@ async fn end_to_end_with_credentials_and_tls() {
     .await;
     let t = log.add("ctl status", &out);
     assert!(out.status.success(), "imip-ctl status failed:\n{t}");
+    // The publisher serves Alice's free/busy with the same credentials.
+    let port = imipflow_tests::free_port();
+    let mut cmd = env.command("imip-publisher");
+    cmd.envs(secure.clone())
+        .env("IMIP_PUBLISHER_LISTEN", format!("127.0.0.1:{port}"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let publisher = cmd.spawn().expect("start publisher");
+    let url = format!("http://127.0.0.1:{port}/freebusy/{ALICE}.json");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        match reqwest::get(&url).await {
+            Ok(r) => break r.status(),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("publisher not serving within 20 s: {e}"),
+        }
+    };
+    stop(publisher, &mut log, "publisher").await;
+    assert_eq!(status, 200, "publisher: {}", log.0.last().unwrap());
+
     let pid = processor.id().expect("pid");
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -266,6 +291,78 @@ async fn end_to_end_with_credentials_and_tls() {
     }
     let seed = std::fs::read_to_string(&nats.nkey_seed).unwrap();
     assert!(!all.contains(seed.trim()), "the nkey seed was printed");
+}
+
+/// SIGTERM, wait, and keep what the process printed.
+async fn stop(child: tokio::process::Child, log: &mut Transcript, what: &str) {
+    let pid = child.id().expect("pid");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("stops on SIGTERM")
+        .unwrap();
+    log.add(what, &out);
+}
+
+/// Token login over mutual TLS (the server verifies a client certificate):
+/// ingest publishes with token + certificate, and fails (75) without the
+/// certificate or with a wrong token. The database is the shared one; only
+/// NATS is private here.
+#[tokio::test]
+async fn token_and_client_certificate() {
+    let nats =
+        tokio::task::spawn_blocking(|| SecureNats::start_with(NatsLogin::TokenAndClientCert))
+            .await
+            .unwrap();
+    let mut env = TestEnv::unmigrated();
+    env.nats_url = nats.url();
+    let pki = &nats.pki;
+    let good: Vec<(&str, String)> = vec![
+        ("IMIP_NATS_TOKEN", NATS_TOKEN.into()),
+        ("IMIP_NATS_TLS_CA", pki.ca.display().to_string()),
+        ("IMIP_NATS_TLS_CERT", pki.client_cert.display().to_string()),
+        ("IMIP_NATS_TLS_KEY", pki.client_key.display().to_string()),
+    ];
+    let run =
+        |name: &'static str, args: &'static [&'static str], vars: Vec<(&'static str, String)>| {
+            let env = &env;
+            async move {
+                let mut cmd = env.command(name);
+                cmd.envs(vars);
+                let stdin = if name == "imip-ingest" {
+                    demo_mail()
+                } else {
+                    Vec::new()
+                };
+                env.run_with(cmd, args, &stdin).await
+            }
+        };
+    let out = run("imip-processor", &["migrate"], good.clone()).await;
+    assert!(out.status.success(), "migrate: {}", text(&out));
+    let out = run("imip-ingest", &["--sender", ALICE], good.clone()).await;
+    assert!(out.status.success(), "ingest: {}", text(&out));
+    let status = run("imip-ctl", &["status", "--json"], good.clone()).await;
+    assert!(status.status.success(), "ctl: {}", text(&status));
+
+    let mut no_cert = good.clone();
+    no_cert.retain(|(k, _)| {
+        !k.starts_with("IMIP_NATS_TLS_CERT") && !k.starts_with("IMIP_NATS_TLS_KEY")
+    });
+    let out = run("imip-ingest", &["--sender", ALICE], no_cert).await;
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+
+    let mut wrong = good.clone();
+    wrong.retain(|(k, _)| *k != "IMIP_NATS_TOKEN");
+    wrong.push(("IMIP_NATS_TOKEN", "not-the-token".into()));
+    let out = run("imip-ingest", &["--sender", ALICE], wrong).await;
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(75), "{t}");
+    assert!(
+        t.contains("authorization failed") && !t.contains("not-the-token"),
+        "{t}"
+    );
 }
 
 /// A client that requires TLS refuses a server without it (the shared NATS on
