@@ -6,7 +6,9 @@
 //! here is shared: names are unique per process and per environment.
 
 pub mod mta;
+pub mod oracle;
 pub mod secure;
+pub mod servers;
 
 use async_nats::jetstream;
 use std::path::PathBuf;
