@@ -59,7 +59,11 @@ fn is_calendar_part(part: &mail_parser::MessagePart<'_>) -> bool {
     }
     part.attachment_name().is_some_and(|n| {
         let n = n.trim();
-        n.len() >= 4 && n[n.len() - 4..].eq_ignore_ascii_case(".ics")
+        // `get`: the cut may fall inside a multi-byte character of the name.
+        n.len()
+            .checked_sub(4)
+            .and_then(|i| n.get(i..))
+            .is_some_and(|ext| ext.eq_ignore_ascii_case(".ics"))
     })
 }
 

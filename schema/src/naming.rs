@@ -120,8 +120,13 @@ impl fmt::Display for Namespace {
 /// partition whatever case a client writes.
 pub fn normalize_address(address: &str) -> Option<String> {
     let mut a = address.trim();
-    if a.len() >= 7 && a[..7].eq_ignore_ascii_case("mailto:") {
-        a = a[7..].trim();
+    // `get`, not indexing: byte 7 may fall inside a multi-byte character.
+    if let Some(rest) = a
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("mailto:"))
+        .and(a.get(7..))
+    {
+        a = rest.trim();
     }
     let a = a.trim_start_matches('<').trim_end_matches('>').trim();
     if a.is_empty() {

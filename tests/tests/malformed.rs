@@ -1527,3 +1527,207 @@ fn every_malformed_mail_has_its_defined_outcome_within_bounds() {
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// ---------------------------------------------------------------- fuzz regressions
+
+/// Every minimised crasher the fuzzers found, replayed through the harness
+/// function of the target that found it (no fuzzer or nightly toolchain
+/// needed); the MIME ones also through the real binary.
+#[test]
+fn fuzz_crashers_stay_fixed() {
+    let root = repo_root().join("tests/fixtures/malformed/fuzz");
+    let targets: [(&str, fn(&[u8])); 3] = [
+        ("mime", harness::mime),
+        ("ical_plan", harness::ical_plan),
+        ("semantics", harness::semantics),
+    ];
+    let mut replayed = 0;
+    for (target, run) in targets {
+        let Ok(dir) = std::fs::read_dir(root.join(target)) else {
+            continue;
+        };
+        for f in dir {
+            let path = f.unwrap().path();
+            let data = std::fs::read(&path).unwrap();
+            let started = Instant::now();
+            if let Err(e) = std::panic::catch_unwind(|| run(&data)) {
+                panic!("{}: {e:?}", path.display());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{}: {:?}",
+                path.display(),
+                started.elapsed()
+            );
+            if target == "mime" {
+                let r = ingest(&["--sender", ALICE], &data);
+                assert_eq!(
+                    r.code,
+                    0,
+                    "{}: {}",
+                    path.display(),
+                    String::from_utf8_lossy(&r.stderr)
+                );
+            }
+            replayed += 1;
+        }
+    }
+    assert!(replayed > 0, "no crashers found under {}", root.display());
+}
+
+// ---------------------------------------------------------------- recurrence, pure
+
+fn bomb_payload(rule: &str) -> imipflow_schema::Payload {
+    let mail = cal_mail(&ics("REQUEST", &[event_lines("bomb", &[rule], &[])]));
+    let input = imipflow_ingest::plan::Input {
+        bytes: &mail,
+        total_size: mail.len() as u64,
+        calendar_beyond_limit: false,
+    };
+    let env = imipflow_ingest::Envelope {
+        direction: imipflow_schema::Direction::Outgoing,
+        sender: ALICE.into(),
+        recipients: Vec::new(),
+    };
+    let now = Utc.with_ymd_and_hms(2027, 3, 1, 12, 0, 0).unwrap();
+    let plan = imipflow_ingest::plan(&input, &env, &imipflow_ingest::Limits::default(), now);
+    match plan.outputs.into_iter().next() {
+        Some(imipflow_ingest::Output::Payload { payload, .. }) => *payload,
+        other => panic!("{rule}: no payload: {other:?}"),
+    }
+}
+
+/// The processor's expansion of each recurrence bomb, timed on the pure
+/// functions: applying it (which materialises up to the horizon and the
+/// instance limit) and answering free/busy windows near and very far away.
+#[test]
+fn recurrence_bombs_are_bounded_in_the_pure_semantics() {
+    use imipflow_processor::semantics;
+    let ctx = imipflow_processor::model::Ctx {
+        default_tz: chrono_tz::Europe::Berlin,
+        now: Utc.with_ymd_and_hms(2027, 3, 1, 12, 0, 0).unwrap(),
+        horizon: chrono::Duration::days(366),
+        max_instances: 5000,
+        managers: Vec::new(),
+    };
+    // Debug build; the release build is about 10x faster.
+    let limit = Duration::from_secs(3);
+    let mut worst = Duration::ZERO;
+    for (name, rule) in recurrence_bombs() {
+        let payload = bomb_payload(&rule);
+        let started = Instant::now();
+        let out = semantics::apply(&Default::default(), &payload, "bomb", &ctx);
+        let applied = started.elapsed();
+        assert!(
+            out.periods.len() <= ctx.max_instances + 1,
+            "{name}: {} periods",
+            out.periods.len()
+        );
+        let mut times = vec![applied];
+        for (from, days) in [
+            (ctx.now, 31),
+            (ctx.now + chrono::Duration::days(365 * 400), 31),
+            (Utc.with_ymd_and_hms(9999, 12, 1, 0, 0, 0).unwrap(), 30),
+        ] {
+            let started = Instant::now();
+            let w = semantics::periods_in_window(
+                &out.state,
+                ALICE,
+                from,
+                from + chrono::Duration::days(days),
+                &ctx,
+            );
+            assert!(
+                w.len() <= 100_000,
+                "{name}: {} periods in a window",
+                w.len()
+            );
+            times.push(started.elapsed());
+        }
+        let slowest = times.iter().max().copied().unwrap();
+        println!(
+            "{name:<45} {:?} periods {} open {} apply {:?} windows {:?}",
+            out.disposition,
+            out.periods.len(),
+            out.open_ended,
+            applied,
+            &times[1..]
+        );
+        assert!(slowest < limit, "{name}: {times:?}");
+        worst = worst.max(slowest);
+    }
+    println!("slowest step {worst:?}");
+}
+
+// ---------------------------------------------------------------- through the processor
+
+/// The recurrence bombs (and a calendar with NUL bytes) through the real
+/// pipeline: `imip-ingest` publishes, `imip-processor run` applies each with a
+/// defined disposition, no message is dead-lettered, and `imip-ctl freebusy`
+/// answers near and far windows quickly.
+#[tokio::test]
+async fn hostile_calendars_through_the_processor() {
+    let env = TestEnv::new().await;
+    let _p = env.start_processor(&[]);
+    let mut users = Vec::new();
+    for (i, (name, rule)) in recurrence_bombs().into_iter().enumerate() {
+        // One user per bomb, so that each answer is about one series.
+        let user = format!("bomb{i}@example.com");
+        let mut lines = event_lines(&format!("bomb{i}"), &[rule.as_str()], &["ORGANIZER"]);
+        lines.insert(1, format!("ORGANIZER:mailto:{user}"));
+        let mail = imipflow_tests::imip_mail("REQUEST", &user, &format!("bomb{i}@x"), &[lines]);
+        let out = env.ingest(&["--sender", &user], &mail).await;
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        users.push((name, user));
+    }
+    let nul = cal_mail(&ev_ics(&["SUMMARY:nul\0byte", "LOCATION:\0"], &[]));
+    let out = env.ingest(&["--sender", ALICE], &nul).await;
+    assert_eq!(out.status.code(), Some(0));
+    let started = Instant::now();
+    env.wait_applied().await;
+    println!(
+        "applied {} hostile messages in {:?}",
+        users.len() + 1,
+        started.elapsed()
+    );
+    let db = env.pg().await;
+    let dead: i64 = db
+        .query_one("SELECT count(*) FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let log: Vec<(String, String)> = db
+        .query("SELECT user_addr, outcome FROM message_log", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(dead, 0, "dead letters: {log:?}");
+    assert_eq!(log.len(), users.len() + 1, "{log:?}");
+    assert!(log.iter().all(|(_, o)| o == "applied"), "{log:?}");
+    for (name, user) in &users {
+        for (from, to) in [
+            ("2027-03-01T00:00:00Z", "2027-04-01T00:00:00Z"),
+            ("2427-03-01T00:00:00Z", "2427-03-08T00:00:00Z"),
+            ("9999-12-01T00:00:00Z", "9999-12-31T00:00:00Z"),
+        ] {
+            let started = Instant::now();
+            let fb = env
+                .ctl_json(&["freebusy", user, "--from", from, "--to", to])
+                .await;
+            let n = fb["periods"].as_array().unwrap().len();
+            let took = started.elapsed();
+            assert!(n <= 100_000, "{name}: {n} periods");
+            assert!(took < Duration::from_secs(10), "{name} {from}: {took:?}");
+        }
+    }
+    // The NUL bytes were replaced before they could reach PostgreSQL.
+    let obj = env.ctl_json(&["objects", ALICE]).await;
+    assert!(obj.to_string().contains('\u{FFFD}'), "{obj}");
+}

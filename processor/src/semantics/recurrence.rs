@@ -295,7 +295,13 @@ impl Rule {
                 _ => rest.push(part),
             }
         }
-        let mut r = RRule::<Unvalidated>::from_str(&rest.join(";")).ok()?;
+        let rest = rest.join(";");
+        // A rule is ASCII (RFC 5545 §3.3.10); the crate's BYDAY parser slices
+        // by byte and panics inside a multi-byte character (found by fuzzing).
+        if !rest.is_ascii() {
+            return None;
+        }
+        let mut r = RRule::<Unvalidated>::from_str(&rest).ok()?;
         let freq = r.get_freq();
         // Make the values the crate would take from DTSTART explicit, so that the
         // rule still means the same once DTSTART is moved forward (re-anchoring).
