@@ -631,7 +631,7 @@ fn progress(json: bool, what: &'static str) -> indicatif::ProgressBar {
 /// also publish them, but only after its next batch).
 async fn flush_events(db: &tokio_postgres::Client, s: &Settings, user: &str) -> anyhow::Result<()> {
     let ns = s.namespace()?;
-    let js = async_nats::jetstream::new(connect_nats(&s).await?);
+    let js = async_nats::jetstream::new(connect_nats(s).await?);
     let partition = imipflow_schema::partition(user, s.partitions) as i32;
     imipflow_processor::relay::flush(db, &js, &ns, partition).await?;
     Ok(())
@@ -648,7 +648,7 @@ async fn replay(
 ) -> anyhow::Result<()> {
     use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     let ns = s.namespace()?;
-    let js = async_nats::jetstream::new(connect_nats(&s).await?);
+    let js = async_nats::jetstream::new(connect_nats(s).await?);
     let mut stream = js.get_stream(ns.messages_stream()).await?;
     let last = stream.info().await?.state.last_sequence;
     let to = to.unwrap_or(last).min(last);
@@ -674,7 +674,7 @@ async fn replay(
             })
             .await?;
         let mut messages = consumer.messages().await?;
-        let mut db = connect(&s).await?;
+        let mut db = connect(s).await?;
         let prefix = format!("{ns}.msg.");
         // A filtered range may end before `to` with nothing more to deliver:
         // stop after a quiet second.
