@@ -119,33 +119,10 @@ pub fn run_to_file(args: &LatencyArgs) -> anyhow::Result<PathBuf> {
         .build()?;
     let load_before = report::loadavg();
     let started = Utc::now();
-    let pid = std::process::id();
-    let ns = Namespace::new(&format!("benchl{pid}"))?;
-    let database = format!("imip_benchl{pid}");
-    let database_url = format!("postgresql://postgres@127.0.0.1:5432/{database}");
     let results = rt.block_on(async {
-        let client = async_nats::connect(&args.nats_url)
-            .await
-            .context("cannot connect to NATS")?;
-        let js = async_nats::jetstream::new(client.clone());
-        let r = measure(args, &ns, &database_url, &client, &js).await;
-        for s in [
-            ns.messages_stream(),
-            ns.quarantine_stream(),
-            ns.events_stream(),
-        ] {
-            let _ = js.delete_stream(s).await;
-        }
-        if let Ok((admin, conn)) =
-            tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await
-        {
-            tokio::spawn(conn);
-            let _ = admin
-                .batch_execute(&format!(
-                    "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-                ))
-                .await;
-        }
+        let pipe = Pipeline::start(&args.bin_dir, &args.nats_url, "l", &[]).await?;
+        let r = measure(args, &pipe).await;
+        pipe.stop().await;
         r
     })?;
     let md = markdown(args, &results, started, &load_before);
@@ -196,73 +173,157 @@ fn phases(args: &LatencyArgs) -> Vec<Phase> {
     v
 }
 
-async fn measure(
-    args: &LatencyArgs,
-    ns: &Namespace,
-    database_url: &str,
-    client: &async_nats::Client,
-    js: &async_nats::jetstream::Context,
-) -> anyhow::Result<Vec<PhaseResult>> {
-    let processor = args.bin_dir.join("imip-processor");
-    let vars = [
-        ("IMIP_NAMESPACE", ns.as_str().to_owned()),
-        ("IMIP_DATABASE_URL", database_url.to_owned()),
-        ("IMIP_NATS_URL", args.nats_url.clone()),
-        ("IMIP_LOG", "warn".to_owned()),
-        ("IMIP_METRICS_LISTEN", String::new()),
-    ];
-    let out = tokio::process::Command::new(&processor)
-        .arg("migrate")
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .await
-        .with_context(|| format!("cannot run {}", processor.display()))?;
-    if !out.status.success() {
-        bail!(
-            "{} migrate failed: {}",
-            processor.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // The baseline's table, in the same database as the processor's.
-    let (db, conn) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    db.batch_execute(
-        "CREATE TABLE bench_baseline (id bigint PRIMARY KEY, body jsonb NOT NULL, at timestamptz NOT NULL DEFAULT now())",
-    )
-    .await?;
-    let insert = db
-        .prepare("INSERT INTO bench_baseline (id, body) VALUES ($1, $2)")
-        .await?;
+/// A private namespace and database, migrated, with one `imip-processor
+/// run` on them and a subscriber timestamping each UID's first change event.
+pub(crate) struct Pipeline {
+    pub ns: Namespace,
+    pub database: String,
+    pub js: async_nats::jetstream::Context,
+    /// On the pipeline's database (also holds the baseline's table).
+    pub db: tokio_postgres::Client,
+    pub insert: tokio_postgres::Statement,
+    /// When each UID's first change event arrived.
+    pub arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    child: Option<tokio::process::Child>,
+    listener: tokio::task::JoinHandle<()>,
+}
 
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let mut sub = client
-        .subscribe(format!("{}.events.>", ns.as_str()))
-        .await
-        .context("cannot subscribe to the events")?;
-    client.flush().await?;
-    let seen = arrivals.clone();
-    let listener = tokio::spawn(async move {
-        use futures::StreamExt;
-        while let Some(m) = sub.next().await {
-            let now = Instant::now();
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload)
-                && let Some(uid) = v["data"]["uid"].as_str()
+impl Pipeline {
+    /// `tag` keeps concurrent benchmarks' namespaces apart; `env` adds
+    /// processor settings.
+    pub async fn start(
+        bin_dir: &Path,
+        nats_url: &str,
+        tag: &str,
+        env: &[(&str, String)],
+    ) -> anyhow::Result<Pipeline> {
+        let pid = std::process::id();
+        let ns = Namespace::new(&format!("bench{tag}{pid}"))?;
+        let database = format!("imip_bench{tag}{pid}");
+        let database_url = format!("postgresql://postgres@127.0.0.1:5432/{database}");
+        let client = async_nats::connect(nats_url)
+            .await
+            .context("cannot connect to NATS")?;
+        let js = async_nats::jetstream::new(client.clone());
+        let processor = bin_dir.join("imip-processor");
+        let mut vars: Vec<(&str, String)> = vec![
+            ("IMIP_NAMESPACE", ns.as_str().to_owned()),
+            ("IMIP_DATABASE_URL", database_url.clone()),
+            ("IMIP_NATS_URL", nats_url.to_owned()),
+            ("IMIP_LOG", "warn".to_owned()),
+            // No HTTP listener: its fixed default port may be taken.
+            ("IMIP_METRICS_LISTEN", String::new()),
+        ];
+        vars.extend(env.iter().cloned());
+        let out = tokio::process::Command::new(&processor)
+            .arg("migrate")
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .await
+            .with_context(|| format!("cannot run {}", processor.display()))?;
+        if !out.status.success() {
+            bail!(
+                "{} migrate failed: {}",
+                processor.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let (db, conn) = tokio_postgres::connect(&database_url, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        db.batch_execute(
+            "CREATE TABLE bench_baseline (id bigint PRIMARY KEY, body jsonb NOT NULL, at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+        let insert = db
+            .prepare("INSERT INTO bench_baseline (id, body) VALUES ($1, $2)")
+            .await?;
+        let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+        let mut sub = client
+            .subscribe(format!("{}.events.>", ns.as_str()))
+            .await
+            .context("cannot subscribe to the events")?;
+        client.flush().await?;
+        let seen = arrivals.clone();
+        let listener = tokio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(m) = sub.next().await {
+                let now = Instant::now();
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload)
+                    && let Some(uid) = v["data"]["uid"].as_str()
+                {
+                    seen.lock()
+                        .expect("not poisoned")
+                        .entry(uid.to_owned())
+                        .or_insert(now);
+                }
+            }
+        });
+        let child = tokio::process::Command::new(&processor)
+            .arg("run")
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start imip-processor run")?;
+        Ok(Pipeline {
+            ns,
+            database,
+            js,
+            db,
+            insert,
+            arrivals,
+            child: Some(child),
+            listener,
+        })
+    }
+
+    /// Stops the processor, deletes the streams and drops the database.
+    pub async fn stop(mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Some(pid) = child.id() {
+                // SAFETY: plain kill(2) on our own child; SIGTERM lets it release its leases.
+                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            }
+            if tokio::time::timeout(Duration::from_secs(10), child.wait())
+                .await
+                .is_err()
             {
-                seen.lock()
-                    .expect("not poisoned")
-                    .entry(uid.to_owned())
-                    .or_insert(now);
+                let _ = child.kill().await;
             }
         }
-    });
+        self.listener.abort();
+        for s in [
+            self.ns.messages_stream(),
+            self.ns.quarantine_stream(),
+            self.ns.events_stream(),
+        ] {
+            let _ = self.js.delete_stream(s).await;
+        }
+        if let Ok((admin, conn)) =
+            tokio_postgres::connect(PG_ADMIN_URL, tokio_postgres::NoTls).await
+        {
+            tokio::spawn(conn);
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.database
+                ))
+                .await;
+        }
+    }
 
-    let mut child = tokio::process::Command::new(&processor)
-        .arg("run")
-        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start imip-processor run")?;
+    /// Waits until every UID in `uids` has had a change event.
+    pub async fn wait_for<'a>(
+        &self,
+        uids: impl Iterator<Item = &'a str> + Clone,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        wait_for(&self.arrivals, uids, limit).await
+    }
+}
+
+async fn measure(args: &LatencyArgs, pipe: &Pipeline) -> anyhow::Result<Vec<PhaseResult>> {
+    let (js, ns, db, insert, arrivals) =
+        (&pipe.js, &pipe.ns, &pipe.db, &pipe.insert, &pipe.arrivals);
     let now = Utc::now();
     let mails = Mails {
         now,
@@ -303,17 +364,6 @@ async fn measure(
         .with_context(|| format!("phase {}", phase.name))?;
         results.push(r);
     }
-    if let Some(pid) = child.id() {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
-    listener.abort();
     Ok(results)
 }
 
@@ -324,11 +374,11 @@ struct Mails {
     users: usize,
 }
 
-struct Payload {
-    user: String,
-    subject_user_key: String,
-    dedupe_id: String,
-    json: Vec<u8>,
+pub(crate) struct Payload {
+    pub user: String,
+    pub subject_user_key: String,
+    pub dedupe_id: String,
+    pub json: Vec<u8>,
 }
 
 impl Mails {
@@ -367,39 +417,42 @@ END:VEVENT\r\nEND:VCALENDAR\r\n"
         phase: &str,
         range: std::ops::Range<usize>,
     ) -> anyhow::Result<Vec<(String, Payload)>> {
-        let limits = imipflow_ingest::Limits::default();
         range
             .map(|i| {
-                let bytes = self.mail(phase, i);
-                let env = Envelope {
-                    direction: Direction::Outgoing,
-                    sender: self.user(i),
-                    recipients: vec![],
-                };
-                let input = Input {
-                    bytes: &bytes,
-                    total_size: bytes.len() as u64,
-                    calendar_beyond_limit: false,
-                };
-                let plan = imipflow_ingest::plan(&input, &env, &limits, self.now);
-                match plan.outputs.into_iter().next() {
-                    Some(Output::Payload { payload, json }) => Ok((
-                        self.uid(phase, i),
-                        Payload {
-                            subject_user_key: imipflow_schema::user_key(&payload.user),
-                            user: payload.user,
-                            dedupe_id: payload.dedupe_id,
-                            json,
-                        },
-                    )),
-                    _ => bail!("latency mail {i} made no payload"),
-                }
+                let p = plan_one(&self.mail(phase, i), &self.user(i), self.now)
+                    .with_context(|| format!("latency mail {i}"))?;
+                Ok((self.uid(phase, i), p))
             })
             .collect()
     }
 }
 
-async fn publish(
+/// What imip-ingest would publish for `mail` sent by `sender` (one payload).
+pub(crate) fn plan_one(mail: &[u8], sender: &str, now: DateTime<Utc>) -> anyhow::Result<Payload> {
+    let env = Envelope {
+        direction: Direction::Outgoing,
+        sender: sender.to_owned(),
+        recipients: vec![],
+    };
+    let input = Input {
+        bytes: mail,
+        total_size: mail.len() as u64,
+        calendar_beyond_limit: false,
+    };
+    let plan = imipflow_ingest::plan(&input, &env, &imipflow_ingest::Limits::default(), now);
+    match plan.outputs.into_iter().next() {
+        Some(Output::Payload { payload, json }) => Ok(Payload {
+            subject_user_key: imipflow_schema::user_key(&payload.user),
+            user: payload.user,
+            dedupe_id: payload.dedupe_id,
+            json,
+        }),
+        Some(Output::Quarantine(q)) => bail!("quarantined: {:?}", q.reason),
+        None => bail!("no payload"),
+    }
+}
+
+pub(crate) async fn publish(
     js: &async_nats::jetstream::Context,
     ns: &Namespace,
     p: &Payload,
@@ -410,7 +463,7 @@ async fn publish(
     Ok(())
 }
 
-async fn publish_start(
+pub(crate) async fn publish_start(
     js: &async_nats::jetstream::Context,
     ns: &Namespace,
     p: &Payload,
@@ -562,7 +615,7 @@ async fn run_phase(
 }
 
 /// Durable in, durable commit, durable out, serially, from warm clients.
-async fn baseline_sample(
+pub(crate) async fn baseline_sample(
     js: &async_nats::jetstream::Context,
     db: &tokio_postgres::Client,
     insert: &tokio_postgres::Statement,
@@ -628,7 +681,7 @@ async fn run_ingest(
     .await?
 }
 
-fn ms(v: f64) -> String {
+pub(crate) fn ms(v: f64) -> String {
     if v.is_nan() {
         "–".into()
     } else if v < 10.0 {

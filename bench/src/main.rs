@@ -8,6 +8,7 @@
 //! `bench/README.md` for what each figure means.
 
 mod fixtures;
+mod growth;
 mod latency;
 mod measure;
 mod processor;
@@ -43,6 +44,8 @@ enum Cmd {
     Processor(processor::ProcessorArgs),
     /// Ingest exit to change event, at fixed offered rates and at saturation.
     Latency(latency::LatencyArgs),
+    /// Free/busy query and apply cost as one user grows to 100,000 events; series instances.
+    Growth(growth::GrowthArgs),
     /// Internal: spawns and reaps the measured children (see `measure.rs`).
     #[command(hide = true)]
     SpawnHelper,
@@ -80,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ingest(args) => ingest(args),
         Cmd::Processor(args) => processor::run(args),
         Cmd::Latency(args) => latency::run(args),
+        Cmd::Growth(args) => growth::run(args),
         Cmd::SpawnHelper => measure::helper_main(),
     }
 }
