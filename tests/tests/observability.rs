@@ -206,6 +206,34 @@ async fn readyz_follows_migrate_metrics_count_and_logs_are_json() {
     );
 }
 
+/// `/readyz` follows the broker: 503 naming NATS while a private nats-server
+/// is down, 200 again once it is back; `/healthz` stays 200 throughout.
+#[tokio::test]
+async fn readyz_follows_nats() {
+    let mut nats = imipflow_tests::servers::NatsServer::start().await;
+    let mut env = TestEnv::unmigrated();
+    env.nats_url = nats.url();
+    let out = env.run("imip-processor", &["migrate"], b"").await;
+    assert!(out.status.success(), "migrate: {out:?}");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let processor = env.start_processor(&[("IMIP_METRICS_LISTEN", listen.as_str())]);
+    wait_for(&format!("{base}/readyz"), 20, |s, _| s == 200).await;
+
+    nats.stop();
+    let (_, body) = wait_for(&format!("{base}/readyz"), 20, |s, _| s == 503).await;
+    assert!(body.contains("NATS"), "{body}");
+    assert_eq!(
+        get(&format!("{base}/healthz")).await.map(|r| r.0),
+        Some(200)
+    );
+
+    nats.restart().await;
+    wait_for(&format!("{base}/readyz"), 30, |s, _| s == 200).await;
+    processor.terminate().await;
+}
+
 #[tokio::test]
 async fn metrics_listener_can_be_disabled_and_publisher_serves_metrics() {
     let env = TestEnv::new().await;
