@@ -263,12 +263,13 @@ fn percent_decode(text: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -344,9 +345,26 @@ pub async fn connect(
     let (options, clean) = auth.connect_target(url)?;
     options
         .name(name)
-        .connect(clean.as_str())
+        .connect(server_addrs(&clean)?)
         .await
         .map_err(|e| explain_connect_error(url, &e))
+}
+
+/// The servers of a comma-separated URL list, as async-nats takes them: it
+/// parses a `&str` as one URL, so `nats://a:4222,nats://b:4222` (a cluster,
+/// SPEC §5) must be handed over as a list.
+pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ConfigError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    setting: "IMIP_NATS_URL",
+                    reason: format!("{}: {e}", redact_url(u)),
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
