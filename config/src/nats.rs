@@ -62,7 +62,12 @@ pub struct NatsAuth {
 
     /// Refuse a connection that is not TLS (also implied by a CA or client
     /// certificate, and by a `tls://` URL).
-    #[arg(long, env = "IMIP_NATS_TLS_REQUIRED", global = true)]
+    #[arg(
+        long,
+        env = "IMIP_NATS_TLS_REQUIRED",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     pub nats_tls_required: bool,
 }
 
