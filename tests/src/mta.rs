@@ -167,6 +167,12 @@ impl Postfix {
     /// Writes the configuration, registers it with the system Postfix
     /// (`alternate_config_directories`), checks it and starts the instance.
     pub fn start(env: &TestEnv) -> Self {
+        Self::start_with(env, |master_cf| master_cf)
+    }
+
+    /// As `start`, with `edit` applied to the (localised) example master.cf
+    /// lines: for tests of a misconfigured pipe.
+    pub fn start_with(env: &TestEnv, edit: impl Fn(String) -> String) -> Self {
         let dir = private_dir("postfix");
         let mut pf = Postfix {
             config_dir: dir.join("etc"),
@@ -176,7 +182,7 @@ impl Postfix {
             registered: false,
             started: false,
         };
-        pf.write_config(env);
+        pf.write_config(env, &edit);
         pf.register();
         let check = pf.postfix(&["check"]);
         assert!(
@@ -203,7 +209,7 @@ impl Postfix {
         pf
     }
 
-    fn write_config(&self, env: &TestEnv) {
+    fn write_config(&self, env: &TestEnv, edit: &dyn Fn(String) -> String) {
         use std::os::unix::fs::{PermissionsExt, chown};
         let etc = &self.config_dir;
         for sub in ["etc", "spool", "data", "bin"] {
@@ -296,7 +302,7 @@ impl Postfix {
              scache    unix  - - n - 1 scache\n\
              postlog   unix-dgram n - n - 1 postlogd\n\
              \n{}",
-            localise(read("master.cf.imip")),
+            edit(localise(read("master.cf.imip"))),
             mx = self.mx_port,
             sub = self.submission_port,
         );

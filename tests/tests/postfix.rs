@@ -236,3 +236,31 @@ async fn nats_down_defers_the_copy_only_and_a_flush_applies_it() {
     // The stream holds each payload once.
     assert_eq!(env.stream_messages("messages").await.len(), 2);
 }
+
+/// A pipe command with a mistake in it (ingest exits 64): the copy is dropped
+/// and logged, the recipient's own delivery happens, and nobody gets a bounce
+/// (Postfix adds BCC recipients as NOTIFY=NONE).
+#[tokio::test]
+async fn a_broken_pipe_command_drops_the_copy_without_bouncing() {
+    if skip() {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let pf = Postfix::start_with(&env, |master_cf| {
+        master_cf.replace("--direction incoming", "--direction sideways")
+    });
+    let invite = imip_mail("REQUEST", CAROL, "broken@pf", &[alice_meeting(None)]);
+    pf.send(pf.mx_port, CAROL, &[BOB], &invite);
+    pf.wait_log(&[&format!("to=<{BOB}>"), "status=sent"], 1)
+        .await;
+    let line = pf
+        .wait_log(&["to=<bob+imip-in@example.org>", "status=bounced"], 1)
+        .await;
+    assert!(line.contains("command line usage error"), "{line}");
+    pf.wait_queue_empty().await;
+    // A bounce would be logged by bounce(8) as a "sender non-delivery
+    // notification" and queued to carol@example.com.
+    let log = pf.maillog();
+    assert!(!log.contains("non-delivery notification"), "{log}");
+    assert_eq!(pf.log_lines(&["from=<>"]).len(), 0, "{log}");
+}
