@@ -234,6 +234,33 @@ async fn readyz_follows_nats() {
     processor.terminate().await;
 }
 
+/// `/readyz` follows the database: 503 naming PostgreSQL while a private
+/// server is down, 200 again once it is back.
+#[tokio::test]
+async fn readyz_follows_postgres() {
+    let mut pg = imipflow_tests::servers::PgServer::start();
+    let mut env = TestEnv::unmigrated();
+    env.database_url = pg.url(&env.database);
+    let out = env.run("imip-processor", &["migrate"], b"").await;
+    assert!(out.status.success(), "migrate: {out:?}");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let processor = env.start_processor(&[("IMIP_METRICS_LISTEN", listen.as_str())]);
+    wait_for(&format!("{base}/readyz"), 20, |s, _| s == 200).await;
+
+    // The private server runs with synchronous_commit=off: make the
+    // migrations durable before crashing it.
+    env.pg().await.batch_execute("CHECKPOINT").await.unwrap();
+    pg.stop_immediate();
+    let (_, body) = wait_for(&format!("{base}/readyz"), 20, |s, _| s == 503).await;
+    assert!(body.contains("PostgreSQL"), "{body}");
+
+    pg.restart();
+    wait_for(&format!("{base}/readyz"), 30, |s, _| s == 200).await;
+    processor.terminate().await;
+}
+
 #[tokio::test]
 async fn metrics_listener_can_be_disabled_and_publisher_serves_metrics() {
     let env = TestEnv::new().await;
