@@ -539,6 +539,12 @@ pub struct Exim {
 
 impl Exim {
     pub fn start(env: &TestEnv) -> Self {
+        Self::start_with(env, |transports| transports)
+    }
+
+    /// As `start`, with `edit` applied to the (localised) example transports:
+    /// for tests of a misconfigured pipe.
+    pub fn start_with(env: &TestEnv, edit: impl Fn(String) -> String) -> Self {
         use std::os::unix::fs::{PermissionsExt, chown};
         let dir = private_dir("exim");
         let mut exim = Exim {
@@ -624,7 +630,7 @@ impl Exim {
             d = d.display(),
             exim_bin = exim_root().join("usr/sbin/exim4").display(),
             routers = read("router_imip"),
-            transports = read("transport_imip"),
+            transports = edit(read("transport_imip")),
         );
         std::fs::write(&exim.config, config).expect("write exim.conf");
         let check = exim.command().arg("-bV").output().expect("run exim -bV");

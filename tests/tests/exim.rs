@@ -156,3 +156,37 @@ async fn nats_down_defers_the_copies_and_a_queue_run_applies_them() {
     assert_eq!(env.busy_lines(ALICE, FROM, TO).await, vec![SLOT]);
     assert_eq!(queue_len(&env, BOB).await, 1);
 }
+
+/// A pipe command with a mistake in it (ingest exits 64): the copy fails and
+/// is logged, the recipient's own delivery happens, and `errors_to =` keeps
+/// Exim from sending anyone a bounce.
+#[tokio::test]
+async fn a_broken_pipe_command_fails_the_copy_without_bouncing() {
+    if skip() {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let exim = Exim::start_with(&env, |transports| {
+        transports.replace("--direction incoming", "--direction sideways")
+    });
+    exim.send(
+        exim.mx_port,
+        false,
+        DAVE,
+        &[BOB],
+        &invitation("broken@exim", "REQUEST"),
+    );
+    exim.run_queue();
+    let log = exim.mainlog();
+    assert_eq!(exim.log_lines(&["R=deliver_and_discard"]).len(), 1, "{log}");
+    assert_eq!(
+        exim.log_lines(&["** bob@example.org R=imip_incoming", "returned 64"])
+            .len(),
+        1,
+        "{log}"
+    );
+    assert_eq!(exim.log_lines(&["error ignored"]).len(), 1, "{log}");
+    // A bounce would arrive as a new message from <> ("<= <>").
+    assert!(exim.log_lines(&["<= <>"]).is_empty(), "{log}");
+    assert!(exim.queue().trim().is_empty(), "{}", exim.queue());
+}
