@@ -336,7 +336,7 @@ async fn measure(args: &LatencyArgs, pipe: &Pipeline) -> anyhow::Result<Vec<Phas
         publish(js, ns, m, None).await?;
     }
     wait_for(
-        &arrivals,
+        arrivals,
         warm.iter().map(|(u, _)| u.as_str()),
         Duration::from_secs(60),
     )
@@ -355,9 +355,9 @@ async fn measure(args: &LatencyArgs, pipe: &Pipeline) -> anyhow::Result<Vec<Phas
             &mails,
             js,
             ns,
-            &db,
-            &insert,
-            &arrivals,
+            db,
+            insert,
+            arrivals,
             &ingest,
         )
         .await

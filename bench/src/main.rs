@@ -7,6 +7,7 @@
 //! one JetStream publish-with-ack from an already running client. See
 //! `bench/README.md` for what each figure means.
 
+mod all;
 mod fixtures;
 mod growth;
 mod latency;
@@ -38,6 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The whole suite: ingest, processor, latency, growth, then a summary of their ratios.
+    All(all::AllArgs),
     /// imip-ingest per message, next to a process spawn and a JetStream publish-with-ack.
     Ingest(IngestArgs),
     /// imip-processor messages/s, next to a bare JetStream consumer and plain batched SQL.
@@ -59,6 +62,10 @@ struct IngestArgs {
     /// Where imip-ingest and imip-processor are.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
+    /// The imip-ingest binary to measure (default: <bin-dir>/imip-ingest), e.g.
+    /// the statically linked build `bench/run` makes.
+    #[arg(long)]
+    ingest: Option<PathBuf>,
     /// Folder with typical-outlook.eml, large-recurring.eml and non-calendar.eml
     /// (default: bench/fixtures).
     #[arg(long)]
@@ -80,6 +87,7 @@ struct IngestArgs {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Cmd::All(args) => all::run(args),
         Cmd::Ingest(args) => ingest(args),
         Cmd::Processor(args) => processor::run(args),
         Cmd::Latency(args) => latency::run(args),
@@ -255,7 +263,10 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         bail!("--iterations must be at least 1");
     }
     let warmup = if args.smoke { 1 } else { 3 };
-    let ingest_bin = args.bin_dir.join("imip-ingest");
+    let ingest_bin = args
+        .ingest
+        .clone()
+        .unwrap_or_else(|| args.bin_dir.join("imip-ingest"));
     for bin in [&ingest_bin, &args.bin_dir.join("imip-processor")] {
         if !bin.is_file() {
             bail!(
@@ -399,6 +410,9 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     };
 
     let mut machine = report::machine(&args.bin_dir);
+    let line = report::ingest_binary(&ingest_bin);
+    machine.retain(|(k, _)| *k != line.0);
+    machine.push(line);
     machine.push(("NATS server".into(), server_version));
     let setup = vec![
         (

@@ -81,14 +81,32 @@ pub fn machine(bin_dir: &Path) -> Vec<(String, String)> {
             ),
         ));
     }
-    let ingest = bin_dir.join("imip-ingest");
-    if let Ok(meta) = std::fs::metadata(&ingest) {
-        m.push((
-            "imip-ingest binary".into(),
-            format!("{} ({} KiB)", ingest.display(), meta.len() / 1024),
-        ));
-    }
+    m.push(ingest_binary(&bin_dir.join("imip-ingest")));
     m
+}
+
+/// The "imip-ingest binary" line: path, size and how it is linked (a
+/// dynamically linked ELF names its loader, `ld-linux…`, in PT_INTERP near
+/// the start of the file).
+pub fn ingest_binary(ingest: &Path) -> (String, String) {
+    let value = match std::fs::read(ingest) {
+        Ok(bytes) => {
+            let head = &bytes[..bytes.len().min(64 * 1024)];
+            let dynamic = head.windows(8).any(|w| w == b"ld-linux");
+            format!(
+                "{} ({} KiB, {})",
+                ingest.display(),
+                bytes.len() / 1024,
+                if dynamic {
+                    "dynamically linked"
+                } else {
+                    "statically linked"
+                }
+            )
+        }
+        Err(e) => format!("{} ({e})", ingest.display()),
+    };
+    ("imip-ingest binary".into(), value)
 }
 
 /// The first line of a command's stdout, if it ran successfully.
