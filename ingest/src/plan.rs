@@ -169,7 +169,69 @@ pub fn envelope_address(raw: &str) -> Option<String> {
 }
 
 /// Decides what a message becomes. An empty plan means: nothing calendar-related.
+///
+/// Never panics: should a bug in ingest or in a parser it uses panic on some
+/// input (the fuzz targets exist so that none does), the message is
+/// quarantined as `invalid_calendar` with the panic in the detail, so that the
+/// MTA still gets exit 0 and delivers the mail instead of bouncing it.
 pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Utc>) -> Plan {
+    let run = std::panic::AssertUnwindSafe(|| plan_unguarded(input, env, limits, now));
+    match std::panic::catch_unwind(run) {
+        Ok(plan) => plan,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let mut ctx = Ctx::new(env, limits, now);
+            ctx.message_key = [b"sha:".as_slice(), &sha256(&[input.bytes])].concat();
+            let q = ctx.quarantine(
+                QuarantineReason::InvalidCalendar,
+                format!("internal error while reading this message: {what}"),
+                None,
+                input.bytes,
+                input.total_size,
+            );
+            Plan { outputs: vec![q] }
+        }
+    }
+}
+
+impl<'a> Ctx<'a> {
+    fn new(env: &'a Envelope, limits: &'a Limits, now: DateTime<Utc>) -> Self {
+        let sender = envelope_address(&env.sender).unwrap_or_default();
+        let recipients: Vec<String> = env
+            .recipients
+            .iter()
+            .filter_map(|r| envelope_address(r))
+            .collect();
+        let users = match env.direction {
+            Direction::Outgoing if !sender.is_empty() => vec![sender.clone()],
+            Direction::Outgoing => Vec::new(),
+            Direction::Incoming => recipients.clone(),
+        };
+        Ctx {
+            env,
+            sender,
+            recipients,
+            users,
+            message_id: None,
+            message_key: Vec::new(),
+            now,
+            limits,
+        }
+    }
+}
+
+/// [`plan`] without the panic guard: what the fuzz targets call, so that a
+/// panic is reported as a finding instead of becoming a quarantine record.
+pub fn plan_unguarded(
+    input: &Input<'_>,
+    env: &Envelope,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Plan {
     let raw = input.bytes;
     let too_large = input.total_size > limits.max_message_bytes as u64;
     let calendar = mime::looks_calendar(raw) || (too_large && input.calendar_beyond_limit);
@@ -177,27 +239,7 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
         return Plan::default();
     }
 
-    let sender = envelope_address(&env.sender).unwrap_or_default();
-    let recipients: Vec<String> = env
-        .recipients
-        .iter()
-        .filter_map(|r| envelope_address(r))
-        .collect();
-    let users = match env.direction {
-        Direction::Outgoing if !sender.is_empty() => vec![sender.clone()],
-        Direction::Outgoing => Vec::new(),
-        Direction::Incoming => recipients.clone(),
-    };
-    let mut ctx = Ctx {
-        env,
-        sender,
-        recipients,
-        users,
-        message_id: None,
-        message_key: Vec::new(),
-        now,
-        limits,
-    };
+    let mut ctx = Ctx::new(env, limits, now);
 
     if too_large {
         ctx.message_key = sha256(&[raw, &input.total_size.to_be_bytes()]).to_vec();

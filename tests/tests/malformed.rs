@@ -1723,8 +1723,11 @@ async fn hostile_calendars_through_the_processor() {
                 .await;
             let n = fb["periods"].as_array().unwrap().len();
             let took = started.elapsed();
-            assert!(n <= 100_000, "{name}: {n} periods");
+            // Per UID: the materialised instances (at most 5,000) plus at most
+            // 100,000 re-expanded past the horizon.
+            assert!(n <= 105_000, "{name}: {n} periods");
             assert!(took < Duration::from_secs(10), "{name} {from}: {took:?}");
+            println!("{name:<45} {from} {n:>6} periods in {took:?}");
         }
     }
     // The NUL bytes were replaced before they could reach PostgreSQL.
