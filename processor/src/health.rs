@@ -103,7 +103,7 @@ impl Probe {
     async fn readings(&self) -> Result<metrics::StoreReadings, ProcessorError> {
         let js = async_nats::jetstream::new(self.nats.clone());
         let status = self
-            .with_db(async |db| ctl::status(db, &js, &self.settings).await)
+            .with_db(async |db| ctl::scrape_status(db, &js, &self.settings).await)
             .await?;
         Ok(metrics::StoreReadings {
             partitions: status
@@ -112,6 +112,7 @@ impl Probe {
                 .map(|p| (p.partition, p.applied, p.newest, p.leased))
                 .collect(),
             dead_letters: status.dead_letters,
+            unpublished_events: status.unpublished_events,
             quarantined: status.quarantined,
         })
     }

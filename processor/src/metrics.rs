@@ -36,6 +36,8 @@ pub const PARTITION_OWNED: &str = "imipflow_partition_owned";
 pub const DEAD_LETTERS: &str = "imipflow_dead_letters";
 /// Records in the quarantine stream (gauge, scraped).
 pub const QUARANTINED: &str = "imipflow_quarantined";
+/// Change events committed but not yet published to the events stream (gauge, scraped).
+pub const UNPUBLISHED_EVENTS: &str = "imipflow_outbox_unpublished";
 /// Scrapes whose store readings failed (counter); the gauges keep their last values.
 pub const SCRAPE_ERRORS: &str = "imipflow_scrape_errors_total";
 
@@ -114,6 +116,10 @@ pub fn describe() {
     );
     describe_gauge!(DEAD_LETTERS, "Dead letters not replayed yet");
     describe_gauge!(QUARANTINED, "Records in the quarantine stream");
+    describe_gauge!(
+        UNPUBLISHED_EVENTS,
+        "Change events committed but not yet published to the events stream"
+    );
     describe_counter!(SCRAPE_ERRORS, "Scrapes whose store readings failed");
     metrics::gauge!(OWNED_PARTITIONS).set(0.0);
 }
@@ -166,6 +172,7 @@ pub struct StoreReadings {
     pub partitions: Vec<(u32, u64, u64, bool)>,
     pub dead_letters: u64,
     pub quarantined: u64,
+    pub unpublished_events: u64,
 }
 
 pub fn set_readings(r: &StoreReadings) {
@@ -177,6 +184,7 @@ pub fn set_readings(r: &StoreReadings) {
     }
     metrics::gauge!(DEAD_LETTERS).set(r.dead_letters as f64);
     metrics::gauge!(QUARANTINED).set(r.quarantined as f64);
+    metrics::gauge!(UNPUBLISHED_EVENTS).set(r.unpublished_events as f64);
 }
 
 pub fn scrape_failed() {

@@ -144,6 +144,11 @@ async fn readyz_follows_migrate_metrics_count_and_logs_are_json() {
     assert!(sample(&page, "imipflow_batch_apply_seconds_count").unwrap_or(0.0) >= 1.0);
     assert_eq!(sample(&page, "imipflow_dead_letters"), Some(0.0), "{page}");
     assert_eq!(sample(&page, "imipflow_quarantined"), Some(0.0), "{page}");
+    assert_eq!(
+        sample(&page, "imipflow_outbox_unpublished"),
+        Some(0.0),
+        "{page}"
+    );
     let mut acquired = 0.0;
     for p in 0..env.partitions {
         assert_eq!(

@@ -479,8 +479,8 @@ async fn main() -> anyhow::Result<()> {
                     println!("instance {} owns {} partition(s)", i.instance, i.partitions);
                 }
                 println!(
-                    "lag {}, dead letters {}, quarantined {}, refused {}",
-                    st.lag, st.dead_letters, st.quarantined, st.refused
+                    "lag {}, dead letters {}, quarantined {}, refused {}, unpublished events {}",
+                    st.lag, st.dead_letters, st.quarantined, st.refused, st.unpublished_events
                 );
             }
         }
