@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 const POSTFIX: &str = "/usr/sbin/postfix";
 const NATS_SERVER: &str = "/usr/sbin/nats-server";
-/// Serialises edits of the system's `/etc/postfix/main.cf` between tests.
-const MAIN_CF_LOCK: &str = "/etc/postfix/.imipflow-tests.lock";
+/// Serialises edits of the system's `/etc/postfix/main.cf` between tests
+/// (a file of that name in the temp dir).
+const MAIN_CF_LOCK: &str = "imipflow-postfix-main-cf.lock";
 
 /// The domain the test instance treats as local (the deploy examples use it too).
 pub const DOMAIN: &str = "example.org";
@@ -315,13 +316,18 @@ impl Postfix {
     /// parallel processes.
     fn edit_alternate_dirs(&self, add: bool) {
         let script = r#"
-            cur=$(postconf -h alternate_config_directories 2>/dev/null || true)
-            new=$(printf '%s\n' $cur | grep -vxF "$1" | tr '\n' ' ')
+            # Also drops directories that no longer exist (a test killed
+            # before its Drop ran).
+            new=""
+            for d in $(postconf -h alternate_config_directories 2>/dev/null); do
+                if [ -d "$d" ] && [ "$d" != "$1" ]; then new="$new $d"; fi
+            done
             if [ "$2" = add ]; then new="$new $1"; fi
             postconf -e "alternate_config_directories = $(echo $new)"
         "#;
         let status = Command::new("flock")
-            .args([MAIN_CF_LOCK, "sh", "-c", script, "sh"])
+            .arg(std::env::temp_dir().join(MAIN_CF_LOCK))
+            .args(["sh", "-c", script, "sh"])
             .arg(&self.config_dir)
             .arg(if add { "add" } else { "remove" })
             .status()
