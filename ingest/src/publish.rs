@@ -129,7 +129,9 @@ pub async fn publish_async(plan: &Plan, target: &Target<'_>) -> Result<(), Inges
         reason,
     };
     let (options, url) = crate::config::connect_options(target.url, target.auth, target.timeout)?;
-    let client = tokio::time::timeout(target.timeout, options.connect(url.as_str()))
+    let servers =
+        imipflow_config::nats::server_addrs(&url).map_err(|e| connect_err(e.to_string()))?;
+    let client = tokio::time::timeout(target.timeout, options.connect(servers))
         .await
         .map_err(|_| connect_err("timed out".into()))?
         .map_err(|e| connect_err(imipflow_config::nats::explain(&e)))?;

@@ -29,7 +29,9 @@ pub async fn connect_nats_with(
         .nats_auth
         .connect_target(&settings.nats_url)
         .map_err(|e| ProcessorError::Config(e.to_string()))?;
-    configure(options).connect(url.as_str()).await.map_err(|e| {
+    let servers = imipflow_config::nats::server_addrs(&url)
+        .map_err(|e| ProcessorError::Config(e.to_string()))?;
+    configure(options).connect(servers).await.map_err(|e| {
         ProcessorError::Nats(
             imipflow_config::nats::explain_connect_error(&settings.nats_url, &e).to_string(),
         )

@@ -159,9 +159,13 @@ impl TestEnv {
     }
 
     pub async fn jetstream(&self) -> jetstream::Context {
-        let client = async_nats::connect(&self.nats_url)
-            .await
-            .expect("connect to NATS");
+        // A cluster's comma-separated list: async-nats parses a &str as one URL.
+        let servers: Vec<async_nats::ServerAddr> = self
+            .nats_url
+            .split(',')
+            .map(|u| u.trim().parse().expect("NATS URL"))
+            .collect();
+        let client = async_nats::connect(servers).await.expect("connect to NATS");
         jetstream::new(client)
     }
 
