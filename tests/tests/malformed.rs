@@ -1685,14 +1685,107 @@ async fn hostile_calendars_through_the_processor() {
         );
         users.push((name, user));
     }
-    let nul = cal_mail(&ev_ics(&["SUMMARY:nul\0byte", "LOCATION:\0"], &[]));
-    let out = env.ingest(&["--sender", ALICE], &nul).await;
-    assert_eq!(out.status.code(), Some(0));
+    // Odd but valid objects, each for its own user, with the processor's
+    // defined disposition.
+    let odd: Vec<(&str, String, &str)> = vec![
+        (
+            "NUL bytes",
+            ev_ics(&["SUMMARY:nul\0byte", "LOCATION:\0"], &[]),
+            "applied",
+        ),
+        (
+            "unknown METHOD",
+            ics("X-FROBNICATE", &[event_lines("u1@hostile", &[], &[])]),
+            "ignored",
+        ),
+        (
+            "year 9999 ending in year 10000",
+            ev_ics(&["DTSTART:99991231T230000Z", "DURATION:P2D"], &["DTEND"]),
+            "applied",
+        ),
+        (
+            "year 0000",
+            ev_ics(&["DTSTART:00000101T000000Z", "DTEND:00000101T010000Z"], &[]),
+            "applied",
+        ),
+        (
+            "SEQUENCE beyond 64 bits",
+            ev_ics(&["SEQUENCE:99999999999999999999999"], &[]),
+            "applied",
+        ),
+        ("no DTSTART", ev_ics(&[], &["DTSTART"]), "applied"),
+        (
+            "unknown TZID",
+            ev_ics(
+                &[
+                    "DTSTART;TZID=Mars/Olympus_Mons:20270315T090000",
+                    "DTEND;TZID=Mars/Olympus_Mons:20270315T100000",
+                ],
+                &[],
+            ),
+            "applied",
+        ),
+        (
+            "VTIMEZONE with absurd offsets",
+            ics(
+                "REQUEST",
+                &[
+                    vec![
+                        "BEGIN:VTIMEZONE".into(),
+                        "TZID:Custom".into(),
+                        "BEGIN:STANDARD".into(),
+                        "DTSTART:19700101T000000".into(),
+                        "TZOFFSETFROM:+9999".into(),
+                        "TZOFFSETTO:+9999".into(),
+                        "END:STANDARD".into(),
+                        "END:VTIMEZONE".into(),
+                    ],
+                    event_lines(
+                        "u1@hostile",
+                        &[
+                            "DTSTART;TZID=Custom:20270315T090000",
+                            "DURATION:PT1H",
+                            "RRULE:FREQ=DAILY",
+                        ],
+                        &["DTEND"],
+                    ),
+                ],
+            ),
+            "applied",
+        ),
+        (
+            "same UID twice, RECURRENCE-ID THISANDFUTURE in year 9999",
+            ics(
+                "REQUEST",
+                &[
+                    event_lines("u1@hostile", &["RRULE:FREQ=WEEKLY"], &[]),
+                    event_lines(
+                        "u1@hostile",
+                        &["RECURRENCE-ID;RANGE=THISANDFUTURE:99991227T090000Z"],
+                        &[],
+                    ),
+                ],
+            ),
+            "applied",
+        ),
+    ];
+    for (i, (name, body, _)) in odd.iter().enumerate() {
+        let user = format!("odd{i}@example.com");
+        let body = body.replace(ALICE, &user);
+        let out = env.ingest(&["--sender", &user], &cal_mail(&body)).await;
+        assert_eq!(out.status.code(), Some(0), "{name}");
+        let payloads = imipflow_tests::json_lines(
+            &env.ingest(&["--print", "--sender", &user], &cal_mail(&body))
+                .await
+                .stdout,
+        );
+        assert_eq!(payloads.len(), 1, "{name}: {payloads:?}");
+    }
     let started = Instant::now();
     env.wait_applied().await;
     println!(
         "applied {} hostile messages in {:?}",
-        users.len() + 1,
+        users.len() + odd.len(),
         started.elapsed()
     );
     let db = env.pg().await;
@@ -1709,8 +1802,20 @@ async fn hostile_calendars_through_the_processor() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(dead, 0, "dead letters: {log:?}");
-    assert_eq!(log.len(), users.len() + 1, "{log:?}");
-    assert!(log.iter().all(|(_, o)| o == "applied"), "{log:?}");
+    assert_eq!(log.len(), users.len() + odd.len(), "{log:?}");
+    for (_, user) in &users {
+        assert!(
+            log.contains(&(user.clone(), "applied".into())),
+            "{user}: {log:?}"
+        );
+    }
+    for (i, (name, _, want)) in odd.iter().enumerate() {
+        let user = format!("odd{i}@example.com");
+        assert!(
+            log.contains(&(user.clone(), want.to_string())),
+            "{name}: want {want}: {log:?}"
+        );
+    }
     for (name, user) in &users {
         for (from, to) in [
             ("2027-03-01T00:00:00Z", "2027-04-01T00:00:00Z"),
@@ -1731,6 +1836,6 @@ async fn hostile_calendars_through_the_processor() {
         }
     }
     // The NUL bytes were replaced before they could reach PostgreSQL.
-    let obj = env.ctl_json(&["objects", ALICE]).await;
+    let obj = env.ctl_json(&["objects", "odd0@example.com"]).await;
     assert!(obj.to_string().contains('\u{FFFD}'), "{obj}");
 }

@@ -37,6 +37,13 @@ pub(crate) const WINDOW_CAP: usize = 100_000;
 /// whole period in memory before yielding any of it.
 const MAX_PER_PERIOD: u64 = 100_000;
 
+/// Largest move of a `RANGE=THISANDFUTURE` override that shifts the later
+/// instances with it; a larger one counts for its own instance only. Real
+/// clients move a series by hours or days; without a bound, a move by
+/// thousands of years (found by the hostile-input suite) put the materialised
+/// horizon before year -4713, out of PostgreSQL's range.
+const MAX_SHIFT: Duration = Duration::days(10 * 366);
+
 /// Every UTC offset in use lies within ±26 h; local and UTC bounds are widened
 /// by this much so that no instance is missed at a window's edge.
 const ZONE_SLACK: Duration = Duration::hours(27);
@@ -791,7 +798,10 @@ impl Plan {
                 .recurrence_id
                 .as_ref()
                 .is_some_and(|r| r.range == Some(Range::ThisAndFuture));
-            if this_and_future {
+            // A hostile THISANDFUTURE that moves the rest of a series by
+            // millennia would make every bound reach back (or ahead) that far:
+            // beyond MAX_SHIFT it applies to its own instance only.
+            if this_and_future && (start - rid).abs() <= MAX_SHIFT {
                 shifts.push(Shift {
                     rid,
                     offset: start - rid,
