@@ -183,6 +183,11 @@ impl Postfix {
             registered: false,
             started: false,
         };
+        reap_after_test(&format!(
+            "postfix -c '{}' abort; rm -rf '{}'",
+            pf.config_dir.display(),
+            pf.dir.display()
+        ));
         pf.write_config(env, &edit);
         pf.register();
         let check = pf.postfix(&["check"]);
@@ -473,6 +478,23 @@ impl Drop for Postfix {
     }
 }
 
+/// Runs `cleanup` (a shell command) once this test process has gone, from a
+/// watcher in a session of its own: if the test is killed before its `Drop`
+/// runs (a nextest timeout), a daemonised Postfix or an Exim daemon would
+/// otherwise keep running. After a normal end it finds nothing left to do.
+fn reap_after_test(cleanup: &str) {
+    let script = format!(
+        "while kill -0 {} 2>/dev/null; do sleep 1; done; {cleanup}",
+        std::process::id()
+    );
+    let _ = Command::new("setsid")
+        .args(["sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
 fn user_id(name: &str) -> u32 {
     let out = Command::new("id")
         .args(["-u", name])
@@ -654,6 +676,11 @@ impl Exim {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn exim daemon");
+        reap_after_test(&format!(
+            "kill -9 {}; rm -rf '{}'",
+            daemon.id(),
+            exim.dir.display()
+        ));
         exim.daemon = Some(daemon);
         wait_listening(mx, "exim", Duration::from_secs(15));
         wait_listening(sub, "exim submission", Duration::from_secs(15));
