@@ -87,6 +87,16 @@ impl Lane {
     /// Runs the lane until shutdown: acquire, apply, and on losing the lease start over.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ProcessorError> {
         let mut db = connect(&self.settings).await?;
+        // Fencing needs this: a worker paused (SIGSTOP, VM freeze) inside a
+        // transaction holds its partition row locked, and the instance taking
+        // the lane over would wait for it forever. The server aborts such a
+        // transaction once it has been idle for a lease, which frees the row;
+        // the paused worker's commit then fails when it wakes up.
+        db.batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            self.settings.lease_ms.max(1000)
+        ))
+        .await?;
         let cache = StatementCache::default();
         let retry = Duration::from_millis(self.settings.lease_ms / 4);
         loop {
@@ -102,6 +112,12 @@ impl Lane {
                     crate::metrics::lease_released(self.partition, result.is_err());
                     if let Err(e) = result {
                         tracing::warn!(partition = self.partition, error = %e, "lane stopped; retrying");
+                        // Do not spin on a broker or database that is down:
+                        // back off before trying to own the lane again.
+                        tokio::select! {
+                            _ = tokio::time::sleep(retry) => {}
+                            _ = shutdown.changed() => {}
+                        }
                     }
                 }
                 None => {
@@ -283,9 +299,14 @@ impl Lane {
         let failed = if crate::batch::per_message() {
             let mut failed = false;
             for m in &todo {
-                if apply.payload(&mut fast, m.seq, &m.payload).await.is_err() {
-                    failed = true;
-                    break;
+                match apply.payload(&mut fast, m.seq, &m.payload).await {
+                    Ok(()) => {}
+                    // The connection, not the message: retry the whole batch.
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(_) => {
+                        failed = true;
+                        break;
+                    }
                 }
             }
             failed
@@ -308,6 +329,7 @@ impl Lane {
             .await
             {
                 Ok(()) => false,
+                Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
                     tracing::warn!(partition = self.partition, error = %e, "batch failed; applying message by message");
                     true
@@ -359,6 +381,9 @@ impl Apply<'_> {
         let mut sp = tx.savepoint("message").await?;
         match self.payload(&mut sp, seq, bytes).await {
             Ok(()) => sp.commit().await?,
+            // Never dead-letter for a fault of the infrastructure: the caller
+            // rolls the batch back and retries it after a backoff.
+            Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
                 sp.rollback().await?;
                 tracing::warn!(partition = self.partition, seq, user = %user_hint, error = %e, "message dead-lettered");
@@ -477,12 +502,24 @@ pub async fn run(
         };
         let rx = shutdown.clone();
         tasks.push(tokio::spawn(async move {
+            // Exponential backoff while PostgreSQL or NATS stay unreachable
+            // (250 ms doubling to 5 s), reset once a lane ran for a while.
+            let mut backoff = Duration::from_millis(250);
             loop {
+                let started = std::time::Instant::now();
                 match lane.clone().run(rx.clone()).await {
                     Ok(()) => return,
                     Err(e) => {
-                        tracing::error!(partition = lane.partition, error = %e, "lane failed; restarting");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if started.elapsed() > Duration::from_secs(30) {
+                            backoff = Duration::from_millis(250);
+                        }
+                        tracing::error!(partition = lane.partition, error = %e, backoff_ms = backoff.as_millis() as u64, "lane failed; restarting");
+                        let mut stop = rx.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.changed() => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         if *rx.borrow() {
                             return;
                         }
