@@ -284,3 +284,149 @@ async fn ingest_while_nats_is_down_exits_75_and_the_mta_retry_applies_once() {
     let stored = env.stream_messages("messages").await;
     assert_eq!(stored.len(), 1, "the broker kept the re-delivery");
 }
+
+fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Publishes `chunk`, retrying while NATS is down (as the MTA retries a
+/// deferred mail: same Nats-Msg-Id, so a retry never stores twice).
+async fn publish_retrying(env: &TestEnv, chunk: &[Message]) -> usize {
+    let ns = imipflow_loadgen::namespace(&env.namespace).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut retries = 0;
+    loop {
+        let attempt = async {
+            let client = async_nats::ConnectOptions::new()
+                .connection_timeout(Duration::from_secs(2))
+                .connect(env.nats_url.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            let js = async_nats::jetstream::new(client);
+            imipflow_loadgen::publish(&js, &ns, env.partitions, chunk)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match attempt.await {
+            Ok(_) => return retries,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "publishing failed for 300 s: {e}"
+                );
+                retries += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+/// The recorded long run (scripts/longrun, figures in docs/reliability.md):
+/// hundreds of SIGKILLs of 1–3 processor instances, NATS killed and
+/// restarted, PostgreSQL restarted mid-transaction and down for 30 s, all
+/// while traffic flows; then compared with the oracle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/longrun"]
+async fn long_run() {
+    let kills_wanted = setting("IMIP_LONGRUN_KILLS", 500);
+    let count = setting("IMIP_LONGRUN_MESSAGES", 40_000);
+    let users = setting("IMIP_LONGRUN_USERS", 400);
+    let seed = setting("IMIP_LONGRUN_SEED", 2026) as u64;
+    let outage = Duration::from_secs(setting("IMIP_PG_OUTAGE_SECS", 30) as u64);
+    let started = Instant::now();
+    let msgs = messages(&Config::new(seed, users, count));
+    let want = oracle(&msgs).await;
+    eprintln!(
+        "longrun: {} payloads of {users} users (seed {seed}); oracle applied them in {:.0} s",
+        msgs.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut nats = NatsServer::start().await;
+    let mut pg = PgServer::start();
+    let mut env = TestEnv::unmigrated();
+    env.nats_url = nats.url();
+    env.database_url = pg.url(&env.database);
+    migrate(&env).await;
+    let log = std::env::temp_dir().join(format!("imip-longrun-{}.log", std::process::id()));
+    let extra = [("IMIP_BATCH_SIZE", "32")];
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut procs = vec![spawn_processor(&env, &extra, Some(&log))];
+    let per_step = msgs.len().div_ceil(kills_wanted).max(1);
+    let mut next = 0;
+    let (mut kills, mut starts, mut nats_restarts, mut pg_restarts, mut outages) =
+        (0usize, 1usize, 0usize, 0usize, 0usize);
+    let mut publish_retries = 0;
+    let faults_started = Instant::now();
+    while kills < kills_wanted {
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..1400))).await;
+        let end = (next + per_step).min(msgs.len());
+        publish_retries += publish_retrying(&env, &msgs[next..end]).await;
+        next = end;
+        if kills > 0 && kills % 90 == 0 && nats_restarts < kills / 90 {
+            if nats_restarts % 2 == 0 {
+                nats.kill9();
+            } else {
+                nats.stop();
+            }
+            tokio::time::sleep(Duration::from_millis(rng.u64(200..3000))).await;
+            nats.restart().await;
+            nats_restarts += 1;
+        } else if kills > 0 && kills % 125 == 0 && pg_restarts < kills / 125 {
+            pg.stop_immediate();
+            pg.restart();
+            pg_restarts += 1;
+        } else if outages == 0 && kills >= kills_wanted / 2 {
+            pg.stop_immediate();
+            tokio::time::sleep(outage).await;
+            pg.restart();
+            outages += 1;
+        }
+        if procs.len() < 3 && (procs.is_empty() || rng.u32(..100) < 45) {
+            procs.push(spawn_processor(&env, &extra, Some(&log)));
+            starts += 1;
+        } else {
+            let victim = procs.swap_remove(rng.usize(..procs.len()));
+            victim.kill9().await;
+            kills += 1;
+            if kills % 50 == 0 {
+                eprintln!(
+                    "longrun: {kills} kills, {starts} starts, {next}/{} published, {} applied, {:.0} s",
+                    msgs.len(),
+                    applied(&env).await,
+                    faults_started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    publish_retries += publish_retrying(&env, &msgs[next..]).await;
+    if procs.is_empty() {
+        procs.push(spawn_processor(&env, &extra, Some(&log)));
+        starts += 1;
+    }
+    settle(&env, Duration::from_secs(900)).await;
+    let got = Outcome::of(&env).await;
+    let dead = dead_letters(&env).await;
+    let applied_n = applied(&env).await;
+    for p in procs {
+        p.kill9().await;
+    }
+    eprintln!(
+        "longrun figures: payloads={} users={users} applied_log_rows={applied_n} events={} \
+kills={kills} starts={starts} nats_restarts={nats_restarts} pg_restarts={pg_restarts} \
+pg_outages={outages}x{}s publish_retries={publish_retries} dead_letters={dead} \
+fault_phase_s={:.0} total_s={:.0}",
+        msgs.len(),
+        got.events.len(),
+        outage.as_secs(),
+        faults_started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(dead, 0, "a transient fault dead-lettered");
+    assert_same(&got, &want);
+    eprintln!("longrun outcome: equal to the oracle (tables and per-user event streams)");
+    let _ = std::fs::remove_file(&log);
+}
