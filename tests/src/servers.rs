@@ -162,10 +162,10 @@ jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 2
                     client.request("$JS.API.INFO", "".into()),
                 )
                 .await;
-                if let Ok(Ok(m)) = reply {
-                    if !String::from_utf8_lossy(&m.payload).contains("\"error\"") {
-                        return;
-                    }
+                if let Ok(Ok(m)) = reply
+                    && !String::from_utf8_lossy(&m.payload).contains("\"error\"")
+                {
+                    return;
                 }
             }
             assert!(
@@ -298,13 +298,12 @@ pub struct PgServer {
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
-    let out = Command::new("runuser")
+    Command::new("runuser")
         .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("runuser");
-    out
+        .expect("runuser")
 }
 
 impl PgServer {
