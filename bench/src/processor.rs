@@ -38,7 +38,7 @@ pub struct ProcessorArgs {
     #[arg(long, default_value_t = 1000)]
     users: usize,
     /// IMIP_BATCH_SIZE of the processor, and the batch of both baselines.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     batch_size: usize,
     /// IMIP_PARTITIONS.
     #[arg(long, default_value_t = 16)]
@@ -65,12 +65,22 @@ pub struct ProcessorArgs {
     /// CI mode: tiny counts, checks that everything runs, not how fast.
     #[arg(long)]
     smoke: bool,
+    /// Extra environment of the processor, KEY=VALUE (repeatable), e.g.
+    /// IMIP_APPLY_PER_MESSAGE=1 for the per-message path.
+    #[arg(long = "processor-env", value_parser = parse_env)]
+    processor_env: Vec<(String, String)>,
     /// Skip the two baselines.
     #[arg(long)]
     no_baselines: bool,
     /// NATS server.
     #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, clap::ValueEnum)]
@@ -673,6 +683,7 @@ fn start_processor(
     tokio::process::Command::new(args.bin_dir.join("imip-processor"))
         .arg("run")
         .envs(sandbox.vars(args))
+        .envs(args.processor_env.iter().map(|(k, v)| (k, v)))
         .kill_on_drop(true)
         .spawn()
         .context("cannot start imip-processor run")

@@ -76,8 +76,9 @@ pub struct Settings {
     #[arg(long, env = "IMIP_LEASE_MS", default_value_t = 10_000, global = true)]
     pub lease_ms: u64,
 
-    /// Most messages applied in one transaction.
-    #[arg(long, env = "IMIP_BATCH_SIZE", default_value_t = 64, global = true)]
+    /// Most messages applied in one transaction (256: per-batch costs amortised,
+    /// see bench/results/processor-*.md; a lane stops collecting after 2 ms without a message).
+    #[arg(long, env = "IMIP_BATCH_SIZE", default_value_t = 256, global = true)]
     pub batch_size: usize,
 
     /// How far ahead series instances are materialised, in days (later ones are

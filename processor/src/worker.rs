@@ -139,6 +139,13 @@ impl Lane {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ProcessorError> {
         crate::relay::flush(db, &self.js, &self.ns, self.partition).await?;
+        // After each commit the relay runs on a connection of its own while
+        // the lane applies the next batch; one flush at a time keeps each
+        // user's events in order (see `Relay`).
+        let mut relay = Relay {
+            db: Arc::new(crate::connect::connect(&self.settings).await?),
+            running: None,
+        };
         let stream = self
             .js
             .get_stream(self.ns.messages_stream())
@@ -187,12 +194,16 @@ impl Lane {
             let first = tokio::select! {
                 m = messages.next() => m,
                 _ = tokio::time::sleep(renew_every) => {
+                    relay.wait().await?;
                     if !self.renew(db, epoch).await? {
                         return Err(ProcessorError::Config("lease lost".into()));
                     }
                     continue;
                 }
-                _ = shutdown.changed() => return Ok(()),
+                _ = shutdown.changed() => {
+                    relay.wait().await?;
+                    return Ok(());
+                }
             };
             let Some(first) = first else {
                 return Err(ProcessorError::Nats("message stream ended".into()));
@@ -231,7 +242,16 @@ impl Lane {
                 m.ack().await.map_err(ProcessorError::nats)?;
             }
             if !fresh.is_empty() {
-                crate::relay::flush(db, &self.js, &self.ns, self.partition).await?;
+                relay.wait().await?;
+                let (rdb, js, ns, p) = (
+                    relay.db.clone(),
+                    self.js.clone(),
+                    self.ns.clone(),
+                    self.partition,
+                );
+                relay.running = Some(tokio::spawn(async move {
+                    crate::relay::flush(&rdb, &js, &ns, p).await
+                }));
             }
         }
     }
@@ -353,6 +373,34 @@ impl Lane {
         .await?;
         tx.commit().await?;
         Ok(last)
+    }
+}
+
+/// The lane's outbox flush, running in the background between commits. At
+/// most one runs per lane, and a lane that stops (lease lost, error) aborts it
+/// on drop, so two owners never publish a partition's events at once for
+/// long; the next owner flushes again on takeover (event ids dedupe repeats).
+struct Relay {
+    db: Arc<Client>,
+    running: Option<tokio::task::JoinHandle<Result<usize, ProcessorError>>>,
+}
+
+impl Relay {
+    /// Waits for the running flush, if any, and returns its error.
+    async fn wait(&mut self) -> Result<(), ProcessorError> {
+        if let Some(h) = self.running.take() {
+            h.await
+                .map_err(|e| ProcessorError::Config(format!("relay task: {e}")))??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(h) = self.running.take() {
+            h.abort();
+        }
     }
 }
 
