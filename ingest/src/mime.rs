@@ -35,14 +35,38 @@ pub fn looks_calendar(raw: &[u8]) -> bool {
 
 /// Case-insensitive search for several ASCII needles at once.
 pub fn contains_any_ignore_case(hay: &[u8], needles: &[&[u8]]) -> bool {
-    // Every needle's first byte is a lower-case ASCII letter or punctuation; scan
-    // for candidate starts and compare in place, no allocation.
-    hay.iter().enumerate().any(|(i, &b)| {
-        let b = b.to_ascii_lowercase();
-        needles.iter().any(|n| {
-            n[0] == b && hay.len() - i >= n.len() && hay[i..i + n.len()].eq_ignore_ascii_case(n)
+    let lower = |b: &u8| b.to_ascii_lowercase();
+    // When one byte is in every needle (for `looks_calendar`: 'c', ~3 % of
+    // text), compare the needles only around its occurrences instead of at
+    // every byte: this scan was most of the non-calendar fast path's
+    // instructions (callgrind: 721 k of 992 k for a 10 KB mail). A match at p
+    // has the needle's first anchor at p + offset, so none is missed.
+    let anchor = needles.first().and_then(|first| {
+        first
+            .iter()
+            .map(lower)
+            .find(|a| needles.iter().all(|n| n.iter().any(|b| lower(b) == *a)))
+    });
+    let Some(anchor) = anchor else {
+        return hay.iter().enumerate().any(|(i, &b)| {
+            needles.iter().any(|n| {
+                lower(&n[0]) == b.to_ascii_lowercase()
+                    && hay.len() - i >= n.len()
+                    && hay[i..i + n.len()].eq_ignore_ascii_case(n)
+            })
+        });
+    };
+    hay.iter()
+        .enumerate()
+        .filter(|(_, b)| lower(b) == anchor)
+        .any(|(i, _)| {
+            needles.iter().any(|n| {
+                let off = n.iter().position(|b| lower(b) == anchor).unwrap_or(0);
+                i >= off
+                    && hay.len() - (i - off) >= n.len()
+                    && hay[i - off..i - off + n.len()].eq_ignore_ascii_case(n)
+            })
         })
-    })
 }
 
 fn is_calendar_part(part: &mail_parser::MessagePart<'_>) -> bool {
@@ -154,6 +178,44 @@ mod tests {
             b"Content-Disposition: attachment; filename=\"invite.ICS\""
         ));
         assert!(looks_calendar(b"\r\nBEGIN:VCALENDAR\r\n"));
+    }
+
+    #[test]
+    fn anchored_scan_finds_what_a_plain_scan_finds() {
+        let needles: [&[u8]; 4] = [b"text/calendar", b"/ics", b".ics", b"vcalendar"];
+        let plain = |hay: &[u8]| {
+            needles
+                .iter()
+                .any(|n| hay.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
+        };
+        let words: [&[u8]; 9] = [
+            b"text/calenda",
+            b"TEXT/CALENDAR",
+            b"c",
+            b"/ic",
+            b"s.ICS",
+            b"vCalendar",
+            b"cal",
+            b"x",
+            b"ics",
+        ];
+        // Every sequence of up to three words: matches at the edges, split
+        // needles, anchors without a match.
+        for a in words {
+            for b in words {
+                for c in words {
+                    let hay = [a, b, c].concat();
+                    assert_eq!(
+                        contains_any_ignore_case(&hay, &needles),
+                        plain(&hay),
+                        "{}",
+                        String::from_utf8_lossy(&hay)
+                    );
+                }
+            }
+        }
+        assert!(contains_any_ignore_case(b"xyz", &[b"y"]));
+        assert!(!contains_any_ignore_case(b"xyz", &[b"ab", b"q"]));
     }
 
     #[test]
