@@ -28,6 +28,12 @@ fn run_plan(mail: &[u8], env: &Envelope) -> Vec<Payload> {
             plan::Output::Payload { payload, json } => {
                 // What ingest publishes, the processor must be able to read.
                 let back = Payload::from_json(&json).expect("a published payload must deserialise");
+                // PostgreSQL refuses NUL in text and jsonb: one would fail the
+                // processor's transaction.
+                assert!(
+                    !String::from_utf8_lossy(&json).contains("\\u0000"),
+                    "NUL in a payload"
+                );
                 assert_eq!(back.dedupe_id, payload.dedupe_id);
                 Some(*payload)
             }
@@ -82,6 +88,13 @@ const ZONES: [chrono_tz::Tz; 4] = [
     chrono_tz::Australia::Lord_Howe,
 ];
 
+/// Whether PostgreSQL's `timestamptz` can hold `t` (4713 BC to 294276 AD):
+/// every instant the semantics return is written by the store.
+fn storable(t: DateTime<Utc>) -> bool {
+    use chrono::Datelike;
+    t.year() > -4712 && t.year() < 294_276
+}
+
 fn apply_all(states: &mut BTreeMap<String, UidState>, payload: &Payload, ctx: &Ctx) {
     let mut uids: Vec<&str> = payload.components.iter().map(|c| c.uid.as_str()).collect();
     uids.sort_unstable();
@@ -89,6 +102,22 @@ fn apply_all(states: &mut BTreeMap<String, UidState>, payload: &Payload, ctx: &C
     for uid in uids {
         let state = states.get(uid).cloned().unwrap_or_default();
         let out = semantics::apply(&state, payload, uid, ctx);
+        for p in &out.periods {
+            assert!(storable(p.start) && storable(p.end), "period {p:?}");
+            assert!(p.recurrence_id.is_none_or(storable), "period {p:?}");
+        }
+        assert!(
+            out.complete_until.is_none_or(storable),
+            "{:?}",
+            out.complete_until
+        );
+        for o in &out.state.objects {
+            assert!(
+                o.recurrence_id.is_none_or(storable),
+                "{:?}",
+                o.recurrence_id
+            );
+        }
         states.insert(uid.to_owned(), out.state);
     }
 }
