@@ -91,7 +91,7 @@ pub enum Workload {
     Series,
     /// Incoming REPLYs from attendees to events the user organizes (seeded first, untimed).
     Replies,
-    /// 50% new single events, 15% series, 20% replies, 10% updates, 5% cancels.
+    /// imip-loadgen's realistic traffic (seed 42).
     Mix,
 }
 
@@ -106,6 +106,8 @@ pub enum Shape {
 /// One generated message: what the stream carries and what it touches.
 struct Msg {
     user: String,
+    /// `Nats-Msg-Id`: the dedupe id, except for a late re-delivery.
+    msg_id: String,
     uids: Vec<String>,
     dedupe_id: String,
     json: Vec<u8>,
@@ -315,9 +317,9 @@ async fn measure(
     let db = pg(&sandbox.database_url).await?;
     // Seed (replies only): applied by the processor, untimed.
     if !seed.is_empty() {
-        publish(js, &sandbox.ns, args.partitions, &seed).await?;
+        let positions = publish(js, &sandbox.ns, args.partitions, &seed).await?;
         let mut p = start_processor(args, sandbox)?;
-        wait_applied(&db, seed.len() as i64, None).await?;
+        wait_applied(&db, &positions).await?;
         stop(&mut p).await;
     }
     let seeded_events: HashMap<String, i64> = db
@@ -326,15 +328,14 @@ async fn measure(
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    publish(js, &sandbox.ns, args.partitions, &measured).await?;
-    let first_seq = seed.len() as u64 + 1;
+    let positions = publish(js, &sandbox.ns, args.partitions, &measured).await?;
     let consumer = if args.no_baselines {
         None
     } else {
-        Some(bare_consumer(args, sandbox, js, &measured, first_seq).await?)
+        Some(bare_consumer(args, sandbox, js, &positions).await?)
     };
     let mut p = start_processor(args, sandbox)?;
-    let processor = wait_applied(&db, (seed.len() + measured.len()) as i64, Some(seed.len())).await;
+    let processor = wait_applied(&db, &positions).await;
     stop(&mut p).await;
     let processor = processor?;
     let dead_letters: i64 = db
@@ -495,6 +496,7 @@ impl Planner {
                     }
                     out.push(Msg {
                         user: payload.user.clone(),
+                        msg_id: payload.dedupe_id.clone(),
                         uids,
                         dedupe_id: payload.dedupe_id.clone(),
                         json,
@@ -572,74 +574,27 @@ fn generate(
             }
         }
         Workload::Mix => {
-            // Earlier single events per user, for replies, updates and cancels.
-            let mut made: HashMap<String, Vec<usize>> = HashMap::new();
-            for i in 0..count {
-                let u = user_of(i);
-                let roll = (i * 7919) % 100;
-                let earlier = made
-                    .get(&u)
-                    .and_then(|v| (!v.is_empty()).then(|| v[(i * 31) % v.len()]));
-                let msgs = match (roll, earlier) {
-                    (50..65, _) => planner.plan(
-                        out,
-                        &u,
-                        "",
-                        &mail("REQUEST", &u, "guest@example.org", i, &series(&u, i)),
-                    )?,
-                    (65..85, Some(n)) => {
-                        let (from, body) = reply(&u, n, i % 3);
-                        planner.plan(
-                            Direction::Incoming,
-                            &from,
-                            &u,
-                            &mail("REPLY", &from, &u, i, &body),
-                        )?
+            // The load generator's traffic (imipflow-loadgen, seed 42): what the
+            // broker would drop as a re-delivery is left out.
+            let users = if shape == Shape::Hot { 1 } else { users };
+            for m in imipflow_loadgen::messages(&imipflow_loadgen::Config::new(42, users, count)) {
+                if m.delivery == imipflow_loadgen::Delivery::Redelivery {
+                    continue;
+                }
+                let payload = imipflow_schema::Payload::from_json(&m.json)?;
+                let mut uids: Vec<String> = Vec::new();
+                for c in &payload.components {
+                    if !uids.contains(&c.uid) {
+                        uids.push(c.uid.clone());
                     }
-                    (85..95, Some(n)) => planner.plan(
-                        out,
-                        &u,
-                        "",
-                        &mail(
-                            "REQUEST",
-                            &u,
-                            "guest@example.org",
-                            i,
-                            &single_event(&u, n, 1 + (i % 1000) as u32, 2, "CONFIRMED"),
-                        ),
-                    )?,
-                    (95.., Some(n)) => {
-                        made.get_mut(&u).expect("made").retain(|&k| k != n);
-                        planner.plan(
-                            out,
-                            &u,
-                            "",
-                            &mail(
-                                "CANCEL",
-                                &u,
-                                "guest@example.org",
-                                i,
-                                &single_event(&u, n, 5000, 0, "CANCELLED"),
-                            ),
-                        )?
-                    }
-                    _ => {
-                        made.entry(u.clone()).or_default().push(i);
-                        planner.plan(
-                            out,
-                            &u,
-                            "",
-                            &mail(
-                                "REQUEST",
-                                &u,
-                                "guest@example.org",
-                                i,
-                                &single_event(&u, i, 0, 0, "CONFIRMED"),
-                            ),
-                        )?
-                    }
-                };
-                measured.extend(msgs);
+                }
+                measured.push(Msg {
+                    user: m.user,
+                    msg_id: m.nats_msg_id,
+                    uids,
+                    dedupe_id: m.dedupe_id,
+                    json: m.json,
+                });
             }
         }
     }
@@ -651,27 +606,49 @@ async fn publish(
     ns: &Namespace,
     partitions: u32,
     msgs: &[Msg],
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<Position>> {
     let mut acks = Vec::new();
+    let mut positions = Vec::with_capacity(msgs.len());
+    let settle = |acks: &mut Vec<(u32, async_nats::jetstream::context::PublishAckFuture)>| {
+        let taken = std::mem::take(acks);
+        async move {
+            let mut out = Vec::new();
+            for (p, a) in taken {
+                let ack = a.await.context("publish ack")?;
+                if !ack.duplicate {
+                    out.push(Position {
+                        partition: p,
+                        seq: ack.sequence,
+                    });
+                }
+            }
+            anyhow::Ok(out)
+        }
+    };
     for m in msgs {
-        let subject = ns.message_subject(partition(&m.user, partitions), &user_key(&m.user));
+        let p = partition(&m.user, partitions);
+        let subject = ns.message_subject(p, &user_key(&m.user));
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", m.dedupe_id.as_str());
-        acks.push(
+        headers.insert("Nats-Msg-Id", m.msg_id.as_str());
+        acks.push((
+            p,
             js.publish_with_headers(subject, headers, m.json.clone().into())
                 .await
                 .context("publish")?,
-        );
+        ));
         if acks.len() >= 512 {
-            for a in acks.drain(..) {
-                a.await.context("publish ack")?;
-            }
+            positions.extend(settle(&mut acks).await?);
         }
     }
-    for a in acks {
-        a.await.context("publish ack")?;
-    }
-    Ok(())
+    positions.extend(settle(&mut acks).await?);
+    Ok(positions)
+}
+
+/// Where a published message landed.
+#[derive(Clone, Copy)]
+struct Position {
+    partition: u32,
+    seq: u64,
 }
 
 // ---------------------------------------------------------------- processor
@@ -702,36 +679,40 @@ async fn stop(child: &mut tokio::process::Child) {
     }
 }
 
-/// Waits until `total` messages are logged (or dead-lettered); the rate runs
-/// from the first poll that saw a measured message to the one that saw all.
-async fn wait_applied(
-    db: &tokio_postgres::Client,
-    total: i64,
-    base: Option<usize>,
-) -> anyhow::Result<Rate> {
+/// Waits until every lane's stored position has passed the messages in
+/// `positions`; the rate runs from the first poll that saw one of them
+/// applied to the one that saw all (lanes commit their position with the
+/// effects, so this counts exactly what was applied, duplicates included).
+async fn wait_applied(db: &tokio_postgres::Client, positions: &[Position]) -> anyhow::Result<Rate> {
     let started = Instant::now();
+    let total = positions.len();
     let limit = Duration::from_secs(120 + total as u64 / 100);
-    let base = base.unwrap_or(0) as i64;
-    let mut first: Option<(Instant, i64)> = None;
+    let mut first: Option<(Instant, usize)> = None;
     loop {
-        let n: i64 = db
-            .query_one(
-                "SELECT (SELECT count(*) FROM message_log) + (SELECT count(*) FROM dead_letters)",
-                &[],
-            )
+        let last: HashMap<i32, i64> = db
+            .query("SELECT partition, last_sequence FROM partitions", &[])
             .await?
-            .get(0);
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let n = positions
+            .iter()
+            .filter(|p| {
+                last.get(&(p.partition as i32))
+                    .is_some_and(|&l| l >= p.seq as i64)
+            })
+            .count();
         let now = Instant::now();
-        if n > base && first.is_none() {
+        if n > 0 && first.is_none() {
             first = Some((now, n));
         }
         if n >= total {
             let (t0, n0) = first.expect("progress seen");
-            // Count the messages of the first poll's batch too when all came in one poll.
+            // All in one poll: count from the start instead.
             let (msgs, secs) = if now > t0 && n > n0 {
-                ((n - n0) as usize, (now - t0).as_secs_f64())
+                (n - n0, (now - t0).as_secs_f64())
             } else {
-                ((n - base) as usize, (now - started).as_secs_f64())
+                (n, (now - started).as_secs_f64())
             };
             return Ok(Rate { msgs, secs });
         }
@@ -750,13 +731,13 @@ async fn bare_consumer(
     args: &ProcessorArgs,
     sandbox: &Sandbox,
     js: &jetstream::Context,
-    msgs: &[Msg],
-    first_seq: u64,
+    positions: &[Position],
 ) -> anyhow::Result<Rate> {
     let mut per_partition = vec![0usize; args.partitions as usize];
-    for m in msgs {
-        per_partition[partition(&m.user, args.partitions) as usize] += 1;
+    for p in positions {
+        per_partition[p.partition as usize] += 1;
     }
+    let first_seq = positions.iter().map(|p| p.seq).min().unwrap_or(1);
     let stream = js.get_stream(sandbox.ns.messages_stream()).await?;
     let started = Instant::now();
     let total = Arc::new(AtomicUsize::new(0));
@@ -1195,7 +1176,8 @@ async fn write_batch(
     .await?;
     tx.execute(
         "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+         ON CONFLICT (user_addr, dedupe_id) DO NOTHING",
         &[&log.0, &log.1, &log.2, &log.3, &log.4, &log.5],
     )
     .await?;
