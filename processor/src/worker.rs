@@ -154,9 +154,29 @@ impl Lane {
         // The partition's durable pull consumer, realigned on every takeover
         // with the position PostgreSQL says was applied: whatever the previous
         // owner fetched but did not commit is delivered again, in order.
-        let name = self.ns.partition_consumer(self.partition as u32);
+        //
+        // One consumer per ownership, the epoch in its name: a worker that
+        // lost the lane while paused (SIGSTOP, VM freeze) and wakes up pulls
+        // from a consumer that no longer exists, never from its successor's
+        // (where it would take messages away that it cannot commit).
+        let base = self.ns.partition_consumer(self.partition as u32);
+        let name = format!("{base}-e{epoch}");
         let filter = self.ns.partition_filter(self.partition as u32);
-        let _ = stream.delete_consumer(&name).await;
+        let earlier = format!("{base}-e");
+        let mut stale = Vec::new();
+        let mut names = stream.consumer_names();
+        while let Some(n) = names.next().await {
+            let n = n.map_err(ProcessorError::nats)?;
+            let owned_before = n
+                .strip_prefix(&earlier)
+                .is_some_and(|e| e.parse::<i64>().is_ok_and(|e| e != epoch));
+            if owned_before || n == base {
+                stale.push(n);
+            }
+        }
+        for n in stale {
+            let _ = stream.delete_consumer(&n).await;
+        }
         let consumer = stream
             .create_consumer(pull::Config {
                 durable_name: Some(name.clone()),
