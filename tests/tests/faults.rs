@@ -355,7 +355,9 @@ async fn long_run() {
     let extra = [("IMIP_BATCH_SIZE", "32")];
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut procs = vec![spawn_processor(&env, &extra, Some(&log))];
-    let per_step = msgs.len().div_ceil(kills_wanted).max(1);
+    // About one start per kill: spread the traffic over all 2 × kills steps,
+    // so that faults keep hitting lanes with work in hand until the end.
+    let per_step = msgs.len().div_ceil(kills_wanted * 2).max(1);
     let mut next = 0;
     let (mut kills, mut starts, mut nats_restarts, mut pg_restarts, mut outages) =
         (0usize, 1usize, 0usize, 0usize, 0usize);
