@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_node_cluster_survives_losing_the_stream_leader_under_load() {
+    let t0 = Instant::now();
     let msgs = messages(&Config::new(21, 40, 1500));
     let want = oracle(&msgs).await;
+    eprintln!("cluster: oracle {:.1} s", t0.elapsed().as_secs_f64());
 
     let mut cluster = NatsCluster::start().await;
+    eprintln!("cluster: up {:.1} s", t0.elapsed().as_secs_f64());
     let mut env = TestEnv::unmigrated();
     env.nats_url = cluster.urls();
     let replicas = [("IMIP_STREAM_REPLICAS", "3")];
@@ -79,7 +82,9 @@ async fn three_node_cluster_survives_losing_the_stream_leader_under_load() {
         .expect("leader is one of ours");
     victim.kill9();
     let retries = traffic.await.unwrap();
+    eprintln!("cluster: traffic done {:.1} s", t0.elapsed().as_secs_f64());
     settle(&env, Duration::from_secs(150)).await;
+    eprintln!("cluster: settled {:.1} s", t0.elapsed().as_secs_f64());
     let mut stream = js
         .get_stream(format!("{}-messages", env.namespace))
         .await
@@ -111,6 +116,7 @@ async fn three_node_cluster_survives_losing_the_stream_leader_under_load() {
         }
     }
     let got = Outcome::of(&env).await;
+    eprintln!("cluster: read back {:.1} s", t0.elapsed().as_secs_f64());
     assert_same(&got, &want);
     for p in procs {
         p.kill9().await;
