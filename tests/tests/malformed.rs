@@ -1424,13 +1424,13 @@ fn file_cases() -> Vec<Case> {
     let table: &[(&str, Want)] = &[
         ("outlook-custom-zone-broken-rules.eml", p(1)),
         ("qp-soft-breaks-everywhere.eml", p(1)),
-        ("apple-double-encoded-calendar.eml", p(1)),
+        ("apple-double-encoded-calendar.eml", q("invalid_calendar")),
     ];
     table
         .iter()
-        .filter_map(|(f, want)| {
-            let mail = std::fs::read(dir.join(f)).ok()?;
-            Some(case(format!("file {f}"), mail, want.clone()))
+        .map(|(f, want)| {
+            let mail = std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+            case(format!("file {f}"), mail, want.clone())
         })
         .collect()
 }
@@ -1769,11 +1769,18 @@ async fn hostile_calendars_through_the_processor() {
         );
         assert_eq!(payloads.len(), 1, "{name}: {payloads:?}");
     }
+    // A custom zone whose rules are broken (month 13, 9th Sunday, a missing offset).
+    let zone = std::fs::read(
+        repo_root().join("tests/fixtures/malformed/outlook-custom-zone-broken-rules.eml"),
+    )
+    .unwrap();
+    let out = env.ingest(&["--sender", ALICE], &zone).await;
+    assert_eq!(out.status.code(), Some(0));
     let started = Instant::now();
     env.wait_applied().await;
     println!(
         "applied {} hostile messages in {:?}",
-        users.len() + odd.len(),
+        users.len() + odd.len() + 1,
         started.elapsed()
     );
     let db = env.pg().await;
@@ -1790,7 +1797,11 @@ async fn hostile_calendars_through_the_processor() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     assert_eq!(dead, 0, "dead letters: {log:?}");
-    assert_eq!(log.len(), users.len() + odd.len(), "{log:?}");
+    assert_eq!(log.len(), users.len() + odd.len() + 1, "{log:?}");
+    assert!(
+        log.contains(&(ALICE.to_owned(), "applied".into())),
+        "{log:?}"
+    );
     for (_, user) in &users {
         assert!(
             log.contains(&(user.clone(), "applied".into())),
