@@ -168,12 +168,19 @@ impl NatsAuth {
         let mut options = ConnectOptions::new();
         if let Some(path) = &self.nats_creds_file {
             let text = read_secret("IMIP_NATS_CREDS_FILE", path)?;
-            options = options
-                .credentials(&text)
-                .map_err(|e| ConfigError::Invalid {
-                    setting: "IMIP_NATS_CREDS_FILE",
-                    reason: format!("{}: {e}", path.display()),
-                })?;
+            let invalid = |reason: String| ConfigError::Invalid {
+                setting: "IMIP_NATS_CREDS_FILE",
+                reason: format!("{}: {reason}", path.display()),
+            };
+            let (jwt, seed) = parse_creds(&text)
+                .ok_or_else(|| invalid("no user JWT and nkey seed in it".into()))?;
+            let key_pair = std::sync::Arc::new(
+                nkeys::KeyPair::from_seed(seed).map_err(|e| invalid(e.to_string()))?,
+            );
+            options = options.jwt(jwt.to_owned(), move |nonce| {
+                let key_pair = key_pair.clone();
+                async move { key_pair.sign(&nonce).map_err(async_nats::AuthError::new) }
+            });
         }
         if let Some(path) = &self.nats_nkey_file {
             let seed = read_secret("IMIP_NATS_NKEY_FILE", path)?;
@@ -300,6 +307,25 @@ impl NatsAuth {
     }
 }
 
+/// The user JWT and the nkey seed of a `.creds` file: the first line after
+/// each of its first two `-----BEGIN …-----` lines. (async-nats' own parser
+/// needs the regex crate, about 2 MB of imip-ingest.)
+pub fn parse_creds(text: &str) -> Option<(&str, &str)> {
+    let mut lines = text.lines().map(str::trim);
+    let mut values = Vec::with_capacity(2);
+    while values.len() < 2 {
+        let line = lines.next()?;
+        if line.starts_with("---") && line.contains("BEGIN") {
+            let value = lines.find(|l| !l.is_empty())?;
+            if value.starts_with("---") {
+                return None;
+            }
+            values.push(value);
+        }
+    }
+    Some((values[0], values[1]))
+}
+
 /// Reads a secret from a file; one trailing newline (as editors write) is not
 /// part of it.
 pub fn read_secret(setting: &'static str, path: &Path) -> Result<String, ConfigError> {
@@ -375,6 +401,23 @@ pub fn server_addrs(urls: &str) -> Result<Vec<async_nats::ServerAddr>, ConfigErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn creds_file_parts() {
+        let text = "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJqd3QiLCJhbGciOiJlZDI1NTE5In0.e30.sig\n------END NATS USER JWT------\n\n\
+            ************************* IMPORTANT *************************\n\
+            NKEY Seed printed below can be used to sign and prove identity.\n\n\
+            -----BEGIN USER NKEY SEED-----\nSUAIO3FHUX5PNV2LQIIP7TZ3N4L7TX3W53MQGEIVYFIGA635OZCKEYHFLM\n------END USER NKEY SEED------\n";
+        let (jwt, seed) = parse_creds(text).unwrap();
+        assert_eq!(jwt, "eyJ0eXAiOiJqd3QiLCJhbGciOiJlZDI1NTE5In0.e30.sig");
+        assert_eq!(
+            seed,
+            "SUAIO3FHUX5PNV2LQIIP7TZ3N4L7TX3W53MQGEIVYFIGA635OZCKEYHFLM"
+        );
+        assert!(nkeys::KeyPair::from_seed(seed).is_ok());
+        assert_eq!(parse_creds("-----BEGIN X-----\n------END X------\n"), None);
+        assert_eq!(parse_creds("garbage"), None);
+    }
 
     #[test]
     fn url_credentials_are_taken_out() {
