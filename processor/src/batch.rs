@@ -83,6 +83,11 @@ struct UidSlot {
     queued: Option<(i64, Option<DateTime<Utc>>)>,
     /// Whether objects, attendees, free/busy and open_series are rewritten.
     saved: bool,
+    /// Whether the database had objects or free/busy rows of it: only then do
+    /// its old rows need deleting (attendees and open_series rows exist only
+    /// next to objects; were one left over, the insert would fail and the
+    /// per-message path, which always deletes, would take the batch).
+    stored: bool,
     open_until: Option<DateTime<Utc>>,
     queue_write: Option<QueueWrite>,
 }
@@ -146,26 +151,22 @@ pub async fn apply(
         .collect();
     let mut slots: HashMap<Key, UidSlot> = HashMap::with_capacity(keys.len());
     for r in &objects {
+        let slot = slots.entry((r.get(0), r.get(1))).or_default();
+        slot.stored = true;
         // Unreadable stored objects are skipped, as `store::load_state` does.
         if let Ok(o) = serde_json::from_value::<StoredObject>(r.get::<_, serde_json::Value>(2)) {
-            slots
-                .entry((r.get(0), r.get(1)))
-                .or_default()
-                .objects
-                .push(o);
+            slot.objects.push(o);
         }
     }
     for r in &busy {
-        slots
-            .entry((r.get(0), r.get(1)))
-            .or_default()
-            .busy
-            .insert(Period {
-                start: r.get(2),
-                end: r.get(3),
-                fbtype: FbType::parse(r.get::<_, &str>(4)).unwrap_or(FbType::Busy),
-                recurrence_id: r.get(5),
-            });
+        let slot = slots.entry((r.get(0), r.get(1))).or_default();
+        slot.stored = true;
+        slot.busy.insert(Period {
+            start: r.get(2),
+            end: r.get(3),
+            fbtype: FbType::parse(r.get::<_, &str>(4)).unwrap_or(FbType::Busy),
+            recurrence_id: r.get(5),
+        });
     }
     for r in &queued {
         slots.entry((r.get(0), r.get(1))).or_default().queued = Some((r.get(2), r.get(3)));
@@ -579,8 +580,10 @@ struct Rows<'a> {
 impl<'a> Rows<'a> {
     /// The rows `store::save_outcome` writes for one UID's final state.
     fn add(&mut self, user: &'a str, uid: &'a str, slot: &'a UidSlot) {
-        self.saved_users.push(user);
-        self.saved_uids.push(uid);
+        if slot.stored {
+            self.saved_users.push(user);
+            self.saved_uids.push(uid);
+        }
         for o in &slot.objects {
             let key = store::recurrence_key(o.recurrence_id);
             let c = &o.component;
