@@ -120,6 +120,101 @@ pub enum NatsLogin {
     UsersAndNkey,
     /// [`NATS_TOKEN`], and TLS with a client certificate (`verify: true`).
     TokenAndClientCert,
+    /// Decentralised (operator) mode: a user of an account with JetStream,
+    /// whose `.creds` file is `creds`; no TLS.
+    Creds,
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A NATS JWT (v2) about `subject`, signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let header = base64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("IMIPFLOWTEST{iat}{name}").to_uppercase(),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let body = format!("{header}.{}", base64url(claims.to_string().as_bytes()));
+    let signature = issuer.sign(body.as_bytes()).expect("sign JWT");
+    format!("{body}.{}", base64url(&signature))
+}
+
+/// Server config lines and a `.creds` file for operator mode.
+fn operator_setup(creds: &Path) -> String {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "op",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+        "wildcards": true, "conn": -1, "leaf": -1,
+        "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1
+    });
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "acct",
+        serde_json::json!({"limits": unlimited, "default_permissions": {"pub": {}, "sub": {}},
+                           "type": "account", "version": 2}),
+    );
+    // JetStream in operator mode needs a system account.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"type": "account", "version": 2}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "user",
+        serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                           "type": "user", "version": 2}),
+    );
+    std::fs::write(
+        creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    format!(
+        "operator: \"{operator_jwt}\"\nsystem_account: {sys}\nresolver: MEMORY\n\
+         resolver_preload: {{ {acct}: \"{account_jwt}\", {sys}: \"{system_jwt}\" }}\n",
+        acct = account.public_key(),
+        sys = system.public_key(),
+    )
 }
 
 /// A nats-server with JetStream that requires TLS and a login: user
@@ -128,6 +223,8 @@ pub struct SecureNats {
     pub port: u16,
     pub pki: Pki,
     pub nkey_seed: PathBuf,
+    /// The user's `.creds` file ([`NatsLogin::Creds`] only).
+    pub creds: PathBuf,
     child: Child,
     pub dir: TempDir,
 }
@@ -157,17 +254,27 @@ impl SecureNats {
                 format!(", ca_file: \"{}\", verify: true", pki.ca.display()),
                 format!("token: \"{NATS_TOKEN}\""),
             ),
+            NatsLogin::Creds => (String::new(), String::new()),
+        };
+        let creds = dir.0.join("user.creds");
+        let (tls_block, auth_block) = match login {
+            NatsLogin::Creds => (String::new(), operator_setup(&creds)),
+            _ => (
+                format!(
+                    "tls {{ cert_file: \"{}\", key_file: \"{}\", timeout: 2{tls_extra} }}\n",
+                    pki.server_cert.display(),
+                    pki.server_key.display()
+                ),
+                format!("authorization {{ {authorization} }}\n"),
+            ),
         };
         std::fs::write(
             &config,
             format!(
                 "listen: 127.0.0.1:{port}\n\
                  jetstream {{ store_dir: \"{store}\", max_memory_store: 64MB, max_file_store: 256MB }}\n\
-                 tls {{ cert_file: \"{cert}\", key_file: \"{key}\", timeout: 2{tls_extra} }}\n\
-                 authorization {{ {authorization} }}\n",
+                 {tls_block}{auth_block}",
                 store = dir.0.join("store").display(),
-                cert = pki.server_cert.display(),
-                key = pki.server_key.display(),
             ),
         )
         .unwrap();
@@ -182,11 +289,20 @@ impl SecureNats {
         .stderr(std::fs::File::create(dir.0.join("nats.log")).unwrap())
         .spawn()
         .expect("start nats-server");
-        wait_port(port, Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server not up within 10 s:\n{}",
+                std::fs::read_to_string(dir.0.join("nats.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         SecureNats {
             port,
             pki,
             nkey_seed,
+            creds,
             child,
             dir,
         }

@@ -365,6 +365,28 @@ async fn token_and_client_certificate() {
     );
 }
 
+/// Decentralised auth: a `.creds` file (user JWT + seed) of an account with
+/// JetStream, on a server in operator mode; without it, exit 75.
+#[tokio::test]
+async fn creds_file() {
+    let nats = tokio::task::spawn_blocking(|| SecureNats::start_with(NatsLogin::Creds))
+        .await
+        .unwrap();
+    let mut env = TestEnv::unmigrated();
+    env.nats_url = nats.url();
+    let creds = vec![("IMIP_NATS_CREDS_FILE", nats.creds.display().to_string())];
+    let mut cmd = env.command("imip-processor");
+    cmd.envs(creds.clone());
+    let out = env.run_with(cmd, &["migrate"], b"").await;
+    assert!(out.status.success(), "migrate: {}", text(&out));
+    let mut cmd = env.command("imip-ingest");
+    cmd.envs(creds);
+    let out = env.run_with(cmd, &["--sender", ALICE], &demo_mail()).await;
+    assert!(out.status.success(), "ingest: {}", text(&out));
+    let out = env.ingest(&["--sender", ALICE], &demo_mail()).await;
+    assert_eq!(out.status.code(), Some(75), "{}", text(&out));
+}
+
 /// A client that requires TLS refuses a server without it (the shared NATS on
 /// 4222 has no TLS): exit 75 for ingest, before anything is sent.
 #[tokio::test]
