@@ -78,10 +78,22 @@ fn sha256(parts: &[&[u8]]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Text with line endings unified, so that the same object carried inline and as
-/// an attachment (with different line endings) counts once.
-fn canonical(text: &str) -> String {
-    text.replace("\r\n", "\n").trim().to_owned()
+/// Digest of the text with line endings unified, so that the same object
+/// carried inline and as an attachment (with different line endings) counts
+/// once. Equal to `sha256(&[text.replace("\r\n", "\n").trim()])`, computed
+/// without copying the text (it may be many MiB).
+fn canonical_digest(text: &str) -> [u8; 32] {
+    let t = text.trim().as_bytes();
+    let crlf = t.windows(2).filter(|w| w == b"\r\n").count();
+    let mut h = Sha256::new();
+    h.update(((t.len() - crlf) as u64).to_be_bytes());
+    let mut rest = t;
+    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+        h.update(&rest[..i]);
+        rest = &rest[i + 1..];
+    }
+    h.update(rest);
+    h.finalize().into()
 }
 
 fn excerpt(bytes: &[u8], limit: usize) -> (String, bool) {
@@ -257,6 +269,23 @@ pub fn plan_unguarded(
         return Plan { outputs: vec![q] };
     }
 
+    let delimiters = mime::delimiter_lines(raw);
+    if delimiters > mime::MAX_MIME_PARTS {
+        ctx.message_key = [b"sha:".as_slice(), &sha256(&[raw])].concat();
+        let detail = format!(
+            "{delimiters} MIME delimiter lines, limit {}",
+            mime::MAX_MIME_PARTS
+        );
+        let q = ctx.quarantine(
+            QuarantineReason::TooManyMimeParts,
+            detail,
+            None,
+            raw,
+            raw.len() as u64,
+        );
+        return Plan { outputs: vec![q] };
+    }
+
     let mail = mime::calendar_parts(raw);
     ctx.message_id = mail.message_id.clone();
     ctx.message_key = match &mail.message_id {
@@ -272,11 +301,11 @@ pub fn plan_unguarded(
         let blocks = ical::split_vcalendars(&part.text);
         let method = part.method_param.as_deref();
         if blocks.is_empty() {
-            let digest = sha256(&[canonical(&part.text).as_bytes()]);
+            let digest = canonical_digest(&part.text);
             objects.push((part.text.as_str(), method, part.lossy, digest));
         }
         for b in blocks {
-            let digest = sha256(&[canonical(b).as_bytes()]);
+            let digest = canonical_digest(b);
             if seen.insert(digest) {
                 objects.push((b, method, part.lossy, digest));
             }
@@ -398,4 +427,29 @@ pub fn plan_unguarded(
         }
     }
     Plan { outputs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_digest_unifies_line_endings_without_copying() {
+        for text in [
+            "",
+            "a",
+            "\r\n a\r\nb\nc\r\n\r\n ",
+            "x\r",
+            "\r\r\n\n",
+            "é\r\nü",
+        ] {
+            let copy = text.replace("\r\n", "\n");
+            assert_eq!(
+                canonical_digest(text),
+                sha256(&[copy.trim().as_bytes()]),
+                "{text:?}"
+            );
+        }
+        assert_eq!(canonical_digest("a\r\nb"), canonical_digest("a\nb"));
+    }
 }

@@ -18,6 +18,8 @@ pub enum QuarantineReason {
     MessageTooLarge,
     /// More calendar parts than `max_calendar_parts`.
     TooManyCalendarParts,
+    /// More MIME parts (boundary delimiter lines) than ingest parses (10,000).
+    TooManyMimeParts,
     /// More components in one calendar object than `max_components`.
     TooManyComponents,
     /// More attendees in one component than `max_attendees`.
@@ -45,6 +47,7 @@ impl QuarantineReason {
         match self {
             QuarantineReason::MessageTooLarge => "message_too_large",
             QuarantineReason::TooManyCalendarParts => "too_many_calendar_parts",
+            QuarantineReason::TooManyMimeParts => "too_many_mime_parts",
             QuarantineReason::TooManyComponents => "too_many_components",
             QuarantineReason::TooManyAttendees => "too_many_attendees",
             QuarantineReason::TooManyRecurrenceValues => "too_many_recurrence_values",

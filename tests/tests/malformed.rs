@@ -728,9 +728,49 @@ fn mime_cases() -> Vec<Case> {
         for i in (0..=depth).rev() {
             m.push_str(&format!("--b{i}--\r\n"));
         }
-        let want = p(1);
+        // Every level has an opening and a closing delimiter line: 10,000
+        // levels are over ingest's 10,000 MIME delimiter lines.
+        let want = if depth < 5_000 {
+            p(1)
+        } else {
+            q("too_many_mime_parts")
+        };
         v.push(case(
             format!("{depth} nested multiparts, calendar at the bottom"),
+            m.into_bytes(),
+            want,
+        ));
+    }
+
+    v.push(case(
+        "150,000 nested empty multiparts (9 MiB)",
+        {
+            let mut m = headers("multipart/mixed; boundary=\"b0\"");
+            m.push_str("\r\n");
+            for i in 0..150_000 {
+                m.push_str(&format!(
+                    "--b{i}\r\nContent-Type: multipart/mixed; boundary=\"b{}\"\r\n\r\n",
+                    i + 1
+                ));
+            }
+            m.push_str(&format!(
+                "--b150000\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n{good}\r\n"
+            ));
+            m.into_bytes()
+        },
+        q("too_many_mime_parts"),
+    ));
+    for (parts, want) in [(9_000usize, p(1)), (20_000, q("too_many_mime_parts"))] {
+        let mut m = headers("multipart/mixed; boundary=\"b\"");
+        m.push_str("\r\n");
+        for _ in 0..parts - 1 {
+            m.push_str("--b\r\nContent-Type: text/plain\r\n\r\nx\r\n");
+        }
+        m.push_str(&format!(
+            "--b\r\nContent-Type: text/calendar; method=REQUEST\r\n\r\n{good}\r\n--b--\r\n"
+        ));
+        v.push(case(
+            format!("{parts} flat parts, calendar last"),
             m.into_bytes(),
             want,
         ));
@@ -1229,6 +1269,30 @@ fn ical_cases() -> Vec<Case> {
             p(1),
         ),
     ];
+    v.push(m(
+        "250,000 nested VEVENTs (8 MiB, refused before parsing)",
+        {
+            let mut body = String::from("BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\n");
+            body.push_str(&"BEGIN:VEVENT\r\nUID:d\r\n".repeat(250_000));
+            body.push_str(&"END:VEVENT\r\n".repeat(250_000));
+            body.push_str("END:VCALENDAR\r\n");
+            body
+        },
+        q("payload_too_large"),
+    ));
+    v.push(case(
+        "1.4 MiB calendar export without METHOD (not iMIP, not parsed)",
+        {
+            let body = ics(
+                "",
+                &(0..6000)
+                    .map(|i| event_lines(&format!("e{i}"), &[], &[]))
+                    .collect::<Vec<_>>(),
+            );
+            cal_mail_bytes("text/calendar; charset=utf-8", None, body.as_bytes())
+        },
+        nothing(),
+    ));
     // Nested components: calcard's parser must not recurse into a stack overflow.
     for depth in [100usize, 10_000] {
         let mut body = String::from("BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\n");
@@ -1818,7 +1882,6 @@ async fn hostile_calendars_through_the_processor() {
     for (name, user) in &users {
         for (from, to) in [
             ("2027-03-01T00:00:00Z", "2027-04-01T00:00:00Z"),
-            ("2427-03-01T00:00:00Z", "2427-03-08T00:00:00Z"),
             ("9999-12-01T00:00:00Z", "9999-12-31T00:00:00Z"),
         ] {
             let started = Instant::now();
