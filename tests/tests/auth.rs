@@ -278,6 +278,28 @@ async fn end_to_end_with_credentials_and_tls() {
     assert!(!out.status.success(), "{t}");
     assert!(t.contains("no encryption"), "{t}");
 
+    // The other TLS modes: `require` encrypts without checking the
+    // certificate; `verify-ca` checks the chain; `verify-full` with a CA that
+    // did not sign the server's certificate refuses it.
+    for (mode, ca, ok) in [
+        ("require", None, true),
+        ("verify-ca", Some(ca_pg.clone()), true),
+        ("verify-full", Some(ca_nats.clone()), false),
+    ] {
+        let mut vars = secure.clone();
+        vars.retain(|(k, _)| !k.starts_with("IMIP_DATABASE_SSL"));
+        vars.push(("IMIP_DATABASE_SSLMODE", mode.into()));
+        if let Some(ca) = ca {
+            vars.push(("IMIP_DATABASE_SSLROOTCERT", ca));
+        }
+        let out = run("imip-ctl", argv(&["objects", ALICE]), vars, vec![]).await;
+        let t = log.add(&format!("ctl sslmode {mode}"), &out);
+        assert_eq!(out.status.success(), ok, "sslmode {mode}: {t}");
+        if !ok {
+            assert!(t.contains("certificate"), "{t}");
+        }
+    }
+
     let all = log.0.join("\n");
     for secret in [NATS_PASSWORD, PG_PASSWORD, "not-the-password"] {
         assert!(
