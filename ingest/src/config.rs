@@ -47,7 +47,12 @@ pub struct Args {
     pub print: bool,
 
     /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "IMIP_NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
 
     /// Prefix of every stream and subject.

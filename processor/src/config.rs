@@ -18,6 +18,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "IMIP_NATS_URL",
+        hide_env_values = true,
         default_value = "nats://127.0.0.1:4222",
         global = true
     )]
@@ -30,6 +31,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "IMIP_DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgresql://postgres@127.0.0.1:5432/imip",
         global = true
     )]

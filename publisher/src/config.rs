@@ -14,7 +14,12 @@ pub struct Settings {
     pub config: ConfigFile,
 
     /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "IMIP_NATS_URL",
+        hide_env_values = true,
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: SecretUrl,
 
     #[command(flatten)]
@@ -25,6 +30,7 @@ pub struct Settings {
     #[arg(
         long,
         env = "IMIP_DATABASE_URL",
+        hide_env_values = true,
         default_value = "postgresql://postgres@127.0.0.1:5432/imip"
     )]
     pub database_url: SecretUrl,

@@ -251,3 +251,30 @@ fn every_setting_is_documented() {
         "not in docs/configuration.md: {missing:?}"
     );
 }
+
+/// `--help` shows which variables are set but not the values of those that
+/// may hold a secret.
+#[test]
+fn help_shows_no_secret_from_the_environment() {
+    let vars = [
+        ("IMIP_NATS_URL", "nats://u:help-secret-1@127.0.0.1:4222"),
+        ("IMIP_DATABASE_URL", "postgresql://u:help-secret-2@h/d"),
+        ("IMIP_NATS_PASSWORD", "help-secret-3"),
+        ("IMIP_NATS_TOKEN", "help-secret-4"),
+        ("IMIP_DATABASE_PASSWORD", "help-secret-5"),
+    ];
+    for name in [
+        "imip-processor",
+        "imip-ctl",
+        "imip-publisher",
+        "imip-ingest",
+    ] {
+        let out = run(name, &["--help"], &vars);
+        let t = text(&out);
+        assert!(out.status.success(), "{name}: {t}");
+        assert!(
+            !t.contains("help-secret"),
+            "{name} --help shows a secret:\n{t}"
+        );
+    }
+}
