@@ -166,7 +166,10 @@ pub fn calendar_parts(raw: &[u8]) -> Mail {
             .content_type()
             .and_then(|ct| ct.attribute("method"))
             .map(|m| m.trim().to_ascii_uppercase())
-            .filter(|m| !m.is_empty());
+            // A method is a token (RFC 5545 iana-token / x-name); anything else
+            // in a header is noise, and a NUL in it would fail the processor's
+            // transaction (found by fuzzing).
+            .filter(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
         parts.push(CalendarPart {
             text,
             method_param,
