@@ -283,24 +283,34 @@ fn duration_of(e: &ICalendarEntry) -> Result<(i64, i64), Refusal> {
 }
 
 /// End of a component that gives a DURATION: nominal days on the wall clock,
-/// then exact seconds.
+/// then exact seconds. `None` when the end is past what a date can hold
+/// (`DURATION:P4294967295W`; checked arithmetic, since `+` panics there).
 fn end_from_duration(
     start: &Time,
     days: i64,
     exact: i64,
     zones: &mut ZoneResolver<'_>,
 ) -> Option<Time> {
-    let local = start.naive_local()? + Duration::days(days);
+    let (days, exact) = (Duration::try_days(days)?, Duration::try_seconds(exact)?);
+    let local = start.naive_local()?.checked_add_signed(days)?;
     Some(match start.kind {
-        TimeKind::Date if exact == 0 => Time::date(local.date()),
+        TimeKind::Date if exact.is_zero() => Time::date(local.date()),
         TimeKind::Date | TimeKind::Floating => {
-            Time::floating(local + Duration::seconds(exact), start.tzid.as_deref())
+            Time::floating(local.checked_add_signed(exact)?, start.tzid.as_deref())
         }
-        TimeKind::Utc => Time::utc(start.utc? + Duration::days(days) + Duration::seconds(exact)),
+        TimeKind::Utc => Time::utc(
+            start
+                .utc?
+                .checked_add_signed(days)?
+                .checked_add_signed(exact)?,
+        ),
         TimeKind::Zoned => {
             let tzid = start.tzid.as_deref()?;
-            let utc = zones.resolve(tzid)?.to_utc(local)? + Duration::seconds(exact);
-            let end_local = local + Duration::seconds(exact);
+            let utc = zones
+                .resolve(tzid)?
+                .to_utc(local)?
+                .checked_add_signed(exact)?;
+            let end_local = local.checked_add_signed(exact)?;
             Time::zoned(end_local, tzid, utc)
         }
     })

@@ -991,6 +991,14 @@ fn ical_cases() -> Vec<Case> {
             p(1),
         ),
         m(
+            "DURATION of 4,294,967,295 weeks (past the end of time)",
+            ev_ics(
+                &["DTSTART;TZID=Europe/Berlin:20270315T090000", "DURATION:P4294967295W"],
+                &["DTEND"],
+            ),
+            p(1),
+        ),
+        m(
             "DURATION garbage",
             ev_ics(&["DURATION:forever"], &["DTEND"]),
             q("invalid_date"),
@@ -1766,6 +1774,11 @@ async fn hostile_calendars_through_the_processor() {
             "applied",
         ),
         ("no DTSTART", ev_ics(&[], &["DTSTART"]), "applied"),
+        (
+            "DURATION past the end of time",
+            ev_ics(&["DURATION:P4294967295W"], &["DTEND"]),
+            "applied",
+        ),
         (
             "unknown TZID",
             ev_ics(
