@@ -434,6 +434,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn envelope_addresses_must_be_local_at_domain() {
+        assert_eq!(
+            envelope_address("<Alice@Example.COM>").as_deref(),
+            Some("alice@example.com")
+        );
+        for bad in [
+            "",
+            "<>",
+            "MAILER DAEMON",
+            "nobody",
+            "@example.com",
+            "a@",
+            "a b@c.d",
+            "a@b\u{1}",
+        ] {
+            assert_eq!(envelope_address(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
     fn canonical_digest_unifies_line_endings_without_copying() {
         for text in [
             "",
