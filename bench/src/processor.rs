@@ -20,7 +20,7 @@ use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use futures::StreamExt;
 use imipflow_ingest::plan::{Envelope, Input, Output};
 use imipflow_schema::{Direction, Namespace, partition, user_key};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1017,15 +1017,23 @@ async fn plain_sql(
             .map(|m| (m.user.clone(), m.uids.clone(), m.dedupe_id.clone()))
             .collect(),
     );
+    // Upserts only when some key is written by more than one message or exists already.
+    let mut seen = HashSet::new();
+    let upsert = seed > 0
+        || msgs
+            .iter()
+            .flat_map(|(u, uids, _)| uids.iter().map(move |i| (u, i)))
+            .any(|k| !seen.insert(k));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (_, batches) in lanes {
         let (rows, msgs, url) = (rows.clone(), msgs.clone(), sandbox.database_url.clone());
         tasks.push(tokio::spawn(async move {
             let mut db = pg(&url).await?;
+            let st = prepare(&db, upsert).await?;
             let mut n = 0;
             for b in batches {
-                write_batch(&mut db, &rows, &msgs, &b).await?;
+                write_batch(&mut db, &st, &rows, &msgs, &b).await?;
                 n += b.len();
             }
             anyhow::Ok(n)
@@ -1043,6 +1051,7 @@ async fn plain_sql(
 
 async fn write_batch(
     db: &mut tokio_postgres::Client,
+    st: &[tokio_postgres::Statement],
     rows: &Rows,
     msgs: &[(String, Vec<String>, String)],
     batch: &[(usize, std::ops::Range<usize>)],
@@ -1144,57 +1153,78 @@ async fn write_batch(
     let out_bodies: Vec<Json<serde_json::Value>> = out.5.into_iter().map(Json).collect();
     let tx = db.transaction().await?;
     tx.execute(
-        "INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence, dtstamp, status,
-                              summary, organizer, dtstart, dtend, data)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
-                              $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                              $11::timestamptz[], $12::jsonb[])
-         ON CONFLICT (user_addr, uid, recurrence_key) DO UPDATE SET data = EXCLUDED.data,
-             sequence = EXCLUDED.sequence, dtstamp = EXCLUDED.dtstamp, status = EXCLUDED.status,
-             summary = EXCLUDED.summary, dtstart = EXCLUDED.dtstart, dtend = EXCLUDED.dtend",
-        &[&o.0, &o.1, &o.2, &o.3, &o.4, &o.5, &o.6, &o.7, &o.8, &o.9, &o.10, &o.11],
+        &st[0],
+        &[
+            &o.0, &o.1, &o.2, &o.3, &o.4, &o.5, &o.6, &o.7, &o.8, &o.9, &o.10, &o.11,
+        ],
     )
     .await?;
+    tx.execute(&st[1], &[&a.0, &a.1, &a.2, &a.3, &a.4, &a.5, &a.6, &a.7])
+        .await?;
+    tx.execute(&st[2], &[&f.0, &f.1, &f.2, &f.3, &f.4, &f.5, &f.6])
+        .await?;
+    tx.execute(&st[3], &[&log.0, &log.1, &log.2, &log.3, &log.4, &log.5])
+        .await?;
     tx.execute(
-        "INSERT INTO attendees (user_addr, uid, recurrence_key, address, partstat, role, answer_sequence,
-                                answer_dtstamp)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                              $7::bigint[], $8::timestamptz[])
-         ON CONFLICT (user_addr, uid, recurrence_key, address) DO UPDATE SET partstat = EXCLUDED.partstat,
-             answer_sequence = EXCLUDED.answer_sequence, answer_dtstamp = EXCLUDED.answer_dtstamp",
-        &[&a.0, &a.1, &a.2, &a.3, &a.4, &a.5, &a.6, &a.7],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
-         SELECT u, i, n, tstzrange(s, e, '[)'), t, r
-         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
-                     $6::text[], $7::timestamptz[]) AS x(u, i, n, s, e, t, r)
-         ON CONFLICT (user_addr, uid, instance) DO UPDATE SET period = EXCLUDED.period, fbtype = EXCLUDED.fbtype",
-        &[&f.0, &f.1, &f.2, &f.3, &f.4, &f.5, &f.6],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
-         ON CONFLICT (user_addr, dedupe_id) DO NOTHING",
-        &[&log.0, &log.1, &log.2, &log.3, &log.4, &log.5],
-    )
-    .await?;
-    tx.execute(
-        "INSERT INTO outbox (user_addr, user_seq, partition, event_id, kind, body)
-         SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[], $6::jsonb[])",
+        &st[4],
         &[&out.0, &out.1, &out.2, &out.3, &out.4, &out_bodies],
     )
     .await?;
-    tx.execute(
-        "INSERT INTO user_events (user_addr, last_seq) SELECT * FROM unnest($1::text[], $2::bigint[])
-         ON CONFLICT (user_addr) DO UPDATE SET last_seq = EXCLUDED.last_seq",
-        &[&users, &seqs],
-    )
-    .await?;
+    tx.execute(&st[5], &[&users, &seqs]).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// The baseline's statements, prepared once per connection. The calendar
+/// rows are upserted only when a run writes a key twice (replies to seeded
+/// events, the mix); otherwise they are plain inserts, as rows of new UIDs are.
+async fn prepare(
+    db: &tokio_postgres::Client,
+    upsert: bool,
+) -> anyhow::Result<Vec<tokio_postgres::Statement>> {
+    let on = |clause: &'static str| if upsert { clause } else { "" };
+    let sql = [
+        format!(
+            "INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence, dtstamp, status,
+                                  summary, organizer, dtstart, dtend, data)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+                                  $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                                  $11::timestamptz[], $12::jsonb[]) {}",
+            on("ON CONFLICT (user_addr, uid, recurrence_key) DO UPDATE SET data = EXCLUDED.data,
+                 sequence = EXCLUDED.sequence, dtstamp = EXCLUDED.dtstamp, status = EXCLUDED.status,
+                 summary = EXCLUDED.summary, dtstart = EXCLUDED.dtstart, dtend = EXCLUDED.dtend")
+        ),
+        format!(
+            "INSERT INTO attendees (user_addr, uid, recurrence_key, address, partstat, role, answer_sequence,
+                                    answer_dtstamp)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                  $7::bigint[], $8::timestamptz[]) {}",
+            on("ON CONFLICT (user_addr, uid, recurrence_key, address) DO UPDATE SET partstat = EXCLUDED.partstat,
+                 answer_sequence = EXCLUDED.answer_sequence, answer_dtstamp = EXCLUDED.answer_dtstamp")
+        ),
+        format!(
+            "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
+             SELECT u, i, n, tstzrange(s, e, '[)'), t, r
+             FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+                         $6::text[], $7::timestamptz[]) AS x(u, i, n, s, e, t, r) {}",
+            on("ON CONFLICT (user_addr, uid, instance) DO UPDATE SET period = EXCLUDED.period, fbtype = EXCLUDED.fbtype")
+        ),
+        "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+         ON CONFLICT (user_addr, dedupe_id) DO NOTHING"
+            .to_owned(),
+        "INSERT INTO outbox (user_addr, user_seq, partition, event_id, kind, body)
+         SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[], $6::jsonb[])"
+            .to_owned(),
+        "INSERT INTO user_events (user_addr, last_seq) SELECT * FROM unnest($1::text[], $2::bigint[])
+         ON CONFLICT (user_addr) DO UPDATE SET last_seq = EXCLUDED.last_seq"
+            .to_owned(),
+    ];
+    let mut out = Vec::new();
+    for q in &sql {
+        out.push(db.prepare(q).await?);
+    }
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- report
