@@ -49,9 +49,19 @@ pub struct LatencyArgs {
     /// CI mode: 1 s phases at 20 and 100 msg/s, 100 messages at saturation.
     #[arg(long)]
     pub smoke: bool,
+    /// Extra environment of the processor, KEY=VALUE (repeatable), e.g.
+    /// IMIP_METRICS_LISTEN=127.0.0.1:9465 to watch its batch histograms.
+    #[arg(long = "processor-env", value_parser = parse_env)]
+    pub processor_env: Vec<(String, String)>,
     /// NATS server.
     #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 /// Row ids of the baseline's INSERTs, unique over the run.
@@ -120,7 +130,12 @@ pub fn run_to_file(args: &LatencyArgs) -> anyhow::Result<PathBuf> {
     let load_before = report::loadavg();
     let started = Utc::now();
     let results = rt.block_on(async {
-        let pipe = Pipeline::start(&args.bin_dir, &args.nats_url, "l", &[]).await?;
+        let env: Vec<(&str, String)> = args
+            .processor_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let pipe = Pipeline::start(&args.bin_dir, &args.nats_url, "l", &env).await?;
         let r = measure(args, &pipe).await;
         pipe.stop().await;
         r
@@ -704,8 +719,25 @@ fn markdown(
         report::shell_command(std::env::args())
     );
     s += "## Machine\n\n| | |\n|---|---|\n";
-    for (k, v) in report::machine(&args.bin_dir) {
+    let mut machine = report::machine(&args.bin_dir);
+    let line = report::ingest_binary(
+        &args
+            .ingest
+            .clone()
+            .unwrap_or_else(|| args.bin_dir.join("imip-ingest")),
+    );
+    machine.retain(|(k, _)| *k != line.0);
+    machine.push(line);
+    for (k, v) in machine {
         s += &format!("| {k} | {v} |\n");
+    }
+    if !args.processor_env.is_empty() {
+        let env: Vec<String> = args
+            .processor_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        s += &format!("| processor environment | `{}` |\n", env.join(" "));
     }
     s += &format!(
         "| load average (start → end) | {} → {} |\n\n",

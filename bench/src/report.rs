@@ -85,28 +85,42 @@ pub fn machine(bin_dir: &Path) -> Vec<(String, String)> {
     m
 }
 
-/// The "imip-ingest binary" line: path, size and how it is linked (a
-/// dynamically linked ELF names its loader, `ld-linux…`, in PT_INTERP near
-/// the start of the file).
+/// The "imip-ingest binary" line: path, size and how it is linked.
 pub fn ingest_binary(ingest: &Path) -> (String, String) {
     let value = match std::fs::read(ingest) {
-        Ok(bytes) => {
-            let head = &bytes[..bytes.len().min(64 * 1024)];
-            let dynamic = head.windows(8).any(|w| w == b"ld-linux");
-            format!(
-                "{} ({} KiB, {})",
-                ingest.display(),
-                bytes.len() / 1024,
-                if dynamic {
-                    "dynamically linked"
-                } else {
-                    "statically linked"
-                }
-            )
-        }
+        Ok(bytes) => format!(
+            "{} ({} KiB, {})",
+            ingest.display(),
+            bytes.len() / 1024,
+            match has_interpreter(&bytes) {
+                Some(true) => "dynamically linked",
+                Some(false) => "statically linked",
+                None => "not a 64-bit ELF",
+            }
+        ),
         Err(e) => format!("{} ({e})", ingest.display()),
     };
     ("imip-ingest binary".into(), value)
+}
+
+/// Whether a 64-bit little-endian ELF has a PT_INTERP program header (names
+/// a dynamic loader), i.e. is dynamically linked.
+fn has_interpreter(elf: &[u8]) -> Option<bool> {
+    const PT_INTERP: u32 = 3;
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 || elf[5] != 1 {
+        return None;
+    }
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let phoff = u64::from_le_bytes(elf.get(0x20..0x28)?.try_into().ok()?) as usize;
+    let phentsize = u16_at(0x36)? as usize;
+    let phnum = u16_at(0x38)? as usize;
+    let mut interp = false;
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        let p_type = u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?);
+        interp |= p_type == PT_INTERP;
+    }
+    Some(interp)
 }
 
 /// The first line of a command's stdout, if it ran successfully.
