@@ -79,7 +79,7 @@ pub struct Settings {
     pub lease_ms: u64,
 
     /// Most messages applied in one transaction (256: per-batch costs amortised,
-    /// see bench/results/processor-*.md; a lane stops collecting after 2 ms without a message).
+    /// see bench/results/processor-*.md; a batch takes only messages that have already arrived).
     #[arg(long, env = "IMIP_BATCH_SIZE", default_value_t = 256, global = true)]
     pub batch_size: usize,
 
