@@ -111,6 +111,9 @@ impl TestEnv {
             ("IMIP_NATS_URL", self.nats_url.clone()),
             ("IMIP_PARTITIONS", self.partitions.to_string()),
             ("IMIP_LOG", "warn".to_owned()),
+            // Tests run many processors at once: none listens for metrics
+            // unless the test asks for it (IMIP_METRICS_LISTEN via `extra`).
+            ("IMIP_METRICS_LISTEN", String::new()),
         ]
     }
 
