@@ -131,7 +131,11 @@ impl Subscription {
                 // are already in any snapshot loaded later.
                 deliver_policy: DeliverPolicy::New,
                 ack_policy: AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
+                // Applying an event to the cache takes microseconds, so a
+                // delivery unacknowledged after a few seconds belongs to a
+                // publisher that died; redeliver it soon to the next one (the
+                // per-user sequence check drops anything already applied).
+                ack_wait: Duration::from_secs(5),
                 ..Default::default()
             })
             .await

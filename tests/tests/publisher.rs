@@ -542,7 +542,9 @@ async fn restarted_mid_stream_it_resumes_and_shows_every_change_exactly_once() {
     // Second run, same durable consumer: it takes the backlog, shows B C D.
     let second = env.start_publisher(port).await;
     expect_periods(&env, &second, &[b.clone(), c.clone(), d.clone()]).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // Events the killed publisher held unacknowledged come back after the
+    // consumer's 5 s ack wait.
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let info = events.consumer_info(&consumer).await.unwrap();
         assert_eq!(info.created, created, "the durable consumer was recreated");
