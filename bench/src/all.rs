@@ -111,11 +111,13 @@ numbers.\n",
         };
         s += &format!("File: `{}`\n\n", file_name(path));
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(section) = ratios_section(&text) {
-            s += section;
-            s += "\n";
-        }
-        for line in text.lines().filter(|l| l.starts_with("Target")) {
+        let section = ratios_section(&text).unwrap_or("");
+        s += section;
+        s += "\n";
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("Target") && !section.contains(*l))
+        {
             s += &format!("\n{line}\n");
         }
     }
