@@ -104,6 +104,9 @@ enum Kind {
     Publish,
     /// Connect a new client, one publish-with-ack (what ingest does on the wire).
     ConnectPublish,
+    /// The same with ingest's own plain client (`publish::wire`): the least a
+    /// fresh connection's publish-with-ack costs, the floor under ingest's wire time.
+    PlainConnectPublish,
     /// imip-ingest on fixture `i`.
     Ingest(usize),
 }
@@ -169,6 +172,7 @@ impl Bench<'_> {
             }
             Kind::Publish => (self.publish_once(k)?, None),
             Kind::ConnectPublish => (self.connect_publish_once(k)?, None),
+            Kind::PlainConnectPublish => (self.plain_connect_publish_once(k)?, None),
             Kind::Ingest(i) => {
                 let fixture = &self.fixtures[*i];
                 let id = format!("bench{}-{}-{k}@imip-bench.invalid", self.pid, fixture.class);
@@ -192,6 +196,25 @@ impl Bench<'_> {
             }
         }
         Ok(())
+    }
+
+    fn plain_connect_publish_once(&self, k: usize) -> anyhow::Result<Duration> {
+        use imipflow_ingest::publish::wire;
+        let id = format!("bench{}-plain-connect-publish-{k}", self.pid);
+        let message = wire::Message {
+            subject: &self.publish_subject,
+            msg_id: &id,
+            payload: &self.publish_payload,
+        };
+        let start = Instant::now();
+        wire::publish(
+            self.nats_url,
+            &wire::Login::None,
+            std::slice::from_ref(&message),
+            Duration::from_secs(10),
+        )
+        .map_err(|e| anyhow::anyhow!("plain connect + publish: {e:?}"))?;
+        Ok(start.elapsed())
     }
 
     fn connect_publish_once(&self, k: usize) -> anyhow::Result<Duration> {
@@ -342,6 +365,12 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             Kind::ConnectPublish,
             n_base,
         ));
+        series.push(Series::new(
+            "plain connect + publish",
+            "new TCP connection, CONNECT + SUB + HPUB in one write, wait for the ack (ingest's client)".into(),
+            Kind::PlainConnectPublish,
+            n_base,
+        ));
         for (i, f) in fixtures.iter().enumerate() {
             let what = format!(
                 "`{}`, {} B",
@@ -465,6 +494,11 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         ("ingest large-recurring", &["spawn"][..]),
         ("ingest non-calendar", &["spawn"][..]),
         ("ingest typical", &["spawn", "connect + publish"][..]),
+        ("ingest typical", &["spawn", "plain connect + publish"][..]),
+        (
+            "ingest typical",
+            &["spawn (static)", "plain connect + publish"][..],
+        ),
         ("publish", &["spawn"][..]),
     ] {
         let label = if den.len() == 1 {
@@ -566,7 +600,7 @@ async fn stream_checks(
     let expected_messages = runs(&|k| {
         matches!(
             k,
-            Kind::Publish | Kind::ConnectPublish | Kind::Ingest(0 | 1)
+            Kind::Publish | Kind::ConnectPublish | Kind::PlainConnectPublish | Kind::Ingest(0 | 1)
         )
     });
     let count = |name: String| async move {
