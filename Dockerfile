@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
 # imipflow binaries: imip-ingest, imip-processor, imip-ctl, imip-publisher.
+# imip-ingest is the static deployable build (bench/README.md).
 # Runtime: debian:bookworm-slim + the four binaries + ca-certificates (TLS to
 # NATS/PostgreSQL), user 10001; docs/operations.md.
 #   docker build -t imipflow:local .
@@ -24,9 +25,11 @@ COPY config config
 COPY loadgen loadgen
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins -p imipflow-ingest -p imipflow-processor -p imipflow-publisher \
+    cargo build --release --locked --bins -p imipflow-processor -p imipflow-publisher \
+    && cargo rustc --locked --profile ingest -p imipflow-ingest --bin imip-ingest --target-dir target/static -- \
+       -C target-feature=+crt-static -C relocation-model=static \
     && mkdir -p /out \
-    && cp target/release/imip-ingest target/release/imip-processor target/release/imip-ctl \
+    && cp target/static/ingest/imip-ingest target/release/imip-processor target/release/imip-ctl \
        target/release/imip-publisher /out/
 
 FROM debian:bookworm-slim
