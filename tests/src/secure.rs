@@ -10,26 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A directory under the system temp dir, removed when dropped.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!("{prefix}-{}-{nanos:x}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use crate::servers::TempDir;
+use crate::servers::as_postgres;
 
 /// A test CA and one server certificate it signed, as PEM files.
 pub struct Pki {
@@ -318,17 +300,6 @@ impl Drop for SecureNats {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("runuser")
 }
 
 /// A PostgreSQL 15 cluster whose only TCP access is `hostssl` with a

@@ -297,7 +297,7 @@ pub struct PgServer {
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
-fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
     Command::new("runuser")
         .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
         .args(args)
