@@ -119,7 +119,8 @@ pub fn try_parse_from<C: clap::Parser>(
         .collect();
     let path = config_path(&args).or(env_config.filter(|p| !p.is_empty()).map(PathBuf::from));
     let file_values = match &path {
-        Some(p) => read_file(p, &keys).map_err(LayerError::Config)?,
+        Some(p) => read_file(p, &keys, sections_for(C::command().get_name()))
+            .map_err(LayerError::Config)?,
         None => Vec::new(),
     };
     let mut command = C::command();
@@ -206,8 +207,31 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
     None
 }
 
-/// The file's settings as (argument id, raw value) pairs.
-fn read_file(path: &Path, keys: &[clap::Arg]) -> Result<Vec<(String, String)>, ConfigError> {
+/// The tables a shared config file may hold besides its top-level keys, one
+/// per binary, so that one file can configure a whole installation.
+pub const SECTIONS: [&str; 3] = ["processor", "ctl", "publisher"];
+
+/// The tables that apply to a binary, in the order they override the top
+/// level: `imip-ctl` works on the processor's store, so it reads
+/// `[processor]` and then its own `[ctl]`.
+pub fn sections_for(command: &str) -> &'static [&'static str] {
+    match command {
+        "imip-processor" => &["processor"],
+        "imip-ctl" => &["processor", "ctl"],
+        "imip-publisher" => &["publisher"],
+        _ => &[],
+    }
+}
+
+/// The file's settings as (argument id, raw value) pairs: the top-level keys,
+/// then the keys of each table in `sections` (later ones win). Tables of
+/// other binaries are skipped, so their keys are not checked here; every key
+/// that applies must be a setting of this binary.
+fn read_file(
+    path: &Path,
+    keys: &[clap::Arg],
+    sections: &[&str],
+) -> Result<Vec<(String, String)>, ConfigError> {
     let err = |reason: String| ConfigError::ConfigFile {
         path: path.to_owned(),
         reason,
@@ -219,33 +243,64 @@ fn read_file(path: &Path, keys: &[clap::Arg]) -> Result<Vec<(String, String)>, C
         err(e.message().to_owned())
     })?;
     let mut out = Vec::new();
-    for (raw_key, value) in table {
-        let key = raw_key.replace('-', "_");
-        if !keys.iter().any(|a| a.get_id() == key.as_str()) {
-            let hint = closest(&key, keys)
-                .map(|k| format!(" (did you mean `{k}`?)"))
-                .unwrap_or_default();
-            return Err(err(format!(
-                "unknown key `{raw_key}`{hint}; see docs/configuration.md for the keys"
-            )));
+    let mut tables = Vec::new();
+    for (raw_key, value) in &table {
+        if let toml::Value::Table(t) = value {
+            if !SECTIONS.contains(&raw_key.as_str()) {
+                return Err(err(format!(
+                    "unknown table `[{raw_key}]` (tables: {}); see docs/configuration.md",
+                    SECTIONS.map(|s| format!("[{s}]")).join(", ")
+                )));
+            }
+            tables.push((raw_key.as_str(), t));
+            continue;
         }
-        let text = scalar(&value)
-            .or_else(|| match &value {
-                toml::Value::Array(items) => items
-                    .iter()
-                    .map(scalar)
-                    .collect::<Option<Vec<_>>>()
-                    .map(|v| v.join(",")),
-                _ => None,
-            })
-            .ok_or_else(|| {
-                err(format!(
-                    "`{raw_key}` must be a string, number, boolean or list of them"
-                ))
-            })?;
-        out.push((key, text));
+        out.push(file_value(raw_key, value, keys, "").map_err(err)?);
+    }
+    for section in sections {
+        for (name, t) in &tables {
+            if name == section {
+                for (raw_key, value) in t.iter() {
+                    out.push(file_value(raw_key, value, keys, name).map_err(err)?);
+                }
+            }
+        }
     }
     Ok(out)
+}
+
+/// One `key = value` of the file as (argument id, raw value).
+fn file_value(
+    raw_key: &str,
+    value: &toml::Value,
+    keys: &[clap::Arg],
+    section: &str,
+) -> Result<(String, String), String> {
+    let at = if section.is_empty() {
+        format!("`{raw_key}`")
+    } else {
+        format!("`{raw_key}` in [{section}]")
+    };
+    let key = raw_key.replace('-', "_");
+    if !keys.iter().any(|a| a.get_id() == key.as_str()) {
+        let hint = closest(&key, keys)
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default();
+        return Err(format!(
+            "unknown key {at}{hint}; see docs/configuration.md for the keys"
+        ));
+    }
+    let text = scalar(value)
+        .or_else(|| match value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(scalar)
+                .collect::<Option<Vec<_>>>()
+                .map(|v| v.join(",")),
+            _ => None,
+        })
+        .ok_or_else(|| format!("{at} must be a string, number, boolean or list of them"))?;
+    Ok((key, text))
 }
 
 fn scalar(value: &toml::Value) -> Option<String> {

@@ -278,3 +278,65 @@ fn help_shows_no_secret_from_the_environment() {
         );
     }
 }
+
+/// One file for a whole installation: shared keys at the top, each binary's
+/// own keys in its table; a binary skips the other binaries' tables but
+/// still rejects an unknown key in its own.
+#[test]
+fn one_file_serves_every_binary_through_its_table() {
+    let dir = TempDir::new("imip-config");
+    let file = dir.0.join("imipflow.toml");
+    let shared = r#"
+namespace = "shared"
+nats_url = "nats://127.0.0.1:4222"
+
+[processor]
+lease_ms = 4321
+
+[ctl]
+lease_ms = 999
+
+[publisher]
+listen = "127.0.0.1:8099"
+"#;
+    std::fs::write(&file, shared).unwrap();
+    let path = file.display().to_string();
+    let out = run(
+        "imip-processor",
+        &["--config", &path, "config", "check", "--json"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(setting(&doc, "namespace")["value"], "shared", "{doc}");
+    assert_eq!(setting(&doc, "lease_ms")["value"], "4321", "{doc}");
+    assert_eq!(setting(&doc, "lease_ms")["source"], "file", "{doc}");
+    // Parsing (and so the file) happens before --help is printed: exit 0
+    // means the publisher and imip-ctl accepted the same file.
+    for name in ["imip-publisher", "imip-ctl"] {
+        let out = run(name, &["--config", &path, "--help"], &[]);
+        assert!(out.status.success(), "{name}: {}", text(&out));
+    }
+    // A processor key at the top level is not a publisher setting.
+    std::fs::write(&file, format!("lease_ms = 5\n{shared}")).unwrap();
+    let out = run("imip-publisher", &["--config", &path, "--help"], &[]);
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown key `lease_ms`"),
+        "{}",
+        text(&out)
+    );
+    // A typo inside the binary's own table names the table.
+    std::fs::write(&file, "[processor]\nlease_msec = 5\n").unwrap();
+    let out = run(
+        "imip-processor",
+        &["--config", &path, "config", "check"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown key `lease_msec` in [processor]"),
+        "{}",
+        text(&out)
+    );
+}
