@@ -73,8 +73,11 @@ pub fn init_logging(default_filter: &str) -> Result<LogFormat, TelemetryError> {
         .parse()?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("IMIP_LOG")
         .unwrap_or_else(|_| default_filter.into());
+    // Colour only for a person at a terminal: journald and log files get
+    // plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
