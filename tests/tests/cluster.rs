@@ -22,7 +22,11 @@ async fn three_node_cluster_survives_losing_the_stream_leader_under_load() {
     eprintln!("cluster: up {:.1} s", t0.elapsed().as_secs_f64());
     let mut env = TestEnv::unmigrated();
     env.nats_url = cluster.urls();
-    let replicas = [("IMIP_STREAM_REPLICAS", "3")];
+    // A 5 s lease (the fault tests use 1 s): on a cluster each takeover makes
+    // a new replicated consumer, and with 1 s leases the JetStream API
+    // timeouts during the leader election made lanes change hands over and
+    // over, so the run sometimes did not settle within minutes.
+    let replicas = [("IMIP_STREAM_REPLICAS", "3"), ("IMIP_LEASE_MS", "5000")];
     let mut cmd = env.command("imip-processor");
     cmd.envs(replicas);
     let out = env.run_with(cmd, &["migrate"], b"").await;
