@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub use crate::servers::TempDir;
-use crate::servers::as_postgres;
+use crate::servers::{as_postgres, pg_ctl_start};
 
 /// A test CA and one server certificate it signed, as PEM files.
 pub struct Pki {
@@ -358,28 +358,7 @@ impl SecurePg {
             cert = pki.server_cert.display(),
             key = pki.server_key.display(),
         );
-        let log = dir.0.join("pg.log").display().to_string();
-        let out = as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                &data.display().to_string(),
-                "-o",
-                &opts,
-                "-l",
-                &log,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        pg_ctl_start(&data, &opts, &dir.0);
         wait_port(port, Duration::from_secs(30));
         SecurePg {
             port,

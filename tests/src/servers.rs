@@ -297,6 +297,25 @@ pub struct PgServer {
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
+/// `pg_ctl start` of the cluster in `data` with server options `opts`,
+/// logging to `dir/pg.log`; panics with the log when it fails.
+pub(crate) fn pg_ctl_start(data: &Path, opts: &str, dir: &Path) {
+    let log = dir.join("pg.log").display().to_string();
+    let data = data.display().to_string();
+    let out = as_postgres(
+        "pg_ctl",
+        &[
+            "-D", &data, "-o", opts, "-l", &log, "-w", "-t", "60", "start",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "pg_ctl start failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
 pub(crate) fn as_postgres(program: &str, args: &[&str]) -> std::process::Output {
     Command::new("runuser")
         .args(["-u", "postgres", "--", &format!("{PG_BIN}/{program}")])
@@ -354,28 +373,7 @@ impl PgServer {
             self.port,
             self.dir.0.display()
         );
-        let log = self.dir.0.join("pg.log").display().to_string();
-        let out = as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data.display().to_string(),
-                "-o",
-                &opts,
-                "-l",
-                &log,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
+        pg_ctl_start(&self.data, &opts, &self.dir.0);
         self.running = true;
         wait_port(self.port, true, Duration::from_secs(30));
     }
