@@ -30,7 +30,8 @@ fn main() -> ExitCode {
             }
         }
     };
-    let args = match Args::try_parse() {
+    let plain = Args::parse_plain(std::env::args_os(), |k| std::env::var_os(k));
+    let args = match plain.map_or_else(Args::try_parse, Ok) {
         Ok(a) => a,
         Err(e) => {
             let code = if e.use_stderr() {

@@ -84,15 +84,23 @@ fn sha256(parts: &[&[u8]]) -> [u8; 32] {
 /// without copying the text (it may be many MiB).
 fn canonical_digest(text: &str) -> [u8; 32] {
     let t = text.trim().as_bytes();
-    let crlf = t.windows(2).filter(|w| w == b"\r\n").count();
+    let is_crlf = |i: usize| t.get(i + 1) == Some(&b'\n');
+    let mut crlf = 0;
+    mime::any_at(t, b'\r', |i| {
+        crlf += is_crlf(i) as usize;
+        false
+    });
     let mut h = Sha256::new();
     h.update(((t.len() - crlf) as u64).to_be_bytes());
-    let mut rest = t;
-    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
-        h.update(&rest[..i]);
-        rest = &rest[i + 1..];
-    }
-    h.update(rest);
+    let mut from = 0;
+    mime::any_at(t, b'\r', |i| {
+        if is_crlf(i) {
+            h.update(&t[from..i]);
+            from = i + 1;
+        }
+        false
+    });
+    h.update(&t[from..]);
     h.finalize().into()
 }
 
@@ -296,7 +304,8 @@ pub fn plan_unguarded(
     // Objects in MIME order; the same object carried twice (inline and as
     // invite.ics, as Thunderbird and Google do) is kept once.
     let mut objects: Vec<(&str, Option<&str>, bool, [u8; 32])> = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    // A BTreeSet: a HashSet's RandomState would cost a getrandom call.
+    let mut seen = std::collections::BTreeSet::new();
     for part in &mail.parts {
         let blocks = ical::split_vcalendars(&part.text);
         let method = part.method_param.as_deref();
