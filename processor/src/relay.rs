@@ -4,16 +4,131 @@
 //! It runs inside the lane that owns the partition (after each commit and on
 //! taking a lane over), so one partition's events are only ever published by
 //! one worker at a time and a user's events cannot overtake each other.
+//!
+//! Order is the hard part. A user's event `k+1` must never be stored before
+//! event `k`, even when a connection breaks in the middle of a flush. Two ways
+//! keep that ([`Publisher`]):
+//!
+//! - **Pipelined** (the default where it is safe): every event of a flush goes
+//!   out in one write on a fresh plain connection (ingest's wire client), and
+//!   the acks are awaited together. On one connection to a standalone server
+//!   the stream stores messages in the order they were sent, and when the
+//!   connection breaks, what was lost is a suffix of what was sent: nothing is
+//!   re-sent on another connection behind the relay's back. The next flush
+//!   starts again from the first unpublished event, and the event ids dedupe
+//!   whatever had been stored. So whatever is stored is always a prefix of a
+//!   user's events, in order, whatever breaks — and a hot user's events cost
+//!   one round trip per flush instead of one per event
+//!   (bench/results/processor-*.md).
+//! - **Serial**, at most one event per user in flight, through async-nats:
+//!   where the prefix argument does not hold. In a cluster, a message sent
+//!   while the stream leader changes can be dropped while later ones reach
+//!   the new leader; and async-nats, after a reconnect, re-sends the commands
+//!   it had queued while the bytes in flight on the broken connection are
+//!   lost (a full CI run once stored a user's event 5 before 1–4 that way).
+//!   TLS, nkeys and credentials files also take this path: the wire client
+//!   speaks plain TCP with no auth, user/password or token only.
 
+use crate::config::Settings;
 use crate::error::ProcessorError;
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use imipflow_ingest::publish::wire;
 use imipflow_schema::{Namespace, user_key};
+use std::time::Duration;
 use tokio_postgres::Client;
 
+/// How long a pipelined flush waits for all its acknowledgements.
+const PIPELINE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a lane's relay publishes (see the module documentation).
+#[derive(Clone, Debug)]
+pub enum Publisher {
+    Pipelined { urls: String, login: wire::Login },
+    Serial,
+}
+
+impl Publisher {
+    /// Pipelined where it keeps per-user order, serial elsewhere: plain
+    /// connection settings, a standalone server, and a one-replica events
+    /// stream.
+    pub async fn choose(settings: &Settings, js: &jetstream::Context, ns: &Namespace) -> Self {
+        let why_serial = async {
+            let Some(login) = plain_login(settings)? else {
+                return Err("TLS, nkey or credentials file configured".to_owned());
+            };
+            if let Some(cluster) = js.client().server_info().cluster {
+                return Err(format!("the server is part of cluster {cluster}"));
+            }
+            let mut stream = js
+                .get_stream(ns.events_stream())
+                .await
+                .map_err(|e| format!("events stream: {e}"))?;
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| format!("events stream: {e}"))?;
+            if info.config.num_replicas > 1 {
+                return Err(format!(
+                    "the events stream has {} replicas",
+                    info.config.num_replicas
+                ));
+            }
+            Ok(login)
+        };
+        match why_serial.await {
+            Ok(login) => Publisher::Pipelined {
+                urls: settings.nats_url.to_string(),
+                login,
+            },
+            Err(why) => {
+                tracing::debug!(reason = %why, "relay publishes one event per user at a time");
+                Publisher::Serial
+            }
+        }
+    }
+}
+
+/// The login for the wire client, or `None` when the settings need
+/// async-nats. Credentials in the URL are the wire client's own business.
+fn plain_login(settings: &Settings) -> Result<Option<wire::Login>, String> {
+    let auth = &settings.nats_auth;
+    if auth.tls_wanted() || auth.nats_nkey_file.is_some() || auth.nats_creds_file.is_some() {
+        return Ok(None);
+    }
+    let read = |setting, path| {
+        imipflow_config::nats::read_secret(setting, path).map_err(|e| e.to_string())
+    };
+    if let Some(user) = &auth.nats_user {
+        let password = match (&auth.nats_password, &auth.nats_password_file) {
+            (Some(p), _) => p.expose().to_owned(),
+            (None, Some(path)) => read("IMIP_NATS_PASSWORD_FILE", path)?,
+            (None, None) => return Ok(None),
+        };
+        return Ok(Some(wire::Login::UserPassword(user.clone(), password)));
+    }
+    let token = match (&auth.nats_token, &auth.nats_token_file) {
+        (Some(t), _) => Some(t.expose().to_owned()),
+        (None, Some(path)) => Some(read("IMIP_NATS_TOKEN_FILE", path)?),
+        (None, None) => None,
+    };
+    Ok(Some(token.map_or(wire::Login::None, wire::Login::Token)))
+}
+
+/// One unpublished event, as the outbox holds it.
+struct Event {
+    user: String,
+    seq: i64,
+    subject: String,
+    id: String,
+    body: Vec<u8>,
+}
+
+/// Publishes every unpublished event of `partition`, oldest first.
 pub async fn flush(
     db: &Client,
     js: &jetstream::Context,
+    publisher: &Publisher,
     ns: &Namespace,
     partition: i32,
 ) -> Result<usize, ProcessorError> {
@@ -30,53 +145,29 @@ pub async fn flush(
         if rows.is_empty() {
             return Ok(total);
         }
-        // At most one event per user is in flight: the next event of a user is
-        // published only after JetStream acknowledged the previous one. A
-        // pipelined burst could be reordered when the connection breaks
-        // mid-burst (the bytes in flight are lost, the client replays the
-        // queued rest after reconnecting, and the lost ones come back later on
-        // retry). Different users' events still go out together, one round at
-        // a time.
-        let mut per_user: Vec<Vec<usize>> = Vec::new();
-        let mut slot: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        for (i, r) in rows.iter().enumerate() {
-            let user: &str = r.get(0);
-            let k = *slot.entry(user).or_insert_with(|| {
-                per_user.push(Vec::new());
-                per_user.len() - 1
-            });
-            per_user[k].push(i);
-        }
-        let rounds = per_user.iter().map(Vec::len).max().unwrap_or(0);
-        for round in 0..rounds {
-            let mut acks = Vec::with_capacity(per_user.len());
-            for r in per_user
-                .iter()
-                .filter_map(|q| q.get(round))
-                .map(|&i| &rows[i])
-            {
+        let events: Vec<Event> = rows
+            .iter()
+            .map(|r| {
                 let user: String = r.get(0);
-                let id: String = r.get(2);
-                let kind: String = r.get(3);
+                let kind: &str = r.get(3);
                 let body: serde_json::Value = r.get(4);
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", id.as_str());
-                let ack = js
-                    .publish_with_headers(
-                        ns.event_subject(&kind, &user_key(&user)),
-                        headers,
-                        serde_json::to_vec(&body).expect("json").into(),
-                    )
-                    .await
-                    .map_err(ProcessorError::nats)?;
-                acks.push(ack);
+                Event {
+                    subject: ns.event_subject(kind, &user_key(&user)),
+                    seq: r.get(1),
+                    id: r.get(2),
+                    body: serde_json::to_vec(&body).expect("json"),
+                    user,
+                }
+            })
+            .collect();
+        let events = match publisher {
+            Publisher::Pipelined { urls, login } => {
+                pipelined(urls.clone(), login.clone(), events).await?
             }
-            for ack in acks {
-                ack.await.map_err(ProcessorError::nats)?;
-            }
-        }
-        let users: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let seqs: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();
+            Publisher::Serial => serial(js, events).await?,
+        };
+        let users: Vec<&str> = events.iter().map(|e| e.user.as_str()).collect();
+        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
         db.execute(
             "UPDATE outbox SET published_at = now()
              FROM unnest($1::text[], $2::bigint[]) AS x(u, s)
@@ -84,6 +175,75 @@ pub async fn flush(
             &[&users, &seqs],
         )
         .await?;
-        total += rows.len();
+        total += events.len();
     }
+}
+
+/// All of `events` in one write on a connection of their own; returns them
+/// once every one is acknowledged. The blocking client runs off the runtime.
+async fn pipelined(
+    urls: String,
+    login: wire::Login,
+    events: Vec<Event>,
+) -> Result<Vec<Event>, ProcessorError> {
+    tokio::task::spawn_blocking(move || {
+        let messages: Vec<wire::Message<'_>> = events
+            .iter()
+            .map(|e| wire::Message {
+                subject: &e.subject,
+                msg_id: &e.id,
+                payload: &e.body,
+            })
+            .collect();
+        let result = wire::publish(&urls, &login, &messages, PIPELINE_TIMEOUT);
+        drop(messages);
+        match result {
+            Ok(()) => Ok(events),
+            Err(wire::WireError::Publish { index, reason }) => Err(ProcessorError::Nats(format!(
+                "event {} not acknowledged: {reason}",
+                events[index].id
+            ))),
+            Err(wire::WireError::Connect(reason) | wire::WireError::Unsupported(reason)) => {
+                Err(ProcessorError::Nats(format!("relay connection: {reason}")))
+            }
+        }
+    })
+    .await
+    .map_err(|e| ProcessorError::Config(format!("relay task: {e}")))?
+}
+
+/// At most one event per user in flight: the next event of a user is
+/// published only after JetStream acknowledged the previous one. Different
+/// users' events go out together, one round at a time.
+async fn serial(js: &jetstream::Context, events: Vec<Event>) -> Result<Vec<Event>, ProcessorError> {
+    let mut per_user: Vec<Vec<usize>> = Vec::new();
+    let mut slot: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        let k = *slot.entry(e.user.as_str()).or_insert_with(|| {
+            per_user.push(Vec::new());
+            per_user.len() - 1
+        });
+        per_user[k].push(i);
+    }
+    let rounds = per_user.iter().map(Vec::len).max().unwrap_or(0);
+    for round in 0..rounds {
+        let mut acks = Vec::with_capacity(per_user.len());
+        for e in per_user
+            .iter()
+            .filter_map(|q| q.get(round))
+            .map(|&i| &events[i])
+        {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", e.id.as_str());
+            let ack = js
+                .publish_with_headers(e.subject.clone(), headers, e.body.clone().into())
+                .await
+                .map_err(ProcessorError::nats)?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(ProcessorError::nats)?;
+        }
+    }
+    Ok(events)
 }

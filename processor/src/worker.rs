@@ -92,8 +92,19 @@ impl Lane {
         // the lane over would wait for it forever. The server aborts such a
         // transaction once it has been idle for a lease, which frees the row;
         // the paused worker's commit then fails when it wakes up.
+        //
+        // Every statement of a lane probes a set of keys (UNNEST of the
+        // batch's users and UIDs joined to a primary key). Left to itself, the
+        // planner joins the ~100 rows it assumes an UNNEST gives by hashing
+        // and scanning the whole table whenever that looks cheaper than as
+        // many index probes, which with default costs is true well into
+        // tens of thousands of rows: each batch then read every free/busy row
+        // and the whole message log, and got slower as they grew
+        // (bench/results/processor-*.md). Nested loops keep each batch's cost
+        // to its own keys, whatever the tables' size or statistics.
         db.batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = {}",
+            "SET idle_in_transaction_session_timeout = {};
+             SET enable_hashjoin = off; SET enable_mergejoin = off",
             self.settings.lease_ms.max(1000)
         ))
         .await?;
@@ -138,12 +149,18 @@ impl Lane {
         mut last: i64,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ProcessorError> {
-        crate::relay::flush(db, &self.js, &self.ns, self.partition).await?;
+        let publisher = crate::relay::Publisher::choose(&self.settings, &self.js, &self.ns).await;
+        crate::relay::flush(db, &self.js, &publisher, &self.ns, self.partition).await?;
         // After each commit the relay runs on a connection of its own while
         // the lane applies the next batch; one flush at a time keeps each
         // user's events in order (see `Relay`).
+        let relay_db = crate::connect::connect(&self.settings).await?;
+        // Its UPDATE joins the flushed keys to the outbox (see `run`).
+        relay_db
+            .batch_execute("SET enable_hashjoin = off; SET enable_mergejoin = off")
+            .await?;
         let mut relay = Relay {
-            db: Arc::new(crate::connect::connect(&self.settings).await?),
+            db: Arc::new(relay_db),
             running: None,
         };
         let stream = self
@@ -268,14 +285,15 @@ impl Lane {
             }
             if !fresh.is_empty() {
                 relay.wait().await?;
-                let (rdb, js, ns, p) = (
+                let (rdb, js, publisher, ns, p) = (
                     relay.db.clone(),
                     self.js.clone(),
+                    publisher.clone(),
                     self.ns.clone(),
                     self.partition,
                 );
                 relay.running = Some(tokio::spawn(async move {
-                    crate::relay::flush(&rdb, &js, &ns, p).await
+                    crate::relay::flush(&rdb, &js, &publisher, &ns, p).await
                 }));
             }
         }

@@ -5,6 +5,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
+use imipflow_processor::relay::Publisher;
 use imipflow_processor::{
     Settings, connect::connect, connect::connect_nats, ctl, quarantine, worker,
 };
@@ -452,7 +453,8 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
                     tx.commit().await?;
                     let js = async_nats::jetstream::new(connect_nats(&s).await?);
-                    imipflow_processor::relay::flush(&db, &js, &ns, partition).await?;
+                    imipflow_processor::relay::flush(&db, &js, &Publisher::Serial, &ns, partition)
+                        .await?;
                     println!("dead letter {id} applied");
                 }
             }
@@ -633,7 +635,7 @@ async fn flush_events(db: &tokio_postgres::Client, s: &Settings, user: &str) -> 
     let ns = s.namespace()?;
     let js = async_nats::jetstream::new(connect_nats(s).await?);
     let partition = imipflow_schema::partition(user, s.partitions) as i32;
-    imipflow_processor::relay::flush(db, &js, &ns, partition).await?;
+    imipflow_processor::relay::flush(db, &js, &Publisher::Serial, &ns, partition).await?;
     Ok(())
 }
 
@@ -712,7 +714,7 @@ async fn replay(
             }
         }
         for p in &touched {
-            imipflow_processor::relay::flush(&db, &js, &ns, *p).await?;
+            imipflow_processor::relay::flush(&db, &js, &Publisher::Serial, &ns, *p).await?;
         }
     }
     bar.finish_and_clear();
