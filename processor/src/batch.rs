@@ -79,6 +79,11 @@ type Write<'a> = std::pin::Pin<
 struct UidSlot {
     objects: Vec<StoredObject>,
     busy: BTreeSet<Period>,
+    /// The free/busy rows as loaded: only the difference is written, because
+    /// every row written costs an entry in the GiST index on (user, period),
+    /// and an update of a series usually leaves most of its instances as
+    /// they were.
+    loaded_busy: BTreeSet<Period>,
     /// (SEQUENCE, DTSTAMP) of the pending request, if any.
     queued: Option<(i64, Option<DateTime<Utc>>)>,
     /// Whether objects, attendees, free/busy and open_series are rewritten.
@@ -167,6 +172,9 @@ pub async fn apply(
             fbtype: FbType::parse(r.get::<_, &str>(4)).unwrap_or(FbType::Busy),
             recurrence_id: r.get(5),
         });
+    }
+    for slot in slots.values_mut() {
+        slot.loaded_busy = slot.busy.clone();
     }
     for r in &queued {
         slots.entry((r.get(0), r.get(1))).or_default().queued = Some((r.get(2), r.get(3)));
@@ -364,10 +372,17 @@ pub async fn apply(
     let mut writes: Vec<Write<'_>> = Vec::new();
     let (su, si) = (&rows.saved_users, &rows.saved_uids);
     if !su.is_empty() {
-        for sql in [DELETE_OBJECTS, DELETE_ATTENDEES, DELETE_BUSY, DELETE_OPEN] {
+        for sql in [DELETE_OBJECTS, DELETE_ATTENDEES, DELETE_OPEN] {
             let s = cache.get(tx, sql).await?;
             writes.push(Box::pin(async move { tx.execute(&s, &[su, si]).await }));
         }
+    }
+    if !rows.fd_users.is_empty() {
+        let s = cache.get(tx, DELETE_BUSY).await?;
+        let r = &rows;
+        writes.push(Box::pin(async move {
+            tx.execute(&s, &[&r.fd_users, &r.fd_uids, &r.fd_inst]).await
+        }));
     }
     if !rows.o_users.is_empty() {
         let s = cache.get(tx, INSERT_OBJECTS).await?;
@@ -486,7 +501,7 @@ pub async fn apply(
                 .await
         }));
     }
-    // At most 13 statements: join_all polls (and so sends) them in order.
+    // At most 14 statements: join_all polls (and so sends) them in order.
     futures::future::try_join_all(writes).await?;
 
     for (m, e) in &bad {
@@ -572,13 +587,17 @@ struct Rows<'a> {
     f_end: Vec<DateTime<Utc>>,
     f_type: Vec<&'static str>,
     f_rid: Vec<Option<DateTime<Utc>>>,
+    fd_users: Vec<&'a str>,
+    fd_uids: Vec<&'a str>,
+    fd_inst: Vec<DateTime<Utc>>,
     open_users: Vec<&'a str>,
     open_uids: Vec<&'a str>,
     open_until: Vec<DateTime<Utc>>,
 }
 
 impl<'a> Rows<'a> {
-    /// The rows `store::save_outcome` writes for one UID's final state.
+    /// The rows `store::save_outcome` writes for one UID's final state; of
+    /// free/busy, only the rows that differ from the loaded ones.
     fn add(&mut self, user: &'a str, uid: &'a str, slot: &'a UidSlot) {
         if slot.stored {
             self.saved_users.push(user);
@@ -612,7 +631,12 @@ impl<'a> Rows<'a> {
                 self.a_stamp.push(answer.and_then(|s| s.dtstamp));
             }
         }
-        for p in &slot.busy {
+        for p in slot.loaded_busy.difference(&slot.busy) {
+            self.fd_users.push(user);
+            self.fd_uids.push(uid);
+            self.fd_inst.push(p.recurrence_id.unwrap_or(p.start));
+        }
+        for p in slot.busy.difference(&slot.loaded_busy) {
             self.f_users.push(user);
             self.f_uids.push(uid);
             self.f_inst.push(p.recurrence_id.unwrap_or(p.start));
@@ -648,8 +672,9 @@ const DELETE_OBJECTS: &str = "DELETE FROM objects t USING unnest($1::text[], $2:
 const DELETE_ATTENDEES: &str =
     "DELETE FROM attendees t USING unnest($1::text[], $2::text[]) AS k(u, i)
      WHERE t.user_addr = k.u AND t.uid = k.i";
-const DELETE_BUSY: &str = "DELETE FROM freebusy t USING unnest($1::text[], $2::text[]) AS k(u, i)
-     WHERE t.user_addr = k.u AND t.uid = k.i";
+const DELETE_BUSY: &str =
+    "DELETE FROM freebusy t USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(u, i, n)
+     WHERE t.user_addr = k.u AND t.uid = k.i AND t.instance = k.n";
 const DELETE_OPEN: &str =
     "DELETE FROM open_series t USING unnest($1::text[], $2::text[]) AS k(u, i)
      WHERE t.user_addr = k.u AND t.uid = k.i";
