@@ -30,7 +30,8 @@ pub struct Mail {
 /// non-calendar majority of mail leave without a MIME parse or a connection.
 pub fn looks_calendar(raw: &[u8]) -> bool {
     const NEEDLES: [&[u8]; 4] = [b"text/calendar", b"/ics", b".ics", b"vcalendar"];
-    contains_any_ignore_case(raw, &NEEDLES)
+    // Inlined, with the needles known: the check at each 'c' is a few compares.
+    contains_any(raw, &NEEDLES)
 }
 
 /// Most MIME parts ingest lets mail-parser build. A part costs it about 1 KiB
@@ -86,6 +87,11 @@ pub(crate) fn any_at(hay: &[u8], byte: u8, mut f: impl FnMut(usize) -> bool) -> 
 
 /// Case-insensitive search for several ASCII needles at once.
 pub fn contains_any_ignore_case(hay: &[u8], needles: &[&[u8]]) -> bool {
+    contains_any(hay, needles)
+}
+
+#[inline(always)]
+fn contains_any(hay: &[u8], needles: &[&[u8]]) -> bool {
     let lower = |b: &u8| b.to_ascii_lowercase();
     // When one byte is in every needle (for `looks_calendar`: 'c', ~3 % of
     // text), compare the needles only around its occurrences instead of at
