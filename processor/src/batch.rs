@@ -84,6 +84,13 @@ struct UidSlot {
     /// and an update of a series usually leaves most of its instances as
     /// they were.
     loaded_busy: BTreeSet<Period>,
+    /// The objects as loaded: likewise, only objects that changed are
+    /// rewritten (with their attendee rows); adding an override leaves the
+    /// master and the other overrides alone.
+    loaded_objects: Vec<StoredObject>,
+    /// Whether a stored object could not be read: then all of the UID's
+    /// object and attendee rows are replaced, as the per-message path does.
+    unreadable: bool,
     /// (SEQUENCE, DTSTAMP) of the pending request, if any.
     queued: Option<(i64, Option<DateTime<Utc>>)>,
     /// Whether objects, attendees, free/busy and open_series are rewritten.
@@ -159,8 +166,9 @@ pub async fn apply(
         let slot = slots.entry((r.get(0), r.get(1))).or_default();
         slot.stored = true;
         // Unreadable stored objects are skipped, as `store::load_state` does.
-        if let Ok(o) = serde_json::from_value::<StoredObject>(r.get::<_, serde_json::Value>(2)) {
-            slot.objects.push(o);
+        match serde_json::from_value::<StoredObject>(r.get::<_, serde_json::Value>(2)) {
+            Ok(o) => slot.objects.push(o),
+            Err(_) => slot.unreadable = true,
         }
     }
     for r in &busy {
@@ -175,6 +183,7 @@ pub async fn apply(
     }
     for slot in slots.values_mut() {
         slot.loaded_busy = slot.busy.clone();
+        slot.loaded_objects = slot.objects.clone();
     }
     for r in &queued {
         slots.entry((r.get(0), r.get(1))).or_default().queued = Some((r.get(2), r.get(3)));
@@ -370,11 +379,25 @@ pub async fn apply(
 
     // One pipelined round trip: deletes before inserts (sent, and run, in order).
     let mut writes: Vec<Write<'_>> = Vec::new();
-    let (su, si) = (&rows.saved_users, &rows.saved_uids);
-    if !su.is_empty() {
-        for sql in [DELETE_OBJECTS, DELETE_ATTENDEES, DELETE_OPEN] {
+    for (sql, users, uids) in [
+        (DELETE_OBJECTS, &rows.whole_users, &rows.whole_uids),
+        (DELETE_ATTENDEES, &rows.whole_users, &rows.whole_uids),
+        (DELETE_OPEN, &rows.saved_users, &rows.saved_uids),
+    ] {
+        if !users.is_empty() {
             let s = cache.get(tx, sql).await?;
-            writes.push(Box::pin(async move { tx.execute(&s, &[su, si]).await }));
+            writes.push(Box::pin(
+                async move { tx.execute(&s, &[users, uids]).await },
+            ));
+        }
+    }
+    if !rows.od_users.is_empty() {
+        for sql in [DELETE_OBJECT_KEYS, DELETE_ATTENDEE_KEYS] {
+            let s = cache.get(tx, sql).await?;
+            let r = &rows;
+            writes.push(Box::pin(async move {
+                tx.execute(&s, &[&r.od_users, &r.od_uids, &r.od_keys]).await
+            }));
         }
     }
     if !rows.fd_users.is_empty() {
@@ -501,7 +524,7 @@ pub async fn apply(
                 .await
         }));
     }
-    // At most 14 statements: join_all polls (and so sends) them in order.
+    // At most 16 statements: join_all polls (and so sends) them in order.
     futures::future::try_join_all(writes).await?;
 
     for (m, e) in &bad {
@@ -560,6 +583,11 @@ struct Log<'a> {
 struct Rows<'a> {
     saved_users: Vec<&'a str>,
     saved_uids: Vec<&'a str>,
+    whole_users: Vec<&'a str>,
+    whole_uids: Vec<&'a str>,
+    od_users: Vec<&'a str>,
+    od_uids: Vec<&'a str>,
+    od_keys: Vec<String>,
     o_users: Vec<&'a str>,
     o_uids: Vec<&'a str>,
     o_keys: Vec<String>,
@@ -596,14 +624,39 @@ struct Rows<'a> {
 }
 
 impl<'a> Rows<'a> {
-    /// The rows `store::save_outcome` writes for one UID's final state; of
-    /// free/busy, only the rows that differ from the loaded ones.
+    /// The rows that bring one UID from its loaded state to its final state:
+    /// what `store::save_outcome` writes, less the objects and free/busy rows
+    /// the database already holds as they are.
     fn add(&mut self, user: &'a str, uid: &'a str, slot: &'a UidSlot) {
         if slot.stored {
             self.saved_users.push(user);
             self.saved_uids.push(uid);
         }
-        for o in &slot.objects {
+        let unchanged = |o: &StoredObject| {
+            !slot.unreadable
+                && slot
+                    .loaded_objects
+                    .iter()
+                    .any(|l| l.recurrence_id == o.recurrence_id && l == o)
+        };
+        if slot.unreadable {
+            self.whole_users.push(user);
+            self.whole_uids.push(uid);
+        } else {
+            // Removed or changed objects go, with their attendee rows.
+            for l in &slot.loaded_objects {
+                let kept = slot
+                    .objects
+                    .iter()
+                    .any(|o| o.recurrence_id == l.recurrence_id && o == l);
+                if !kept {
+                    self.od_users.push(user);
+                    self.od_uids.push(uid);
+                    self.od_keys.push(store::recurrence_key(l.recurrence_id));
+                }
+            }
+        }
+        for o in slot.objects.iter().filter(|o| !unchanged(o)) {
             let key = store::recurrence_key(o.recurrence_id);
             let c = &o.component;
             self.o_users.push(user);
@@ -675,6 +728,12 @@ const DELETE_ATTENDEES: &str =
 const DELETE_BUSY: &str =
     "DELETE FROM freebusy t USING unnest($1::text[], $2::text[], $3::timestamptz[]) AS k(u, i, n)
      WHERE t.user_addr = k.u AND t.uid = k.i AND t.instance = k.n";
+const DELETE_OBJECT_KEYS: &str =
+    "DELETE FROM objects t USING unnest($1::text[], $2::text[], $3::text[]) AS k(u, i, r)
+     WHERE t.user_addr = k.u AND t.uid = k.i AND t.recurrence_key = k.r";
+const DELETE_ATTENDEE_KEYS: &str =
+    "DELETE FROM attendees t USING unnest($1::text[], $2::text[], $3::text[]) AS k(u, i, r)
+     WHERE t.user_addr = k.u AND t.uid = k.i AND t.recurrence_key = k.r";
 const DELETE_OPEN: &str =
     "DELETE FROM open_series t USING unnest($1::text[], $2::text[]) AS k(u, i)
      WHERE t.user_addr = k.u AND t.uid = k.i";
