@@ -29,9 +29,23 @@ pub struct Mail {
 /// file name) or in its text, so a `false` here is final and lets the
 /// non-calendar majority of mail leave without a MIME parse or a connection.
 pub fn looks_calendar(raw: &[u8]) -> bool {
-    const NEEDLES: [&[u8]; 4] = [b"text/calendar", b"/ics", b".ics", b"vcalendar"];
-    // Inlined, with the needles known: the check at each 'c' is a few compares.
-    contains_any(raw, &NEEDLES)
+    // `contains_any_ignore_case(raw, &[b"text/calendar", b"/ics", b".ics",
+    // b"vcalendar"])`, written out: every marker has a 'c' followed by 'a' or
+    // 's', and the byte after each 'c' rules out most at once (callgrind: the
+    // generic search took 49 k instructions for a 10 KB mail).
+    any_at(raw, b'c', |i| {
+        let is = |from: usize, marker: &[u8]| {
+            raw.get(from..from + marker.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(marker))
+        };
+        match raw.get(i + 1).map(u8::to_ascii_lowercase) {
+            Some(b'a') => {
+                (i >= 5 && is(i - 5, b"text/calendar")) || (i >= 1 && is(i - 1, b"vcalendar"))
+            }
+            Some(b's') => i >= 2 && (is(i - 2, b"/ics") || is(i - 2, b".ics")),
+            _ => false,
+        }
+    })
 }
 
 /// Most MIME parts ingest lets mail-parser build. A part costs it about 1 KiB
@@ -87,11 +101,6 @@ pub(crate) fn any_at(hay: &[u8], byte: u8, mut f: impl FnMut(usize) -> bool) -> 
 
 /// Case-insensitive search for several ASCII needles at once.
 pub fn contains_any_ignore_case(hay: &[u8], needles: &[&[u8]]) -> bool {
-    contains_any(hay, needles)
-}
-
-#[inline(always)]
-fn contains_any(hay: &[u8], needles: &[&[u8]]) -> bool {
     let lower = |b: &u8| b.to_ascii_lowercase();
     // When one byte is in every needle (for `looks_calendar`: 'c', ~3 % of
     // text), compare the needles only around its occurrences instead of at
@@ -268,6 +277,7 @@ mod tests {
                         "{}",
                         String::from_utf8_lossy(&hay)
                     );
+                    assert_eq!(looks_calendar(&hay), plain(&hay));
                 }
             }
         }
