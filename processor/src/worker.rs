@@ -221,7 +221,16 @@ impl Lane {
                 "consumer {name} has filter {held:?}, expected {filter:?}"
             )));
         }
-        let mut messages = consumer.messages().await.map_err(ProcessorError::nats)?;
+        // Pulls of two batches' worth: with async-nats' default (200, pulling
+        // again at half), a lane under load took ~125 messages per batch,
+        // whatever IMIP_BATCH_SIZE said.
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(self.settings.batch_size.max(1) * 2)
+            .heartbeat(Duration::from_secs(15))
+            .messages()
+            .await
+            .map_err(ProcessorError::nats)?;
         let renew_every = Duration::from_millis(self.settings.lease_ms / 3);
         // Consumer sequence of the last first delivery: a gap means a message
         // was skipped, and the lane starts over from PostgreSQL's position.
@@ -252,7 +261,10 @@ impl Lane {
             // the previous batch anyway, so batches still fill
             // (bench/results/latency-*.md).
             while raw.len() < self.settings.batch_size {
-                match messages.next().now_or_never() {
+                // Unconstrained: tokio's cooperative budget (128 polls per
+                // task turn) otherwise reports a full channel as empty, and
+                // batches stopped at ~125 messages.
+                match tokio::task::unconstrained(messages.next()).now_or_never() {
                     Some(Some(m)) => raw.push(m.map_err(ProcessorError::nats)?),
                     Some(None) | None => break,
                 }
