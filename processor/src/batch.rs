@@ -166,8 +166,9 @@ pub async fn apply(
         let slot = slots.entry((r.get(0), r.get(1))).or_default();
         slot.stored = true;
         // Unreadable stored objects are skipped, as `store::load_state` does.
-        match serde_json::from_value::<StoredObject>(r.get::<_, serde_json::Value>(2)) {
-            Ok(o) => slot.objects.push(o),
+        // Straight from the column's bytes, without a serde_json::Value between.
+        match r.try_get::<_, Json<StoredObject>>(2) {
+            Ok(Json(o)) => slot.objects.push(o),
             Err(_) => slot.unreadable = true,
         }
     }

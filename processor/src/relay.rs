@@ -136,7 +136,7 @@ pub async fn flush(
     loop {
         let rows = db
             .query(
-                "SELECT user_addr, user_seq, event_id, kind, body FROM outbox
+                "SELECT user_addr, user_seq, event_id, kind, body::text FROM outbox
                  WHERE partition = $1 AND published_at IS NULL
                  ORDER BY created_at, user_addr, user_seq LIMIT 500",
                 &[&partition],
@@ -150,12 +150,14 @@ pub async fn flush(
             .map(|r| {
                 let user: String = r.get(0);
                 let kind: &str = r.get(3);
-                let body: serde_json::Value = r.get(4);
+                // The CloudEvent as PostgreSQL prints the jsonb: no parse
+                // and re-serialisation per event.
+                let body: String = r.get(4);
                 Event {
                     subject: ns.event_subject(kind, &user_key(&user)),
                     seq: r.get(1),
                     id: r.get(2),
-                    body: serde_json::to_vec(&body).expect("json"),
+                    body: body.into_bytes(),
                     user,
                 }
             })

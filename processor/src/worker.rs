@@ -38,7 +38,8 @@ pub struct Lane {
 /// A message read from the stream.
 struct Msg {
     seq: i64,
-    payload: Vec<u8>,
+    /// The delivered message's buffer, shared rather than copied.
+    payload: bytes::Bytes,
 }
 
 impl Lane {
@@ -283,7 +284,7 @@ impl Lane {
                 }
                 batch.push(Msg {
                     seq: info.stream_sequence as i64,
-                    payload: m.payload.to_vec(),
+                    payload: m.payload.clone(),
                 });
             }
             let newest = raw.last();
