@@ -77,12 +77,15 @@ impl Publisher {
             Ok(login)
         };
         match why_serial.await {
-            Ok(login) => Publisher::Pipelined {
-                urls: settings.nats_url.to_string(),
-                login,
-            },
+            Ok(login) => {
+                tracing::debug!(publisher = "pipelined", "outbox relay");
+                Publisher::Pipelined {
+                    urls: (*settings.nats_url).to_owned(),
+                    login,
+                }
+            }
             Err(why) => {
-                tracing::debug!(reason = %why, "relay publishes one event per user at a time");
+                tracing::debug!(publisher = "serial", reason = %why, "outbox relay");
                 Publisher::Serial
             }
         }

@@ -168,7 +168,16 @@ impl TestEnv {
             .split(',')
             .map(|u| u.trim().parse().expect("NATS URL"))
             .collect();
-        let client = async_nats::connect(servers).await.expect("connect to NATS");
+        // async-nats ignores credentials in a URL: hand them over (a test's
+        // private server may want a user and password).
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some((user, password)) = servers
+            .first()
+            .and_then(|s| Some((s.username()?, s.password()?)))
+        {
+            options = options.user_and_password(user.to_owned(), password.to_owned());
+        }
+        let client = options.connect(servers).await.expect("connect to NATS");
         jetstream::new(client)
     }
 

@@ -68,6 +68,8 @@ pub struct NatsServer {
     pub store: PathBuf,
     config: PathBuf,
     child: Option<Child>,
+    /// User and password the server wants (plain TCP), if any.
+    login: Option<(String, String)>,
     _dir: Option<TempDir>,
 }
 
@@ -83,6 +85,24 @@ impl NatsServer {
         let dir = TempDir::new("imip-nats");
         let port = crate::free_port();
         let mut s = Self::configure(&dir.0, "n1", port, 0, &[], jetstream_extra);
+        s._dir = Some(dir);
+        s.spawn();
+        s.wait_ready().await;
+        s
+    }
+
+    /// A single plain-TCP server that wants a user and password; [`Self::url`]
+    /// carries them.
+    pub async fn start_with_login(user: &str, password: &str) -> Self {
+        let dir = TempDir::new("imip-nats");
+        let port = crate::free_port();
+        let mut s = Self::configure(&dir.0, "n1", port, 0, &[], "");
+        let mut text = std::fs::read_to_string(&s.config).expect("nats config");
+        text.push_str(&format!(
+            "authorization {{\n  user: \"{user}\"\n  password: \"{password}\"\n}}\n"
+        ));
+        std::fs::write(&s.config, text).expect("write nats config");
+        s.login = Some((user.to_owned(), password.to_owned()));
         s._dir = Some(dir);
         s.spawn();
         s.wait_ready().await;
@@ -122,11 +142,15 @@ jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 2
             store,
             config,
             child: None,
+            login: None,
             _dir: None,
         }
     }
 
     pub fn url(&self) -> String {
+        if let Some((user, password)) = &self.login {
+            return format!("nats://{user}:{password}@127.0.0.1:{}", self.port);
+        }
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -150,11 +174,12 @@ jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 64MB\n  max_file_store: 2
     pub async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(client) = async_nats::ConnectOptions::new()
-                .connection_timeout(Duration::from_secs(1))
-                .connect(self.url())
-                .await
-            {
+            let mut options =
+                async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1));
+            if let Some((user, password)) = &self.login {
+                options = options.user_and_password(user.clone(), password.clone());
+            }
+            if let Ok(client) = options.connect(format!("127.0.0.1:{}", self.port)).await {
                 // Raw `$JS.API.INFO`: any answer without an error means
                 // JetStream is up (on a cluster member: a meta leader exists).
                 let reply = tokio::time::timeout(
