@@ -92,12 +92,21 @@ pub fn publish(plan: &Plan, target: &Target<'_>) -> Result<(), IngestError> {
 /// The login for [`wire`], or `None` when the settings need async-nats
 /// (TLS, nkey, credentials file). Reads password and token files.
 fn plain_login(target: &Target<'_>) -> Result<Option<wire::Login>, IngestError> {
-    let auth = target.auth;
     let refused = |e: imipflow_config::ConfigError| IngestError::Connect {
         url: imipflow_config::redact_url(target.url),
         reason: e.to_string(),
     };
-    auth.validate().map_err(refused)?;
+    target.auth.validate().map_err(refused)?;
+    wire_login(target.auth).map_err(refused)
+}
+
+/// The [`wire`] login that `auth` asks for, or `None` when it needs
+/// async-nats (TLS, nkey, credentials file); reads password and token files.
+/// Credentials in the URL are the wire client's own business. Also used by
+/// the processor's outbox relay.
+pub fn wire_login(
+    auth: &imipflow_config::NatsAuth,
+) -> Result<Option<wire::Login>, imipflow_config::ConfigError> {
     if auth.tls_wanted() || auth.nats_nkey_file.is_some() || auth.nats_creds_file.is_some() {
         return Ok(None);
     }
@@ -105,8 +114,7 @@ fn plain_login(target: &Target<'_>) -> Result<Option<wire::Login>, IngestError> 
         let password = match (&auth.nats_password, &auth.nats_password_file) {
             (Some(p), _) => p.expose().to_owned(),
             (None, Some(path)) => {
-                imipflow_config::nats::read_secret("IMIP_NATS_PASSWORD_FILE", path)
-                    .map_err(refused)?
+                imipflow_config::nats::read_secret("IMIP_NATS_PASSWORD_FILE", path)?
             }
             (None, None) => return Ok(None),
         };
@@ -114,9 +122,10 @@ fn plain_login(target: &Target<'_>) -> Result<Option<wire::Login>, IngestError> 
     }
     let token = match (&auth.nats_token, &auth.nats_token_file) {
         (Some(t), _) => Some(t.expose().to_owned()),
-        (None, Some(path)) => Some(
-            imipflow_config::nats::read_secret("IMIP_NATS_TOKEN_FILE", path).map_err(refused)?,
-        ),
+        (None, Some(path)) => Some(imipflow_config::nats::read_secret(
+            "IMIP_NATS_TOKEN_FILE",
+            path,
+        )?),
         (None, None) => None,
     };
     Ok(Some(token.map_or(wire::Login::None, wire::Login::Token)))

@@ -54,7 +54,9 @@ impl Publisher {
     /// stream.
     pub async fn choose(settings: &Settings, js: &jetstream::Context, ns: &Namespace) -> Self {
         let why_serial = async {
-            let Some(login) = plain_login(settings)? else {
+            let login = imipflow_ingest::publish::wire_login(&settings.nats_auth)
+                .map_err(|e| e.to_string())?;
+            let Some(login) = login else {
                 return Err("TLS, nkey or credentials file configured".to_owned());
             };
             if let Some(cluster) = js.client().server_info().cluster {
@@ -90,32 +92,6 @@ impl Publisher {
             }
         }
     }
-}
-
-/// The login for the wire client, or `None` when the settings need
-/// async-nats. Credentials in the URL are the wire client's own business.
-fn plain_login(settings: &Settings) -> Result<Option<wire::Login>, String> {
-    let auth = &settings.nats_auth;
-    if auth.tls_wanted() || auth.nats_nkey_file.is_some() || auth.nats_creds_file.is_some() {
-        return Ok(None);
-    }
-    let read = |setting, path| {
-        imipflow_config::nats::read_secret(setting, path).map_err(|e| e.to_string())
-    };
-    if let Some(user) = &auth.nats_user {
-        let password = match (&auth.nats_password, &auth.nats_password_file) {
-            (Some(p), _) => p.expose().to_owned(),
-            (None, Some(path)) => read("IMIP_NATS_PASSWORD_FILE", path)?,
-            (None, None) => return Ok(None),
-        };
-        return Ok(Some(wire::Login::UserPassword(user.clone(), password)));
-    }
-    let token = match (&auth.nats_token, &auth.nats_token_file) {
-        (Some(t), _) => Some(t.expose().to_owned()),
-        (None, Some(path)) => Some(read("IMIP_NATS_TOKEN_FILE", path)?),
-        (None, None) => None,
-    };
-    Ok(Some(token.map_or(wire::Login::None, wire::Login::Token)))
 }
 
 /// One unpublished event, as the outbox holds it.
