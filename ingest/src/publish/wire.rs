@@ -154,6 +154,21 @@ fn connect(server: &Server, deadline: Instant) -> io::Result<TcpStream> {
     Err(last)
 }
 
+/// The CONNECT options without a login, as JSON (the login-free line is
+/// also spelt out as a constant in [`connect_line`]; a test keeps the two equal).
+fn connect_options() -> serde_json::Value {
+    serde_json::json!({
+        "verbose": false,
+        "pedantic": false,
+        "lang": "rust",
+        "version": env!("CARGO_PKG_VERSION"),
+        "name": "imip-ingest",
+        "protocol": 1,
+        "headers": true,
+        "no_responders": true,
+    })
+}
+
 /// The CONNECT options: no `+OK` per command (verbose off), headers on (for
 /// `Nats-Msg-Id`), and no_responders so a subject no stream takes is a 503
 /// status at once instead of a wait for the timeout.
@@ -170,16 +185,7 @@ fn connect_line(login: &Login) -> Vec<u8> {
         .as_bytes()
         .to_vec();
     }
-    let mut opts = serde_json::json!({
-        "verbose": false,
-        "pedantic": false,
-        "lang": "rust",
-        "version": env!("CARGO_PKG_VERSION"),
-        "name": "imip-ingest",
-        "protocol": 1,
-        "headers": true,
-        "no_responders": true,
-    });
+    let mut opts = connect_options();
     match login {
         Login::None => {}
         Login::UserPassword(u, p) => {
@@ -409,16 +415,7 @@ mod tests {
 
     #[test]
     fn connect_line_without_login_is_the_json_one() {
-        let json = serde_json::json!({
-            "verbose": false,
-            "pedantic": false,
-            "lang": "rust",
-            "version": env!("CARGO_PKG_VERSION"),
-            "name": "imip-ingest",
-            "protocol": 1,
-            "headers": true,
-            "no_responders": true,
-        });
+        let json = connect_options();
         assert_eq!(
             String::from_utf8(connect_line(&Login::None)).unwrap(),
             format!("CONNECT {json}\r\n")
