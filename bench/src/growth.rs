@@ -108,16 +108,7 @@ pub fn run_to_file(args: &GrowthArgs) -> anyhow::Result<PathBuf> {
         r
     })?;
     let md = markdown(&args, &sizes, &series, started, &load_before);
-    let path = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "bench/results/growth-{}.md",
-            started.format("%Y%m%dT%H%M%SZ")
-        ))
-    });
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
+    let path = crate::report::write_results("growth", args.out.as_deref(), started, &md)?;
     print!("{md}");
     Ok(path)
 }

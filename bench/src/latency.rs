@@ -141,16 +141,7 @@ pub fn run_to_file(args: &LatencyArgs) -> anyhow::Result<PathBuf> {
         r
     })?;
     let md = markdown(args, &results, started, &load_before);
-    let path = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "bench/results/latency-{}.md",
-            started.format("%Y%m%dT%H%M%SZ")
-        ))
-    });
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, &md).with_context(|| format!("cannot write {}", path.display()))?;
+    let path = crate::report::write_results("latency", args.out.as_deref(), started, &md)?;
     print!("{md}");
     let lost: usize = results.iter().map(|r| r.lost).sum();
     if lost > 0 {
@@ -294,16 +285,7 @@ impl Pipeline {
     /// Stops the processor, deletes the streams and drops the database.
     pub async fn stop(mut self) {
         if let Some(mut child) = self.child.take() {
-            if let Some(pid) = child.id() {
-                // SAFETY: plain kill(2) on our own child; SIGTERM lets it release its leases.
-                unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-            }
-            if tokio::time::timeout(Duration::from_secs(10), child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.kill().await;
-            }
+            crate::sandbox::stop_processor(&mut child).await;
         }
         self.listener.abort();
         for s in [

@@ -529,17 +529,7 @@ fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         checks,
     };
     let text = report.to_markdown();
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "bench/results/ingest-{}.md",
-            started.format("%Y%m%dT%H%M%SZ")
-        ))
-    });
-    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    std::fs::write(&out, &text).with_context(|| format!("cannot write {}", out.display()))?;
+    let out = report::write_results("ingest", args.out.as_deref(), started, &text)?;
     print!("{text}");
     eprintln!("imip-bench: results written to {}", out.display());
     teardown

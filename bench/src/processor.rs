@@ -180,13 +180,7 @@ pub fn run(args: ProcessorArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let md = markdown(&args, count, &results);
-    let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from(format!(
-            "bench/results/processor-{}.md",
-            Utc::now().format("%Y%m%dT%H%M%SZ")
-        ))
-    });
-    std::fs::write(&out, md).with_context(|| format!("cannot write {}", out.display()))?;
+    let out = crate::report::write_results("processor", args.out.as_deref(), Utc::now(), &md)?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
@@ -320,7 +314,7 @@ async fn measure(
         let positions = publish(js, &sandbox.ns, args.partitions, &seed).await?;
         let mut p = start_processor(args, sandbox)?;
         wait_applied(&db, &positions).await?;
-        stop(&mut p).await;
+        crate::sandbox::stop_processor(&mut p).await;
     }
     let seeded_events: HashMap<String, i64> = db
         .query("SELECT user_addr, last_seq FROM user_events", &[])
@@ -336,7 +330,7 @@ async fn measure(
     };
     let mut p = start_processor(args, sandbox)?;
     let processor = wait_applied(&db, &positions).await;
-    stop(&mut p).await;
+    crate::sandbox::stop_processor(&mut p).await;
     let processor = processor?;
     let dead_letters: i64 = db
         .query_one("SELECT count(*) FROM dead_letters", &[])
@@ -664,19 +658,6 @@ fn start_processor(
         .kill_on_drop(true)
         .spawn()
         .context("cannot start imip-processor run")
-}
-
-async fn stop(child: &mut tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // SIGTERM: the processor releases its leases and exits.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    }
-    if tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
 }
 
 /// Waits until every lane's stored position has passed the messages in

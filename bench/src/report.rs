@@ -2,8 +2,9 @@
 //! machine, the per-series figures and their ratios, as one markdown document.
 
 use crate::measure::Summary;
+use anyhow::Context as _;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// One row of the wall-time table.
@@ -131,6 +132,27 @@ fn command_line(program: &str, args: &[&str]) -> Option<String> {
     }
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines().next().map(|l| l.trim().to_owned())
+}
+
+/// Writes a benchmark's results to `out`, or by default to
+/// `bench/results/<bench>-<started as UTC timestamp>.md`; returns the path.
+pub fn write_results(
+    bench: &str,
+    out: Option<&Path>,
+    started: chrono::DateTime<chrono::Utc>,
+    text: &str,
+) -> anyhow::Result<PathBuf> {
+    let path = out.map(Path::to_path_buf).unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "bench/results/{bench}-{}.md",
+            started.format("%Y%m%dT%H%M%SZ")
+        ))
+    });
+    if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
 }
 
 /// The load average, as `/proc/loadavg` has it (first three fields).

@@ -109,3 +109,18 @@ impl Sandbox {
         first_error.map_or(Ok(()), Err)
     }
 }
+
+/// Stops an `imip-processor run` child: SIGTERM (it releases its leases and
+/// exits), then SIGKILL if it has not exited within 10 s.
+pub async fn stop_processor(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
