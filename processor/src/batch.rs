@@ -633,28 +633,22 @@ impl<'a> Rows<'a> {
             self.saved_users.push(user);
             self.saved_uids.push(uid);
         }
-        let unchanged = |o: &StoredObject| {
-            !slot.unreadable
-                && slot
-                    .loaded_objects
-                    .iter()
-                    .any(|l| l.recurrence_id == o.recurrence_id && l == o)
-        };
+        // StoredObject compares its recurrence id first, so `contains` is a
+        // cheap search by instance before any deep comparison.
+        let unchanged = |o: &StoredObject| !slot.unreadable && slot.loaded_objects.contains(o);
         if slot.unreadable {
             self.whole_users.push(user);
             self.whole_uids.push(uid);
         } else {
             // Removed or changed objects go, with their attendee rows.
-            for l in &slot.loaded_objects {
-                let kept = slot
-                    .objects
-                    .iter()
-                    .any(|o| o.recurrence_id == l.recurrence_id && o == l);
-                if !kept {
-                    self.od_users.push(user);
-                    self.od_uids.push(uid);
-                    self.od_keys.push(store::recurrence_key(l.recurrence_id));
-                }
+            for l in slot
+                .loaded_objects
+                .iter()
+                .filter(|l| !slot.objects.contains(l))
+            {
+                self.od_users.push(user);
+                self.od_uids.push(uid);
+                self.od_keys.push(store::recurrence_key(l.recurrence_id));
             }
         }
         for o in slot.objects.iter().filter(|o| !unchanged(o)) {
