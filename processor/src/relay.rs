@@ -53,7 +53,7 @@ impl Publisher {
     /// connection settings, a standalone server, and a one-replica events
     /// stream.
     pub async fn choose(settings: &Settings, js: &jetstream::Context, ns: &Namespace) -> Self {
-        let why_serial = async {
+        let pipelined = async {
             let login = imipflow_ingest::publish::wire_login(&settings.nats_auth)
                 .map_err(|e| e.to_string())?;
             let Some(login) = login else {
@@ -78,7 +78,7 @@ impl Publisher {
             }
             Ok(login)
         };
-        match why_serial.await {
+        match pipelined.await {
             Ok(login) => {
                 tracing::debug!(publisher = "pipelined", "outbox relay");
                 Publisher::Pipelined {

@@ -36,6 +36,10 @@ pub struct Lane {
 }
 
 /// A message read from the stream.
+/// Session settings of the connections that run a lane's key-probing
+/// statements: nested loops only (see `Lane::run`).
+const KEY_PROBES: &str = "SET enable_hashjoin = off; SET enable_mergejoin = off";
+
 struct Msg {
     seq: i64,
     /// The delivered message's buffer, shared rather than copied.
@@ -104,8 +108,7 @@ impl Lane {
         // (bench/results/processor-*.md). Nested loops keep each batch's cost
         // to its own keys, whatever the tables' size or statistics.
         db.batch_execute(&format!(
-            "SET idle_in_transaction_session_timeout = {};
-             SET enable_hashjoin = off; SET enable_mergejoin = off",
+            "SET idle_in_transaction_session_timeout = {}; {KEY_PROBES}",
             self.settings.lease_ms.max(1000)
         ))
         .await?;
@@ -157,9 +160,7 @@ impl Lane {
         // user's events in order (see `Relay`).
         let relay_db = crate::connect::connect(&self.settings).await?;
         // Its UPDATE joins the flushed keys to the outbox (see `run`).
-        relay_db
-            .batch_execute("SET enable_hashjoin = off; SET enable_mergejoin = off")
-            .await?;
+        relay_db.batch_execute(KEY_PROBES).await?;
         let mut relay = Relay {
             db: Arc::new(relay_db),
             running: None,
