@@ -16,12 +16,16 @@
 //! Every mail belongs to one user and is numbered per user (`number`, also in
 //! the Message-ID and in SUMMARY as `[u7 #12]`), so per-user order can be
 //! checked from the outside. Same seed, same traffic, byte for byte.
+//!
+//! [`hostile::mix`] adds the attacks of docs/hostile-input.md to that traffic.
 
 use async_nats::jetstream;
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
 use imipflow_ingest::{Envelope, Limits, Output, plan::Input};
 use imipflow_schema::{Direction, Namespace, partition, user_key};
 use thiserror::Error;
+
+pub mod hostile;
 
 #[derive(Debug, Error)]
 pub enum LoadgenError {
