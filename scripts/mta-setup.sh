@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the MTA end-to-end tests (tests/tests/postfix.rs, exim.rs)
 # need, when missing: Debian's `postfix` (the tests run private instances of
-# it, never the system one) and `swaks` (the SMTP client the tests submit mail
-# with). Non-interactive; one line per step. Installing postfix does not
+# it, never the system one), `swaks` (the SMTP client the tests submit mail
+# with) and `sasl2-bin` (saslpasswd2: the test instance's submission service
+# logs users and the calendar manager in with Cyrus SASL from a sasldb of its
+# own; no saslauthd is started). Non-interactive; one line per step. Installing postfix does not
 # configure a mail server for the machine: debconf is preseeded with "Local
 # only" (the system instance, if something starts it, listens on loopback only).
 #
@@ -16,7 +18,7 @@
 #   IMIP_SKIP_MTA_SETUP=1   do nothing (the tests then skip when postfix is absent)
 #   IMIP_EXIM_ROOT          where Exim is unpacked (/var/cache/imipflow/exim)
 #
-# Exit status: 0 when postfix and swaks are present afterwards, 1 otherwise
+# Exit status: 0 when postfix, swaks and saslpasswd2 are present afterwards, 1 otherwise
 # (reason on stderr).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -75,8 +77,9 @@ log=/tmp/imip-mta-setup.log
 missing=()
 [[ -x /usr/sbin/postfix ]] || missing+=(postfix)
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
+command -v saslpasswd2 >/dev/null 2>&1 || [[ -x /usr/sbin/saslpasswd2 ]] || missing+=(sasl2-bin)
 if ((${#missing[@]} == 0)); then
-    say "postfix $(postconf -h mail_version 2>/dev/null || echo '?') and swaks present"
+    say "postfix $(postconf -h mail_version 2>/dev/null || echo '?'), swaks and saslpasswd2 present"
     setup_exim || true
     exit 0
 fi
@@ -101,5 +104,5 @@ if ! "${root[@]}" apt-get install -y -q "${missing[@]}" >"$log" 2>&1; then
         exit 1
     fi
 fi
-say "installed: postfix $(postconf -h mail_version 2>/dev/null || echo '?'), $(command -v swaks)"
+say "installed: postfix $(postconf -h mail_version 2>/dev/null || echo '?'), $(command -v swaks), /usr/sbin/saslpasswd2"
 setup_exim || true

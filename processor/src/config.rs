@@ -204,6 +204,25 @@ impl Settings {
             .collect()
     }
 
+    /// What `config check` points out without failing: settings that are
+    /// valid but safe only with something outside imipflow in place.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let managers = self.managers();
+        if !managers.is_empty() {
+            // The processor cannot tell a forged envelope sender from the
+            // manager's own: only the MTA knows who connected.
+            out.push(format!(
+                "IMIP_MANAGER_ADDRESSES: mail from {} is applied to its recipients' calendars \
+                 as their own, trusted on the envelope sender alone; the MTA must accept these \
+                 addresses as envelope sender only from the manager's own submission path \
+                 (docs/mta.md, \"The calendar manager's address\")",
+                managers.join(", ")
+            ));
+        }
+        out
+    }
+
     /// Semantics context for a message ingested at `now`.
     pub fn ctx(
         &self,

@@ -7,7 +7,7 @@
 //!
 //! All are torn down by `Drop`, also when the test panics.
 
-use crate::{TestEnv, bin, free_port, repo_root};
+use crate::{bin, free_port, repo_root, TestEnv};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +21,16 @@ const MAIN_CF_LOCK: &str = "imipflow-postfix-main-cf.lock";
 /// The domain the test instance treats as local (the deploy examples use it too).
 pub const DOMAIN: &str = "example.org";
 
+/// The SASL logins of the Postfix test instance's submission service: the
+/// calendar manager's (as in `deploy/postfix/imip-manager-login`) and users'.
+pub const SASL_LOGINS: [&str; 3] = ["calendar-manager", "alice", "bob"];
+/// Their password (the Exim instance accepts it for any login).
+pub const SASL_PASSWORD: &str = "test";
+
 /// Why the Postfix tests cannot run here, or `None` when they can. Installs
 /// postfix and swaks with `scripts/mta-setup.sh` when they are missing.
 pub fn postfix_unavailable() -> Option<String> {
-    let present = || Path::new(POSTFIX).exists() && which("swaks");
+    let present = || Path::new(POSTFIX).exists() && which("swaks") && which("saslpasswd2");
     if !present() {
         let out = Command::new(repo_root().join("scripts/mta-setup.sh")).output();
         if !present() {
@@ -33,7 +39,7 @@ pub fn postfix_unavailable() -> Option<String> {
                 Err(e) => e.to_string(),
             };
             return Some(format!(
-                "postfix or swaks missing and scripts/mta-setup.sh could not install them: {detail}"
+                "postfix, swaks or saslpasswd2 missing and scripts/mta-setup.sh could not install them: {detail}"
             ));
         }
     }
@@ -153,8 +159,13 @@ impl Drop for NatsServer {
 /// configuration from `deploy/postfix/`, with its paths pointed at this
 /// instance, its pipes at the test's NATS namespace and `user=imip` replaced by
 /// `nobody`. Two SMTP listeners: `mx_port` (port 25's role: incoming copies
-/// only) and `submission_port` (port 587's role: `cleanup_service_name =
-/// imip-cleanup`, so submitted mail also gets the outgoing copy).
+/// only, main.cf's sender restrictions) and `submission_port` (port 587's
+/// role: the lines `master.cf.imip` says to add to a submission entry, so
+/// submitted mail also gets the outgoing copy and the manager's address needs
+/// its login). Submission offers SASL PLAIN (Cyrus, a sasldb of this
+/// instance) for the logins in [`SASL_LOGINS`], password [`SASL_PASSWORD`];
+/// unlike a real submission service it also accepts unauthenticated clients,
+/// as the older tests submit that way.
 pub struct Postfix {
     pub dir: PathBuf,
     pub mx_port: u16,
@@ -216,7 +227,7 @@ impl Postfix {
     }
 
     fn write_config(&self, env: &TestEnv, edit: &dyn Fn(String) -> String) {
-        use std::os::unix::fs::{PermissionsExt, chown};
+        use std::os::unix::fs::{chown, PermissionsExt};
         let etc = &self.config_dir;
         for sub in ["etc", "spool", "data", "bin"] {
             std::fs::create_dir_all(self.dir.join(sub)).expect("create instance dirs");
@@ -255,6 +266,8 @@ impl Postfix {
             "imip-outgoing-bcc",
             "imip-transport",
             "imip-reserved",
+            "imip-manager-senders",
+            "imip-manager-login",
         ] {
             std::fs::write(etc.join(table), read(table)).expect("write table");
         }
@@ -275,6 +288,7 @@ impl Postfix {
              inet_interfaces = 127.0.0.1\n\
              inet_protocols = ipv4\n\
              mynetworks = 127.0.0.0/8\n\
+             cyrus_sasl_config_path = {etc_s}/sasl\n\
              local_recipient_maps =\n\
              alias_maps =\n\
              alias_database =\n\
@@ -289,7 +303,7 @@ impl Postfix {
         let master_cf = format!(
             "# Private test instance (tests/src/mta.rs). No chroot anywhere.\n\
              127.0.0.1:{mx} inet n - n - - smtpd\n\
-             127.0.0.1:{sub} inet n - n - - smtpd\n  -o syslog_name=postfix/submission\n  -o cleanup_service_name=imip-cleanup\n\
+             127.0.0.1:{sub} inet n - n - - smtpd\n  -o syslog_name=postfix/submission\n  -o smtpd_sasl_auth_enable=yes\n{submission}\
              pickup    unix  n - n 60 1 pickup\n\
              cleanup   unix  n - n - 0 cleanup\n\
              qmgr      unix  n - n 300 1 qmgr\n\
@@ -309,10 +323,12 @@ impl Postfix {
              postlog   unix-dgram n - n - 1 postlogd\n\
              \n{}",
             edit(localise(read("master.cf.imip"))),
+            submission = submission_lines(&localise(read("master.cf.imip"))),
             mx = self.mx_port,
             sub = self.submission_port,
         );
         std::fs::write(etc.join("main.cf"), main_cf).expect("write main.cf");
+        write_sasldb(etc);
         std::fs::write(etc.join("master.cf"), master_cf).expect("write master.cf");
     }
 
@@ -365,21 +381,36 @@ impl Postfix {
 
     /// Submits `message` over SMTP; `(accepted, transcript)`.
     pub fn try_send(&self, port: u16, from: &str, to: &[&str], message: &[u8]) -> (bool, String) {
+        self.try_send_as(port, None, from, to, message)
+    }
+
+    /// As `try_send`, logged in first (SASL PLAIN) as `login` when given.
+    pub fn try_send_as(
+        &self,
+        port: u16,
+        login: Option<&str>,
+        from: &str,
+        to: &[&str],
+        message: &[u8],
+    ) -> (bool, String) {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .subsec_nanos();
         let file = self.dir.join(format!("msg-{nanos:x}.eml"));
         std::fs::write(&file, message).expect("write message");
-        let out = Command::new("swaks")
-            .args(["--server", &format!("127.0.0.1:{port}")])
+        let mut cmd = Command::new("swaks");
+        cmd.args(["--server", &format!("127.0.0.1:{port}")])
             .args(["--from", from, "--to", &to.join(",")])
             .args(["--timeout", "20"])
             .arg("--data")
             .arg(format!("@{}", file.display()))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run swaks");
+            .stdin(Stdio::null());
+        if let Some(login) = login {
+            cmd.args(["--auth", "PLAIN", "--auth-user", login])
+                .args(["--auth-password", SASL_PASSWORD]);
+        }
+        let out = cmd.output().expect("run swaks");
         let _ = std::fs::remove_file(&file);
         (
             out.status.success(),
@@ -478,6 +509,61 @@ impl Drop for Postfix {
     }
 }
 
+/// The lines `deploy/postfix/master.cf.imip` tells the reader to add to
+/// their submission entry (its comment lines `#      -o …`), uncommented.
+fn submission_lines(master_cf: &str) -> String {
+    let lines: String = master_cf
+        .lines()
+        .filter_map(|l| l.strip_prefix("#      -o "))
+        .map(|l| format!("  -o {l}\n"))
+        .collect();
+    assert!(
+        lines.contains("cleanup_service_name=imip-cleanup"),
+        "master.cf.imip names no submission lines:\n{master_cf}"
+    );
+    lines
+}
+
+/// Cyrus SASL for the submission service: `sasl/smtpd.conf` (read because
+/// `cyrus_sasl_config_path` points there) and a sasldb with [`SASL_LOGINS`],
+/// readable by the `postfix` user smtpd runs as.
+fn write_sasldb(etc: &Path) {
+    use std::io::Write;
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let db = etc.join("sasldb2");
+    std::fs::create_dir_all(etc.join("sasl")).expect("create sasl dir");
+    std::fs::write(
+        etc.join("sasl/smtpd.conf"),
+        format!(
+            "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN\nsasldb_path: {}\n",
+            db.display()
+        ),
+    )
+    .expect("write sasl/smtpd.conf");
+    for login in SASL_LOGINS {
+        let mut child = Command::new("saslpasswd2")
+            .arg("-f")
+            .arg(&db)
+            // Cyrus's default realm: the server's name (myhostname).
+            .args(["-c", "-p", "-u", &format!("mx.{DOMAIN}"), login])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run saslpasswd2");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(SASL_PASSWORD.as_bytes())
+            .expect("password to saslpasswd2");
+        assert!(
+            child.wait().expect("saslpasswd2").success(),
+            "saslpasswd2 {login}"
+        );
+    }
+    chown(&db, Some(user_id("postfix")), None).expect("chown sasldb2");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).expect("chmod sasldb2");
+}
+
 /// Runs `cleanup` (a shell command) once this test process has gone, from a
 /// watcher in a session of its own: if the test is killed before its `Drop`
 /// runs (a nextest timeout), a daemonised Postfix or an Exim daemon would
@@ -573,7 +659,7 @@ impl Exim {
     /// As `start`, with `edit` applied to the (localised) example transports:
     /// for tests of a misconfigured pipe.
     pub fn start_with(env: &TestEnv, edit: impl Fn(String) -> String) -> Self {
-        use std::os::unix::fs::{PermissionsExt, chown};
+        use std::os::unix::fs::{chown, PermissionsExt};
         let dir = private_dir("exim");
         let mut exim = Exim {
             config: dir.join("exim.conf"),
@@ -599,6 +685,7 @@ impl Exim {
             let text = std::fs::read_to_string(repo_root().join("deploy/exim").join(name))
                 .unwrap_or_else(|e| panic!("deploy/exim/{name}: {e}"));
             text.replace("/usr/local/bin/imip-ingest", &ingest.display().to_string())
+                .replace("/etc/exim4/", &format!("{}/", d.display()))
                 .replace(
                     "IMIP_NATS_URL=nats://127.0.0.1:4222",
                     &format!(
@@ -608,6 +695,8 @@ impl Exim {
                 )
                 .replace("user = imip\n", "user = nobody\n")
         };
+        std::fs::write(d.join("imip-managers"), read("imip-managers"))
+            .expect("write imip-managers");
         let (mx, sub) = (exim.mx_port, exim.submission_port);
         let config = format!(
             "# Private test instance (tests/src/mta.rs); every real delivery is discarded.\n\
@@ -624,9 +713,11 @@ impl Exim {
              never_users = root\n\
              keep_environment =\n\
              auth_advertise_hosts = ${{if eq{{$received_port}}{{{sub}}}{{*}}{{}}}}\n\
+             acl_smtp_mail = acl_imip_check_mail\n\
              acl_smtp_rcpt = acl_check_rcpt\n\
              \n\
              begin acl\n\
+             {acl}\n\
              acl_check_rcpt:\n\
              \x20 accept authenticated = *\n\
              \x20 accept domains = +local_domains\n\
@@ -653,10 +744,11 @@ impl Exim {
              \x20 driver = plaintext\n\
              \x20 public_name = PLAIN\n\
              \x20 server_prompts = :\n\
-             \x20 server_condition = ${{if eq{{$auth3}}{{test}}}}\n\
+             \x20 server_condition = ${{if eq{{$auth3}}{{{SASL_PASSWORD}}}}}\n\
              \x20 server_set_id = $auth2\n",
             d = d.display(),
             exim_bin = exim_root().join("usr/sbin/exim4").display(),
+            acl = read("acl_imip"),
             routers = read("router_imip"),
             transports = edit(read("transport_imip")),
         );
@@ -697,6 +789,22 @@ impl Exim {
     /// `from` first (the submission port's test authenticator). Panics
     /// unless accepted.
     pub fn send(&self, port: u16, auth: bool, from: &str, to: &[&str], message: &[u8]) {
+        let (accepted, transcript) =
+            self.try_send_as(port, auth.then_some(from), from, to, message);
+        assert!(accepted, "SMTP submission failed:\n{transcript}");
+    }
+
+    /// Submits `message` over SMTP, logged in first as `login` when given
+    /// (the test authenticator takes any login with [`SASL_PASSWORD`]);
+    /// `(accepted, transcript)`.
+    pub fn try_send_as(
+        &self,
+        port: u16,
+        login: Option<&str>,
+        from: &str,
+        to: &[&str],
+        message: &[u8],
+    ) -> (bool, String) {
         let file = self.dir.join("message.eml");
         std::fs::write(&file, message).expect("write message");
         let mut cmd = Command::new("swaks");
@@ -706,23 +814,19 @@ impl Exim {
             .arg("--data")
             .arg(format!("@{}", file.display()))
             .stdin(Stdio::null());
-        if auth {
-            cmd.args([
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                from,
-                "--auth-password",
-                "test",
-            ]);
+        if let Some(login) = login {
+            cmd.args(["--auth", "PLAIN", "--auth-user", login])
+                .args(["--auth-password", SASL_PASSWORD]);
         }
         let out = cmd.output().expect("run swaks");
-        assert!(
+        (
             out.status.success(),
-            "SMTP submission failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     /// One queue run over every message (`exim -qff`), as root.

@@ -340,3 +340,49 @@ listen = "127.0.0.1:8099"
         text(&out)
     );
 }
+
+/// Manager addresses are trusted on the envelope sender alone (SPEC §3), so
+/// `config check` says that the MTA must keep them to the manager's own
+/// submission path: a warning, not a problem (exit 0, `valid`), in both
+/// forms; and no warning without manager addresses.
+#[test]
+fn check_warns_that_manager_addresses_need_the_mta() {
+    let vars = [(
+        "IMIP_MANAGER_ADDRESSES",
+        "Calendar@Example.org, web@example.org",
+    )];
+    let out = run("imip-processor", &["config", "check", "--json"], &vars);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], true, "{doc}");
+    assert_eq!(doc["problems"], serde_json::json!([]), "{doc}");
+    let warnings = doc["warnings"].as_array().expect("warnings array");
+    assert_eq!(warnings.len(), 1, "{doc}");
+    let w = warnings[0].as_str().unwrap();
+    for needle in [
+        "IMIP_MANAGER_ADDRESSES",
+        "calendar@example.org, web@example.org",
+        "envelope sender alone",
+        "manager's own submission path",
+        "docs/mta.md",
+    ] {
+        assert!(w.contains(needle), "{needle:?} not in {w:?}");
+    }
+
+    let out = run("imip-processor", &["config", "check"], &vars);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("config: valid"), "{t}");
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("warning: "))
+        .unwrap_or_else(|| panic!("no warning line: {t}"));
+    assert!(line.contains(w), "{line}");
+
+    let out = run("imip-processor", &["config", "check", "--json"], &[]);
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["warnings"], serde_json::json!([]), "{doc}");
+    let out = run("imip-processor", &["config", "check"], &[]);
+    assert!(!text(&out).contains("warning:"), "{}", text(&out));
+}

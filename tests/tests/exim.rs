@@ -3,16 +3,23 @@
 //! `deploy/exim/`: an authenticated submission makes the outgoing copy, every
 //! local recipient the incoming one, an unauthenticated "local" sender none;
 //! and the EX_TEMPFAIL path: NATS down → only the copies are deferred → NATS
-//! up → a queue run applies them.
+//! up → a queue run applies them. And the calendar manager's address
+//! (`IMIP_MANAGER_ADDRESSES`, trusted on the envelope sender alone): refused
+//! at MAIL on port 25 and to any other login (`deploy/exim/acl_imip`),
+//! applied as the recipient's own when the manager submits with its login.
 //!
 //! Skips (with a message) when Exim cannot be unpacked here.
 
-use imipflow_tests::mta::{Exim, NatsServer, exim_unavailable};
-use imipflow_tests::{TestEnv, imip_mail, vevent};
+use imipflow_tests::mta::{exim_unavailable, Exim, NatsServer};
+use imipflow_tests::{imip_mail, vevent, TestEnv};
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
 const DAVE: &str = "dave@example.com";
+const CAROL: &str = "carol@example.com";
+/// The calendar manager's address and login, as in `deploy/exim/imip-managers`.
+const MANAGER: &str = "calendar@example.org";
+const MANAGER_LOGIN: &str = "calendar-manager";
 const FROM: &str = "2027-03-01T00:00:00Z";
 const TO: &str = "2027-04-01T00:00:00Z";
 const SLOT: &str = "2027-03-10T09:00:00Z 2027-03-10T10:00:00Z BUSY";
@@ -189,4 +196,158 @@ async fn a_broken_pipe_command_fails_the_copy_without_bouncing() {
     // A bounce would arrive as a new message from <> ("<= <>").
     assert!(exim.log_lines(&["<= <>"]).is_empty(), "{log}");
     assert!(exim.queue().trim().is_empty(), "{}", exim.queue());
+}
+
+/// What the calendar manager sends to Bob on his behalf: his own REQUEST,
+/// which, from the manager's address, imipflow applies as if Bob had sent it.
+fn managed_meeting(message_id: &str, envelope_from: &str) -> Vec<u8> {
+    let meeting = vevent(&[
+        "UID:bob-planning@example.org",
+        "SEQUENCE:0",
+        "DTSTAMP:20270101T000000Z",
+        "DTSTART:20270312T090000Z",
+        "DTEND:20270312T100000Z",
+        "SUMMARY:Planning",
+        "ORGANIZER:mailto:bob@example.org",
+        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:bob@example.org",
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:dave@example.com",
+    ]);
+    imip_mail("REQUEST", envelope_from, message_id, &[meeting])
+}
+
+const MANAGED_SLOT: &str = "2027-03-12T09:00:00Z 2027-03-12T10:00:00Z BUSY";
+
+/// Bob's message_log rows: (method, outcome).
+async fn bob_log(env: &TestEnv) -> Vec<(String, String)> {
+    env.pg()
+        .await
+        .query(
+            "SELECT method, outcome FROM message_log WHERE user_addr = $1 ORDER BY stream_seq",
+            &[&BOB],
+        )
+        .await
+        .expect("message_log")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// An outsider on port 25 claiming the manager's address (in any case) is
+/// refused at MAIL: swaks sees the 550, nothing is queued or piped, and Bob's
+/// calendar is untouched. (Before `acl_imip`, the forged REQUEST was
+/// accepted, piped and applied as Bob's own meeting.)
+#[tokio::test]
+async fn a_forged_manager_sender_on_port_25_is_refused() {
+    if skip() {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let _processor = env.start_processor(&[("IMIP_MANAGER_ADDRESSES", MANAGER)]);
+    let exim = Exim::start(&env);
+
+    for (i, claimed) in [MANAGER, "Calendar@Example.ORG"].into_iter().enumerate() {
+        let (accepted, transcript) = exim.try_send_as(
+            exim.mx_port,
+            None,
+            claimed,
+            &[BOB],
+            &managed_meeting(&format!("forged-{i}@exim"), claimed),
+        );
+        assert!(!accepted, "forged manager mail accepted:\n{transcript}");
+        assert!(
+            transcript.contains("550 ")
+                && transcript.contains("reserved for the calendar manager's login"),
+            "{transcript}"
+        );
+    }
+    assert!(exim.queue().trim().is_empty(), "{}", exim.queue());
+    // A genuine invitation behind it: once it is applied, anything the
+    // forgeries had started would have been too.
+    let carol = vevent(&[
+        "UID:carol-review@example.com",
+        "SEQUENCE:0",
+        "DTSTAMP:20270101T000000Z",
+        "DTSTART:20270311T140000Z",
+        "DTEND:20270311T150000Z",
+        "SUMMARY:Review",
+        "ORGANIZER:mailto:carol@example.com",
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:bob@example.org",
+    ]);
+    exim.send(
+        exim.mx_port,
+        false,
+        CAROL,
+        &[BOB],
+        &imip_mail("REQUEST", CAROL, "carol@exim", &[carol]),
+    );
+    exim.run_queue();
+    let log = exim.mainlog();
+    assert_eq!(
+        exim.log_lines(&["R=imip_incoming"]).len(),
+        1,
+        "only Carol's mail was piped:\n{log}"
+    );
+    env.wait_applied().await;
+    assert_eq!(env.stream_messages("messages").await.len(), 1);
+    assert_eq!(bob_log(&env).await.len(), 1, "Carol's message only");
+    assert!(env.busy_lines(BOB, FROM, TO).await.is_empty());
+    assert_eq!(queue_len(&env, BOB).await, 1);
+}
+
+/// The manager's own submission path: logged in as its login, its mail to
+/// Bob is accepted, piped to `imip-ingest --direction incoming` and applied
+/// as Bob's own (busy, stored, not queued), with no outgoing copy for the
+/// manager's address. The same envelope sender from another login, or from
+/// nobody logged in, is refused on that port too.
+#[tokio::test]
+async fn the_managers_submission_is_applied_as_the_users_own() {
+    if skip() {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let _processor = env.start_processor(&[("IMIP_MANAGER_ADDRESSES", MANAGER)]);
+    let exim = Exim::start(&env);
+
+    for login in [Some(ALICE), None] {
+        let (accepted, transcript) = exim.try_send_as(
+            exim.submission_port,
+            login,
+            MANAGER,
+            &[BOB],
+            &managed_meeting("not-the-manager@exim", MANAGER),
+        );
+        assert!(!accepted, "{login:?} spoke as the manager:\n{transcript}");
+        assert!(
+            transcript.contains("550 ")
+                && transcript.contains("reserved for the calendar manager's login"),
+            "{transcript}"
+        );
+    }
+    let (accepted, transcript) = exim.try_send_as(
+        exim.submission_port,
+        Some(MANAGER_LOGIN),
+        MANAGER,
+        &[BOB],
+        &managed_meeting("managed@exim", MANAGER),
+    );
+    assert!(accepted, "{transcript}");
+    exim.run_queue();
+    let log = exim.mainlog();
+    assert!(exim.queue().trim().is_empty(), "{}\n{log}", exim.queue());
+    assert_eq!(exim.log_lines(&["R=imip_incoming"]).len(), 1, "{log}");
+    assert!(
+        exim.log_lines(&["R=imip_outgoing"]).is_empty(),
+        "no outgoing copy for the manager's address:\n{log}"
+    );
+    env.wait_applied().await;
+    assert_eq!(env.busy_lines(BOB, FROM, TO).await, vec![MANAGED_SLOT]);
+    assert_eq!(queue_len(&env, BOB).await, 0);
+    let object = env
+        .ctl_json(&["object", BOB, "bob-planning@example.org"])
+        .await;
+    assert_eq!(object["organizer"], BOB, "{object}");
+    assert_eq!(
+        bob_log(&env).await,
+        vec![("REQUEST".to_owned(), "applied".to_owned())]
+    );
 }

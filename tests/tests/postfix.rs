@@ -5,18 +5,24 @@
 //! (every local recipient), that a forged local sender on port 25 changes
 //! nobody's calendar, that the copy addresses cannot be addressed from
 //! outside, and the EX_TEMPFAIL path: NATS down → the copy is deferred while
-//! the real delivery goes on → NATS up → `postqueue -f` → applied.
+//! the real delivery goes on → NATS up → `postqueue -f` → applied. And the
+//! calendar manager's address (`IMIP_MANAGER_ADDRESSES`, trusted on the
+//! envelope sender alone): refused on port 25 and to any other login, applied
+//! as the recipient's own when the manager submits with its own login.
 //!
 //! Skips (with a message) only when postfix cannot be installed here.
 
-use imipflow_tests::mta::{NatsServer, Postfix, postfix_unavailable};
-use imipflow_tests::{TestEnv, imip_mail, vevent};
+use imipflow_tests::mta::{postfix_unavailable, NatsServer, Postfix};
+use imipflow_tests::{imip_mail, vevent, TestEnv};
 use serde_json::Value;
 
 const ALICE: &str = "alice@example.org"; // local user, organizer
 const BOB: &str = "bob@example.org"; // local user, attendee
 const DAVE: &str = "dave@example.com"; // elsewhere
 const CAROL: &str = "carol@example.com"; // elsewhere, organizer
+/// The calendar manager's address, as in `deploy/postfix/imip-manager-*`.
+const MANAGER: &str = "calendar@example.org";
+const MANAGER_LOGIN: &str = "calendar-manager";
 
 const FROM: &str = "2027-03-01T00:00:00Z";
 const TO: &str = "2027-04-01T00:00:00Z";
@@ -263,4 +269,166 @@ async fn a_broken_pipe_command_drops_the_copy_without_bouncing() {
     let log = pf.maillog();
     assert!(!log.contains("non-delivery notification"), "{log}");
     assert_eq!(pf.log_lines(&["from=<>"]).len(), 0, "{log}");
+}
+
+/// What the calendar manager sends to Bob on his behalf (he made the meeting
+/// in its web page): his own REQUEST, which, from the manager's address,
+/// imipflow applies as if Bob had sent it.
+fn managed_meeting(message_id: &str, envelope_from: &str) -> Vec<u8> {
+    let meeting = vevent(&[
+        "UID:bob-planning@example.org",
+        "SEQUENCE:0",
+        "DTSTAMP:20270101T000000Z",
+        "DTSTART:20270312T090000Z",
+        "DTEND:20270312T100000Z",
+        "SUMMARY:Planning",
+        "ORGANIZER:mailto:bob@example.org",
+        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:bob@example.org",
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:dave@example.com",
+    ]);
+    imip_mail("REQUEST", envelope_from, message_id, &[meeting])
+}
+
+const MANAGED_SLOT: &str = "2027-03-12T09:00:00Z 2027-03-12T10:00:00Z BUSY";
+
+fn manager_processor(env: &TestEnv) -> imipflow_tests::Processor {
+    env.start_processor(&[("IMIP_MANAGER_ADDRESSES", MANAGER)])
+}
+
+/// Bob's message_log rows: (method, outcome).
+async fn bob_log(env: &TestEnv) -> Vec<(String, String)> {
+    env.pg()
+        .await
+        .query(
+            "SELECT method, outcome FROM message_log WHERE user_addr = $1 ORDER BY stream_seq",
+            &[&BOB],
+        )
+        .await
+        .expect("message_log")
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// An outsider on port 25 claiming the manager's address (in any case) is
+/// refused by Postfix: swaks sees the 5xx, no copy reaches imip-ingest, and
+/// Bob's calendar is untouched. (Before deploy/ refused it, the forged
+/// REQUEST was delivered, piped and applied as Bob's own meeting.)
+#[tokio::test]
+async fn a_forged_manager_sender_on_port_25_is_refused() {
+    if skip() {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let _processor = manager_processor(&env);
+    let pf = Postfix::start(&env);
+
+    for (i, claimed) in [MANAGER, "Calendar@Example.ORG"].into_iter().enumerate() {
+        let (accepted, transcript) = pf.try_send(
+            pf.mx_port,
+            claimed,
+            &[BOB],
+            &managed_meeting(&format!("forged-{i}@pf"), claimed),
+        );
+        assert!(!accepted, "forged manager mail accepted:\n{transcript}");
+        assert!(
+            transcript.contains("554 5.7.1")
+                && transcript.contains("reserved for the calendar manager's login"),
+            "{transcript}"
+        );
+    }
+    // A genuine invitation behind it: once it is applied, anything the
+    // forgeries had started would have been too.
+    let carol = vevent(&[
+        "UID:carol-review@example.com",
+        "SEQUENCE:0",
+        "DTSTAMP:20270101T000000Z",
+        "DTSTART:20270311T140000Z",
+        "DTEND:20270311T150000Z",
+        "SUMMARY:Review",
+        "ORGANIZER:mailto:carol@example.com",
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:bob@example.org",
+    ]);
+    pf.send(
+        pf.mx_port,
+        CAROL,
+        &[BOB],
+        &imip_mail("REQUEST", CAROL, "carol@pf", &[carol]),
+    );
+    pf.wait_log(&["to=<bob+imip-in@example.org>", "status=sent"], 1)
+        .await;
+    pf.wait_queue_empty().await;
+    env.wait_applied().await;
+    assert_eq!(
+        pf.log_lines(&["relay=imip-in"]).len(),
+        1,
+        "only Carol's mail was piped:\n{}",
+        pf.maillog()
+    );
+    assert_eq!(env.stream_messages("messages").await.len(), 1);
+    assert_eq!(bob_log(&env).await.len(), 1, "Carol's message only");
+    assert!(env.busy_lines(BOB, FROM, TO).await.is_empty());
+    let q = queue(&env, BOB).await;
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0]["organizer"], CAROL);
+}
+
+/// The manager's own submission path: logged in as its SASL login, its mail
+/// to Bob is accepted, piped to `imip-ingest --direction incoming` and
+/// applied as Bob's own (busy, stored, not queued), with no outgoing copy for
+/// the manager's address. The same envelope sender from another login, or
+/// from nobody logged in, is refused on that service too.
+#[tokio::test]
+async fn the_managers_submission_is_applied_as_the_users_own() {
+    if skip() {
+        return;
+    }
+    let env = TestEnv::new().await;
+    let _processor = manager_processor(&env);
+    let pf = Postfix::start(&env);
+
+    for login in [Some("alice"), None] {
+        let (accepted, transcript) = pf.try_send_as(
+            pf.submission_port,
+            login,
+            MANAGER,
+            &[BOB],
+            &managed_meeting("not-the-manager@pf", MANAGER),
+        );
+        assert!(!accepted, "{login:?} spoke as the manager:\n{transcript}");
+        assert!(
+            transcript.contains("553 5.7.1") && transcript.contains("Sender address rejected"),
+            "{transcript}"
+        );
+    }
+
+    let (accepted, transcript) = pf.try_send_as(
+        pf.submission_port,
+        Some(MANAGER_LOGIN),
+        MANAGER,
+        &[BOB],
+        &managed_meeting("managed@pf", MANAGER),
+    );
+    assert!(accepted, "{transcript}");
+    let line = pf
+        .wait_log(&["to=<bob+imip-in@example.org>", "status=sent"], 1)
+        .await;
+    assert!(line.contains("relay=imip-in"), "{line}");
+    pf.wait_queue_empty().await;
+    assert!(
+        pf.log_lines(&["relay=imip-out"]).is_empty(),
+        "no outgoing copy for the manager's address:\n{}",
+        pf.maillog()
+    );
+    env.wait_applied().await;
+    assert_eq!(env.busy_lines(BOB, FROM, TO).await, vec![MANAGED_SLOT]);
+    assert!(queue(&env, BOB).await.is_empty());
+    let object = env
+        .ctl_json(&["object", BOB, "bob-planning@example.org"])
+        .await;
+    assert_eq!(object["organizer"], BOB, "{object}");
+    assert_eq!(
+        bob_log(&env).await,
+        vec![("REQUEST".to_owned(), "applied".to_owned())]
+    );
 }

@@ -56,11 +56,13 @@ async fn main() -> anyhow::Result<()> {
             action: ConfigAction::Check { json },
         } => {
             let problems = cli.settings.problems();
+            let warnings = cli.settings.warnings();
             if json {
                 let doc = serde_json::json!({
                     "file": layered.file,
                     "valid": problems.is_empty(),
                     "problems": problems,
+                    "warnings": warnings,
                     "settings": layered.entries,
                 });
                 println!("{doc}");
@@ -72,6 +74,9 @@ async fn main() -> anyhow::Result<()> {
                 print!("{}", imipflow_config::layered::render(&layered.entries));
                 for p in &problems {
                     eprintln!("invalid: {p}");
+                }
+                for w in &warnings {
+                    eprintln!("warning: {w}");
                 }
                 if problems.is_empty() {
                     println!("config: valid");
