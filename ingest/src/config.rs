@@ -78,7 +78,7 @@ pub struct Args {
 /// The options `Args` takes a value for (long name, environment variable), in
 /// the order [`Args::parse_plain`] stores them. A unit test checks this list
 /// against clap's.
-const VALUED: [(&str, Option<&str>); 23] = [
+const VALUED: [(&str, Option<&str>); 27] = [
     ("direction", None),
     ("sender", None),
     ("nats-url", Some("IMIP_NATS_URL")),
@@ -100,6 +100,13 @@ const VALUED: [(&str, Option<&str>); 23] = [
     ("max-components", Some("IMIP_MAX_COMPONENTS")),
     ("max-attendees", Some("IMIP_MAX_ATTENDEES")),
     ("max-recurrence-values", Some("IMIP_MAX_RECURRENCE_VALUES")),
+    ("max-rrules", Some("IMIP_MAX_RRULES")),
+    (
+        "max-message-recurrence-values",
+        Some("IMIP_MAX_MESSAGE_RECURRENCE_VALUES"),
+    ),
+    ("max-message-instances", Some("IMIP_MAX_MESSAGE_INSTANCES")),
+    ("max-uid-bytes", Some("IMIP_MAX_UID_BYTES")),
     ("max-payload-bytes", Some("IMIP_MAX_PAYLOAD_BYTES")),
     ("excerpt-bytes", Some("IMIP_QUARANTINE_EXCERPT_BYTES")),
 ];
@@ -197,6 +204,10 @@ impl Args {
             max_components,
             max_attendees,
             max_recurrence_values,
+            max_rrules,
+            max_message_recurrence_values,
+            max_message_instances,
+            max_uid_bytes,
             max_payload_bytes,
             excerpt_bytes,
         ] = values;
@@ -240,6 +251,16 @@ impl Args {
                     max_recurrence_values,
                     defaults.max_recurrence_values,
                 )?,
+                max_rrules: number(max_rrules, defaults.max_rrules)?,
+                max_message_recurrence_values: number(
+                    max_message_recurrence_values,
+                    defaults.max_message_recurrence_values,
+                )?,
+                max_message_instances: number(
+                    max_message_instances,
+                    defaults.max_message_instances,
+                )?,
+                max_uid_bytes: number(max_uid_bytes, defaults.max_uid_bytes)?,
                 max_payload_bytes: number(max_payload_bytes, defaults.max_payload_bytes)?,
                 excerpt_bytes: number(excerpt_bytes, defaults.excerpt_bytes)?,
             },
@@ -288,6 +309,24 @@ pub struct Limits {
     /// Most RRULE + RDATE + EXDATE values in one component.
     #[arg(long, env = "IMIP_MAX_RECURRENCE_VALUES", default_value_t = 5000)]
     pub max_recurrence_values: usize,
+    /// Most RRULE properties in one component (RFC 5545: SHOULD NOT be more than one).
+    #[arg(long, env = "IMIP_MAX_RRULES", default_value_t = 4)]
+    pub max_rrules: usize,
+    /// Most RRULE + RDATE + EXDATE values in the whole message.
+    #[arg(
+        long,
+        env = "IMIP_MAX_MESSAGE_RECURRENCE_VALUES",
+        default_value_t = 10_000
+    )]
+    pub max_message_recurrence_values: usize,
+    /// Most instances (free/busy records) the message's events may make, by
+    /// ingest's estimate (each series counted up to 5,000, a year ahead).
+    #[arg(long, env = "IMIP_MAX_MESSAGE_INSTANCES", default_value_t = 50_000)]
+    pub max_message_instances: u64,
+    /// Longest UID, in bytes (the store keys objects by it; PostgreSQL's
+    /// B-tree entries hold at most 2,704 bytes with the address beside it).
+    #[arg(long, env = "IMIP_MAX_UID_BYTES", default_value_t = 1000)]
+    pub max_uid_bytes: usize,
     /// Largest serialised payload, in bytes (keep below the server's max_payload).
     #[arg(long, env = "IMIP_MAX_PAYLOAD_BYTES", default_value_t = 1024 * 1024 - 16 * 1024)]
     pub max_payload_bytes: usize,
@@ -304,6 +343,10 @@ impl Default for Limits {
             max_components: 1000,
             max_attendees: 2000,
             max_recurrence_values: 5000,
+            max_rrules: 4,
+            max_message_recurrence_values: 10_000,
+            max_message_instances: 50_000,
+            max_uid_bytes: 1000,
             max_payload_bytes: 1024 * 1024 - 16 * 1024,
             excerpt_bytes: 256 * 1024,
         }
@@ -376,7 +419,9 @@ mod tests {
                  --nats-token-file /t --nats-nkey-file /n --nats-creds-file /c --nats-tls-ca /ca \
                  --nats-tls-cert /ce --nats-tls-key /k --nats-tls-required --max-message-bytes 1 \
                  --max-calendar-parts 2 --max-components 3 --max-attendees 4 \
-                 --max-recurrence-values 5 --max-payload-bytes 6 --excerpt-bytes 7",
+                 --max-recurrence-values 5 --max-payload-bytes 6 --excerpt-bytes 7 \
+                 --max-rrules 8 --max-message-recurrence-values 9 --max-message-instances 10 \
+                 --max-uid-bytes 11",
                 true,
             ),
             ("--sender a --partitions +7 --timeout-ms 007", true),

@@ -7,13 +7,15 @@
 use crate::config::Limits;
 use crate::tz::{ZoneResolver, naive};
 use calcard::icalendar::{
-    ICalendar, ICalendarComponent, ICalendarComponentType, ICalendarEntry, ICalendarParameterName,
-    ICalendarParameterValue, ICalendarProperty, ICalendarValue,
+    ICalendar, ICalendarComponent, ICalendarComponentType, ICalendarEntry, ICalendarFrequency,
+    ICalendarParameterName, ICalendarParameterValue, ICalendarProperty, ICalendarRecurrenceRule,
+    ICalendarValue,
 };
 use chrono::{DateTime, Duration, NaiveDateTime, TimeZone, Utc};
 use imipflow_schema::{
-    Attendee, Component, ComponentKind, Method, PartStat, Party, QuarantineReason, Range,
-    RecurrenceId, Status, Time, TimeKind, Transparency, Zone, normalize_address,
+    Attendee, Component, ComponentKind, MAX_ADDRESS_BYTES, Method, PartStat, Party,
+    QuarantineReason, Range, RecurrenceId, Status, Time, TimeKind, Transparency, Zone,
+    normalize_address,
 };
 use std::collections::BTreeMap;
 
@@ -24,6 +26,153 @@ pub struct Parsed {
     pub components: Vec<Component>,
     pub timezones: BTreeMap<String, Zone>,
     pub warnings: Vec<String>,
+    /// What each component's recurrence may cost, for the limits per message.
+    pub series: Vec<Series>,
+}
+
+/// How many instances a series can make, per day of the processor's horizon:
+/// the processor materialises every instance from DTSTART to a year ahead,
+/// at most 5,000 per UID (processor/src/config.rs, `IMIP_HORIZON_DAYS`).
+/// Ingest does not know the processor's settings; these are its defaults.
+pub const ASSUMED_HORIZON_DAYS: i64 = 366;
+pub const ASSUMED_MAX_INSTANCES: u64 = 5000;
+
+/// One component's recurrence, in the terms of [`Series::instances`].
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// DTSTART (UTC, or the local time of a floating or all-day start).
+    start: Option<NaiveDateTime>,
+    rules: Vec<Rule>,
+    rdates: u64,
+    /// RRULE + RDATE + EXDATE values.
+    pub values: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    /// Seconds from one period of FREQ × INTERVAL to the next (months and
+    /// years at their average length).
+    step: i64,
+    /// Instances one period can hold, from the BYxxx parts that expand it.
+    per_step: u64,
+    until: Option<NaiveDateTime>,
+    count: Option<u32>,
+}
+
+impl Series {
+    /// An estimate of the instances (free/busy records) the processor would
+    /// make of this component, meant to refuse early what no invitation does
+    /// (the processor bounds the exact count): for each rule, its periods from
+    /// DTSTART to its end or a year after `now`, times what each period holds,
+    /// capped by COUNT; plus RDATEs; at most [`ASSUMED_MAX_INSTANCES`]. A
+    /// component without rules is one instance. The BYxxx parts that only
+    /// limit a rule are taken as not limiting (an over-estimate), and so is a
+    /// BYDAY without an ordinal (5 a month, 53 a year).
+    pub fn instances(&self, now: DateTime<Utc>) -> u64 {
+        if self.rules.is_empty() {
+            return (1 + self.rdates).min(ASSUMED_MAX_INSTANCES);
+        }
+        let horizon = now.naive_utc() + Duration::days(ASSUMED_HORIZON_DAYS);
+        let start = self.start.unwrap_or(now.naive_utc());
+        let mut total = self.rdates;
+        for r in &self.rules {
+            let end = r.until.map_or(horizon, |u| u.min(horizon));
+            let span = (end - start).num_seconds().max(0);
+            let periods = (span / r.step.max(1)) as u64 + 1;
+            let mut n = periods.saturating_mul(r.per_step);
+            if let Some(c) = r.count {
+                n = n.min(u64::from(c));
+            }
+            total = total.saturating_add(n);
+        }
+        total.min(ASSUMED_MAX_INSTANCES)
+    }
+}
+
+fn rule_shape(r: &ICalendarRecurrenceRule) -> Rule {
+    use ICalendarFrequency::*;
+    const DAY: i64 = 86_400;
+    let base = match r.freq {
+        Secondly => 1,
+        Minutely => 60,
+        Hourly => 3600,
+        Daily => DAY,
+        Weekly => 7 * DAY,
+        Monthly => 2_629_746,
+        Yearly => 31_556_952,
+    };
+    let n = |len: usize| len.max(1) as u64;
+    // RFC 5545 §3.3.10: a BYxxx part finer than FREQ expands each period.
+    let mut per = 1u64;
+    if r.freq < Secondly {
+        per = per.saturating_mul(n(r.bysecond.len()));
+    }
+    if r.freq < Minutely {
+        per = per.saturating_mul(n(r.byminute.len()));
+    }
+    if r.freq < Hourly {
+        per = per.saturating_mul(n(r.byhour.len()));
+    }
+    let days = |weeks: u64| -> u64 {
+        r.byday
+            .iter()
+            .map(|d| if d.ordwk.is_some() { 1 } else { weeks })
+            .sum::<u64>()
+            .max(1)
+    };
+    let months = n(r.bymonth.len());
+    per = per.saturating_mul(match r.freq {
+        Weekly => n(r.byday.len()),
+        Monthly if !r.bymonthday.is_empty() => n(r.bymonthday.len()),
+        Monthly => days(5),
+        Yearly if !r.byyearday.is_empty() => n(r.byyearday.len()),
+        Yearly if !r.byweekno.is_empty() => n(r.byweekno.len()) * days(1).max(7),
+        Yearly if !r.bymonthday.is_empty() => {
+            n(r.bymonthday.len()) * if r.bymonth.is_empty() { 12 } else { months }
+        }
+        Yearly if !r.byday.is_empty() && r.bymonth.is_empty() => days(53),
+        Yearly if !r.byday.is_empty() => days(5) * months,
+        Yearly => months,
+        _ => 1,
+    });
+    if !r.bysetpos.is_empty() {
+        per = per.min(r.bysetpos.len() as u64);
+    }
+    Rule {
+        step: base * i64::from(r.interval.unwrap_or(1).max(1)),
+        per_step: per,
+        until: r.until.as_ref().and_then(naive),
+        count: r.count,
+    }
+}
+
+/// An address from the message longer than an RFC 5321 path allows: it
+/// cannot be anyone's, and the store keys attendees by it.
+fn check_address(what: &str, address: &str, uid: &str) -> Result<(), Refusal> {
+    if address.len() > MAX_ADDRESS_BYTES {
+        return Err(refuse(
+            QuarantineReason::ValueTooLong,
+            format!(
+                "{what} address of {} bytes in {}, limit {MAX_ADDRESS_BYTES}",
+                address.len(),
+                shown(uid)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `text` as a quarantine detail shows it: at most 100 bytes of it (the
+/// record's excerpt has the rest).
+pub fn shown(text: &str) -> String {
+    if text.len() <= 100 {
+        return text.to_owned();
+    }
+    let mut end = 100;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &text[..end], text.len())
 }
 
 /// Why an object was refused, for the quarantine record.
@@ -158,14 +307,18 @@ pub fn parse_object(
     let mut zones = ZoneResolver::new(&ical);
     let mut warnings = Vec::new();
     let mut components = Vec::with_capacity(scheduling.len());
+    let mut series = Vec::with_capacity(scheduling.len());
     for c in scheduling {
-        components.push(component(c, &mut zones, &mut warnings, limits)?);
+        let (component, s) = component(c, &mut zones, &mut warnings, limits)?;
+        components.push(component);
+        series.push(s);
     }
     Ok(Some(Parsed {
         method,
         components,
         timezones: zones.used(),
         warnings,
+        series,
     }))
 }
 
@@ -344,7 +497,7 @@ fn component(
     zones: &mut ZoneResolver<'_>,
     warnings: &mut Vec<String>,
     limits: &Limits,
-) -> Result<Component, Refusal> {
+) -> Result<(Component, Series), Refusal> {
     let kind = ComponentKind::from(c.component_type.as_str());
     let uid = first_text(c, ICalendarProperty::Uid)
         .map(str::trim)
@@ -352,6 +505,17 @@ fn component(
     // Published free/busy often has no UID (and is never stored as U's own
     // records); every other component is unidentifiable without one.
     let uid = match (uid, &kind) {
+        (Some(u), _) if u.len() > limits.max_uid_bytes => {
+            return Err(refuse(
+                QuarantineReason::ValueTooLong,
+                format!(
+                    "UID of {} bytes, limit {}: {}",
+                    u.len(),
+                    limits.max_uid_bytes,
+                    shown(u)
+                ),
+            ));
+        }
         (Some(u), _) => u.to_owned(),
         (None, ComponentKind::FreeBusy) => String::new(),
         (None, _) => {
@@ -369,6 +533,17 @@ fn component(
             format!(
                 "{attendee_count} attendees in {uid}, limit {}",
                 limits.max_attendees
+            ),
+        ));
+    }
+    let rrule_lines = c.properties(&ICalendarProperty::Rrule).count();
+    if rrule_lines > limits.max_rrules {
+        return Err(refuse(
+            QuarantineReason::TooManyRecurrenceRules,
+            format!(
+                "{rrule_lines} RRULE properties in {}, limit {}",
+                shown(&uid),
+                limits.max_rrules
             ),
         ));
     }
@@ -447,10 +622,14 @@ fn component(
     }
 
     let mut rrule = Vec::new();
+    let mut rules = Vec::new();
     for e in c.properties(&ICalendarProperty::Rrule) {
         for v in &e.values {
             match v {
-                ICalendarValue::RecurrenceRule(r) => rrule.push(r.to_string()),
+                ICalendarValue::RecurrenceRule(r) => {
+                    rules.push(rule_shape(r));
+                    rrule.push(r.to_string());
+                }
                 ICalendarValue::Text(t) => rrule.push(t.clone()),
                 _ => {}
             }
@@ -491,7 +670,7 @@ fn component(
             sent_by: param_text(e, ICalendarParameterName::SentBy).and_then(normalize_address),
         })
     });
-    let attendees = c
+    let attendees: Vec<Attendee> = c
         .properties(&ICalendarProperty::Attendee)
         .filter_map(|e| {
             Some(Attendee {
@@ -512,9 +691,33 @@ fn component(
         })
         .collect();
 
+    if let Some(o) = &organizer {
+        check_address("ORGANIZER", &o.address, &uid)?;
+        if let Some(s) = &o.sent_by {
+            check_address("ORGANIZER SENT-BY", s, &uid)?;
+        }
+    }
+    for a in &attendees {
+        check_address("ATTENDEE", &a.address, &uid)?;
+        for d in a.delegated_to.iter().chain(&a.delegated_from) {
+            check_address("ATTENDEE DELEGATED-TO/FROM", d, &uid)?;
+        }
+        if let Some(s) = &a.sent_by {
+            check_address("ATTENDEE SENT-BY", s, &uid)?;
+        }
+    }
+    let series = Series {
+        start: start
+            .as_ref()
+            .and_then(|s| s.utc.map(|u| u.naive_utc()).or_else(|| s.naive_local())),
+        rules,
+        rdates: rdate.len() as u64,
+        values: recurrence_values,
+    };
+
     let all_day = start.as_ref().is_some_and(|s| s.kind == TimeKind::Date);
     let floating = start.as_ref().is_some_and(|s| s.kind == TimeKind::Floating);
-    Ok(Component {
+    let component = Component {
         kind,
         uid,
         recurrence_id,
@@ -533,7 +736,8 @@ fn component(
         summary,
         organizer,
         attendees,
-    })
+    };
+    Ok((component, series))
 }
 
 #[cfg(test)]
@@ -602,6 +806,60 @@ mod tests {
         assert_eq!(
             parse_object(REQ, None, &limits).unwrap_err().reason,
             QuarantineReason::TooManyAttendees
+        );
+    }
+
+    #[test]
+    fn series_estimates_what_the_processor_would_materialise() {
+        let now = Utc.with_ymd_and_hms(2027, 3, 1, 0, 0, 0).unwrap();
+        let estimate = |rule: &str| {
+            let t = REQ.replace("RRULE:FREQ=WEEKLY;COUNT=5", rule);
+            let p = parse_object(&t, None, &Limits::default()).unwrap().unwrap();
+            p.series[0].instances(now)
+        };
+        assert_eq!(estimate("RRULE:FREQ=WEEKLY;COUNT=5"), 5);
+        assert_eq!(estimate("RRULE:FREQ=HOURLY"), ASSUMED_MAX_INSTANCES);
+        // 2027-03-15 to 2028-03-01: 353 days.
+        assert_eq!(estimate("RRULE:FREQ=DAILY"), 352);
+        assert_eq!(estimate("RRULE:FREQ=WEEKLY;BYDAY=MO,TU,WE,TH,FR"), 51 * 5);
+        assert_eq!(estimate("RRULE:FREQ=YEARLY;UNTIL=20291231T000000Z"), 1);
+        assert_eq!(
+            estimate("RRULE:FREQ=DAILY;COUNT=30;BYHOUR=9,10,11,12;BYMINUTE=0,30"),
+            30
+        );
+        assert_eq!(
+            estimate("RRULE:FREQ=DAILY;UNTIL=20270321T000000Z;BYHOUR=9,10,11,12;BYMINUTE=0,30"),
+            6 * 8
+        );
+        assert_eq!(
+            estimate("RRULE:FREQ=MONTHLY;BYDAY=1MO,-1FR;COUNT=100"),
+            12 * 2
+        );
+        let plain = REQ.replace("RRULE:FREQ=WEEKLY;COUNT=5\r\n", "");
+        let p = parse_object(&plain, None, &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(p.series[0].instances(now), 1);
+    }
+
+    #[test]
+    fn long_uids_and_addresses_are_refused() {
+        let long_uid = REQ.replace("UID:u1", &format!("UID:{}", "u".repeat(1001)));
+        assert_eq!(
+            parse_object(&long_uid, None, &Limits::default())
+                .unwrap_err()
+                .reason,
+            QuarantineReason::ValueTooLong
+        );
+        let long_attendee = REQ.replace(
+            "mailto:carol@example.org",
+            &format!("mailto:{}@example.org", "c".repeat(243)),
+        );
+        assert_eq!(
+            parse_object(&long_attendee, None, &Limits::default())
+                .unwrap_err()
+                .reason,
+            QuarantineReason::ValueTooLong
         );
     }
 

@@ -8,8 +8,8 @@ use crate::ical::{self, Refusal};
 use crate::mime;
 use chrono::{DateTime, Utc};
 use imipflow_schema::{
-    Direction, PAYLOAD_VERSION, Payload, QUARANTINE_VERSION, QuarantineReason, QuarantineRecord,
-    normalize_address,
+    Direction, MAX_ADDRESS_BYTES, PAYLOAD_VERSION, Payload, QUARANTINE_VERSION, QuarantineReason,
+    QuarantineRecord, normalize_address,
 };
 use sha2::{Digest, Sha256};
 
@@ -181,11 +181,17 @@ fn direction_tag(d: Direction) -> &'static [u8] {
 /// anything else (`<>` of a bounce, a bare local name, a quoting mistake in
 /// `master.cf`) is a configuration problem: the message is quarantined with
 /// `invalid_address` rather than filed under a user that cannot exist.
+/// Longer than an RFC 5321 path allows ([`MAX_ADDRESS_BYTES`]) is not an
+/// address either: it also would not fit in a NATS subject (a 4 KB sender
+/// made the control line too long, exit 75 on every MTA retry).
 pub fn envelope_address(raw: &str) -> Option<String> {
+    if raw.len() > 4 * MAX_ADDRESS_BYTES {
+        return None;
+    }
     let a = normalize_address(raw)?;
     let (local, domain) = a.rsplit_once('@')?;
     let clean = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
-    (clean(local) && clean(domain)).then_some(a)
+    (clean(local) && clean(domain) && a.len() <= MAX_ADDRESS_BYTES).then_some(a)
 }
 
 /// Decides what a message becomes. An empty plan means: nothing calendar-related.
@@ -351,6 +357,38 @@ pub fn plan_unguarded(
             }
         })
         .collect();
+    // What the whole message would cost: refused as one, before any payload.
+    let ok = || parsed.iter().filter_map(|(_, _, _, r)| r.as_ref().ok());
+    let values: usize = ok().flat_map(|p| &p.series).map(|s| s.values).sum();
+    let instances: u64 = ok()
+        .flat_map(|p| &p.series)
+        .map(|s| s.instances(now))
+        .fold(0, u64::saturating_add);
+    let over = if values > limits.max_message_recurrence_values {
+        Some((
+            QuarantineReason::TooManyRecurrenceValues,
+            format!(
+                "{values} RRULE/RDATE/EXDATE values in the message, limit {}",
+                limits.max_message_recurrence_values
+            ),
+        ))
+    } else if instances > limits.max_message_instances {
+        Some((
+            QuarantineReason::TooManyInstances,
+            format!(
+                "the message's events make about {instances} instances (each series counted \
+                 up to {} a year ahead), limit {}",
+                ical::ASSUMED_MAX_INSTANCES,
+                limits.max_message_instances
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((reason, detail)) = over {
+        let q = ctx.quarantine(reason, detail, None, raw, raw.len() as u64);
+        return Plan { outputs: vec![q] };
+    }
     let count = parsed.len() as u32;
     let mut outputs = Vec::new();
     for (index, (text, lossy, text_digest, result)) in parsed.into_iter().enumerate() {
@@ -371,7 +409,10 @@ pub fn plan_unguarded(
         if ctx.users.is_empty() {
             let detail = match env.direction {
                 Direction::Outgoing => {
-                    format!("envelope sender {:?} is not an address", env.sender)
+                    format!(
+                        "envelope sender {:?} is not an address",
+                        ical::shown(&env.sender)
+                    )
                 }
                 Direction::Incoming => "no envelope recipient is an address".to_owned(),
             };
@@ -390,9 +431,15 @@ pub fn plan_unguarded(
                 .push("calendar part was not valid in its charset; bytes were replaced".to_owned());
         }
         for user in &ctx.users {
+            // The envelope sender is part of the identity: a mailing list's
+            // copy (sender `list-bounces@…`) and the organizer's own copy
+            // share Message-ID and bytes, and the refused list copy must not
+            // make the genuine one a duplicate (JetStream's Nats-Msg-Id, the
+            // processor's message_log).
             let id = sha256(&[
                 direction_tag(env.direction),
                 user.as_bytes(),
+                ctx.sender.as_bytes(),
                 &ctx.message_key,
                 &text_digest,
             ]);
@@ -457,9 +504,35 @@ mod tests {
             "a@",
             "a b@c.d",
             "a@b\u{1}",
+            &format!("{}@example.com", "a".repeat(243)),
+            &format!("{}@example.com", "a".repeat(4096)),
         ] {
             assert_eq!(envelope_address(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn dedupe_ids_tell_envelope_senders_apart() {
+        let mail =
+            b"From: alice@example.com\r\nMessage-ID: <m@x>\r\nContent-Type: text/calendar\r\n\r\n\
+BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:u\r\nDTSTART:20270315T090000Z\r\n\
+END:VEVENT\r\nEND:VCALENDAR\r\n";
+        let input = Input {
+            bytes: mail,
+            total_size: mail.len() as u64,
+            calendar_beyond_limit: false,
+        };
+        let id = |sender: &str| {
+            let env = Envelope {
+                direction: Direction::Incoming,
+                sender: sender.into(),
+                recipients: vec!["bob@example.org".into()],
+            };
+            let plan = plan(&input, &env, &Limits::default(), Utc::now());
+            plan.outputs[0].dedupe_id().to_owned()
+        };
+        assert_ne!(id("list-bounces@lists.example"), id("alice@example.com"));
+        assert_eq!(id("Alice@Example.com"), id("alice@example.com"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod quarantine;
 pub mod time;
 
 pub use freebusy::{BusyPeriod, FbType, VFreeBusy};
-pub use naming::{Namespace, NamespaceError, normalize_address, user_key};
+pub use naming::{MAX_ADDRESS_BYTES, Namespace, NamespaceError, normalize_address, user_key};
 pub use partition::{DEFAULT_PARTITIONS, partition};
 pub use payload::{
     Attendee, Component, ComponentKind, Direction, Method, PAYLOAD_VERSION, PartStat, Party,

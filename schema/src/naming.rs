@@ -112,12 +112,28 @@ impl fmt::Display for Namespace {
     }
 }
 
+/// Longest address, in bytes, that imipflow accepts: RFC 5321 §4.5.3.1.3
+/// limits a path to 256 octets with its angle brackets. (The 64-octet local
+/// part limit of §4.5.3.1.1 is not enforced: SRS and VERP envelope senders
+/// exceed it, and mail servers accept them.) Ingest quarantines longer ones;
+/// the store keys users and attendees by address, next to the UID.
+pub const MAX_ADDRESS_BYTES: usize = 254;
+
 /// The canonical form of a calendar user address: no `mailto:`, no angle
-/// brackets or surrounding space, lower case. `None` when nothing is left.
+/// brackets or surrounding space; the local part with ASCII letters in lower
+/// case, the domain in its IDNA ASCII form (UTS 46: `bücher.example` and
+/// `XN--BCHER-KVA.example` are both `xn--bcher-kva.example`). `None` when
+/// nothing is left. Ingest, the processor and the publisher all key users by
+/// this form, so changing it changes which stored rows a user owns
+/// (docs/hostile-input.md, "Addresses").
 ///
-/// Local parts are case-sensitive in theory; in practice every mail system and
-/// calendar client treats them case-insensitively, and one user must map to one
-/// partition whatever case a client writes.
+/// Local parts are case-sensitive in RFC 5321 (§2.4). Treating ASCII letters
+/// case-insensitively is what every mail system and calendar client does in
+/// practice, and one user must map to one partition whatever case a client
+/// writes. Unicode case folding is no such convention: it maps distinct code
+/// points onto one (U+212A KELVIN SIGN onto `k`, so `Kim@` would be `kim@`),
+/// which would let a chosen address read or write another's records. Non-ASCII
+/// local parts (RFC 6531) are therefore kept as written.
 pub fn normalize_address(address: &str) -> Option<String> {
     let mut a = address.trim();
     // `get`, not indexing: byte 7 may fall inside a multi-byte character.
@@ -130,10 +146,35 @@ pub fn normalize_address(address: &str) -> Option<String> {
     }
     let a = a.trim_start_matches('<').trim_end_matches('>').trim();
     if a.is_empty() {
-        None
-    } else {
-        Some(a.to_lowercase())
+        return None;
     }
+    Some(match a.rsplit_once('@') {
+        Some((local, domain)) => {
+            let domain = canonical_domain(domain);
+            let mut out = String::with_capacity(local.len() + 1 + domain.len());
+            out.push_str(local);
+            out.make_ascii_lowercase();
+            out.push('@');
+            out.push_str(&domain);
+            out
+        }
+        None => a.to_ascii_lowercase(),
+    })
+}
+
+/// A domain in the form DNS and mail compare: ASCII lower case, and a
+/// non-ASCII domain through UTS 46 to its A-labels. ASCII is by far the
+/// common case and needs no Unicode data. A domain UTS 46 refuses (a space, a
+/// disallowed code point) is kept as written, ASCII lowered: it is no user's
+/// real domain, and refusing here would drop an attendee rather than keep
+/// what the message said.
+fn canonical_domain(domain: &str) -> String {
+    if !domain.is_ascii()
+        && let Ok(ascii) = idna::domain_to_ascii(domain)
+    {
+        return ascii;
+    }
+    domain.to_ascii_lowercase()
 }
 
 /// A user's address as one subject token: bytes outside `[a-z0-9@_+-]` become
@@ -187,6 +228,48 @@ mod tests {
             Some("bob@example.org")
         );
         assert_eq!(normalize_address("mailto:"), None);
+    }
+
+    #[test]
+    fn only_ascii_letters_of_a_local_part_fold() {
+        assert_eq!(
+            normalize_address("\u{212A}im@Example.com").as_deref(),
+            Some("\u{212A}im@example.com")
+        );
+        assert_ne!(
+            normalize_address("\u{212A}im@example.com"),
+            normalize_address("kim@example.com")
+        );
+        assert_eq!(
+            normalize_address("J\u{d6}RG@example.com").as_deref(),
+            Some("j\u{d6}rg@example.com")
+        );
+    }
+
+    #[test]
+    fn domains_take_their_idna_ascii_form() {
+        let a = Some("alice@xn--bcher-kva.example".to_owned());
+        assert_eq!(normalize_address("alice@b\u{fc}cher.example"), a);
+        assert_eq!(normalize_address("mailto:Alice@B\u{dc}CHER.Example"), a);
+        assert_eq!(normalize_address("alice@XN--BCHER-KVA.example"), a);
+        // Full-width letters map (UTS 46); a refused domain is kept.
+        assert_eq!(
+            normalize_address("a@\u{ff25}xample.com").as_deref(),
+            Some("a@example.com")
+        );
+        assert_eq!(
+            normalize_address("a@\u{fc}\u{2488}B").as_deref(),
+            Some("a@\u{fc}\u{2488}b")
+        );
+        // The last @ separates (a quoted local part may hold one).
+        assert_eq!(
+            normalize_address("\"a@b\"@B\u{fc}cher.example").as_deref(),
+            Some("\"a@b\"@xn--bcher-kva.example")
+        );
+        assert_eq!(
+            normalize_address("urn:uuid:ABC").as_deref(),
+            Some("urn:uuid:abc")
+        );
     }
 
     #[test]

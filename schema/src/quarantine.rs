@@ -24,8 +24,16 @@ pub enum QuarantineReason {
     TooManyComponents,
     /// More attendees in one component than `max_attendees`.
     TooManyAttendees,
-    /// More RRULE/RDATE/EXDATE values than `max_recurrence_values`.
+    /// More RRULE/RDATE/EXDATE values than `max_recurrence_values` in one
+    /// component, or than `max_message_recurrence_values` in the whole message.
     TooManyRecurrenceValues,
+    /// More RRULE properties in one component than `max_rrules`.
+    TooManyRecurrenceRules,
+    /// The message's series would make more instances (free/busy records)
+    /// than `max_message_instances`, by ingest's estimate.
+    TooManyInstances,
+    /// A UID or calendar address longer than ingest lets into the store's keys.
+    ValueTooLong,
     /// The serialised payload would exceed `max_payload_bytes` (or the server's limit).
     PayloadTooLarge,
     /// The calendar part is not valid iCalendar.
@@ -38,7 +46,8 @@ pub enum QuarantineReason {
     InvalidTimeRange,
     /// A calendar part whose bytes are not text in its declared charset.
     InvalidEncoding,
-    /// The sender or recipient the MTA passed is not an address.
+    /// The sender or recipient the MTA passed is not an address (or is longer
+    /// than an RFC 5321 path allows).
     InvalidAddress,
 }
 
@@ -51,6 +60,9 @@ impl QuarantineReason {
             QuarantineReason::TooManyComponents => "too_many_components",
             QuarantineReason::TooManyAttendees => "too_many_attendees",
             QuarantineReason::TooManyRecurrenceValues => "too_many_recurrence_values",
+            QuarantineReason::TooManyRecurrenceRules => "too_many_recurrence_rules",
+            QuarantineReason::TooManyInstances => "too_many_instances",
+            QuarantineReason::ValueTooLong => "value_too_long",
             QuarantineReason::PayloadTooLarge => "payload_too_large",
             QuarantineReason::InvalidCalendar => "invalid_calendar",
             QuarantineReason::MissingUid => "missing_uid",

@@ -369,3 +369,72 @@ async fn incoming_mail_gives_one_payload_per_recipient() {
     assert!(stored.iter().all(|m| m.json["direction"] == "incoming"));
     assert_ne!(stored[0].msg_id, stored[1].msg_id);
 }
+
+/// Issue 12: an envelope sender of 4 KB made the subject longer than NATS's
+/// control line (exit 75, retried by the MTA until the message expired). It
+/// is not an address (RFC 5321: at most 254 octets) and is quarantined as
+/// such, on a subject of bounded length.
+#[tokio::test]
+async fn a_4_kb_envelope_address_is_quarantined_not_retried() {
+    let env = TestEnv::new().await;
+    let long = format!("{}@example.com", "a".repeat(4096));
+    let msg = invitation("long-sender@example.com", "uid-long-sender", 1);
+    let out = env.ingest(&["--sender", &long], &msg).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env
+        .ingest(
+            &[
+                "--direction",
+                "incoming",
+                "--sender",
+                &long,
+                "--recipient",
+                &format!("{}@example.org", "b".repeat(4096)),
+            ],
+            &msg,
+        )
+        .await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(env.stream_messages("messages").await.is_empty());
+    let q = env.stream_messages("quarantine").await;
+    assert_eq!(q.len(), 2, "{q:?}");
+    for m in &q {
+        assert_eq!(m.json["reason"], "invalid_address", "{:?}", m.json);
+        assert_eq!(m.subject, format!("{}.quarantine.unknown", env.namespace));
+        assert!(m.json["detail"].as_str().unwrap().len() < 1024);
+    }
+}
+
+/// Issue 12: a 3,000-character UID passed ingest and failed at the database
+/// ("index row size exceeds btree maximum"), a dead letter. It is quarantined
+/// at ingest; the partition goes on with the next message.
+#[tokio::test]
+async fn a_3000_character_uid_is_quarantined_not_dead_lettered() {
+    let env = TestEnv::new().await;
+    let _p = env.start_processor(&[]);
+    let msg = invitation("long-uid@example.com", &"u".repeat(3000), 1);
+    let out = env.ingest(&["--sender", ALICE], &msg).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let good = invitation("after-long-uid@example.com", "uid-after", 1);
+    let out = env.ingest(&["--sender", ALICE], &good).await;
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    env.wait_applied().await;
+    let q = env.stream_messages("quarantine").await;
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].json["reason"], "value_too_long");
+    let db = env.pg().await;
+    let dead: i64 = db
+        .query_one("SELECT count(*) FROM dead_letters", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(dead, 0);
+    let objects = env.ctl_json(&["objects", ALICE]).await;
+    let uids: Vec<&str> = objects["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["uid"].as_str().unwrap())
+        .collect();
+    assert_eq!(uids, vec!["uid-after"]);
+}

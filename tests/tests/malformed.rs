@@ -1393,8 +1393,8 @@ pub fn recurrence_bombs() -> Vec<(&'static str, String)> {
         ("INTERVAL=0", "RRULE:FREQ=DAILY;INTERVAL=0".into()),
         ("garbage RRULE", "RRULE:FREQ=NEVER;BYDAY=XX".into()),
         (
-            "50 RRULEs",
-            (0..50)
+            "4 HOURLY RRULEs (the per-component limit)",
+            (0..4)
                 .map(|i| format!("RRULE:FREQ=HOURLY;INTERVAL={}", i + 1))
                 .collect::<Vec<_>>()
                 .join("\r\n"),
@@ -1427,6 +1427,175 @@ fn recurrence_cases() -> Vec<Case> {
         q("too_many_recurrence_values"),
     ));
     v
+}
+
+/// `n` VEVENTs (UIDs `s0`, `s1`, …), each with `rule` and `extra` lines.
+fn series(n: usize, rule: &str, extra: &[&str]) -> String {
+    let events: Vec<Vec<String>> = (0..n)
+        .map(|i| {
+            let mut lines = vec![rule];
+            lines.extend_from_slice(extra);
+            event_lines(&format!("s{i}"), &lines, &[])
+        })
+        .collect();
+    ics("REQUEST", &events)
+}
+
+/// A mail with one `text/calendar` part per object in `objects`.
+fn multi_object_mail(objects: &[String]) -> Vec<u8> {
+    let mut m = headers("multipart/mixed; boundary=\"obj\"");
+    m.push_str("\r\n");
+    for o in objects {
+        m.push_str(&format!(
+            "--obj\r\nContent-Type: text/calendar; method=REQUEST; charset=UTF-8\r\n\r\n{o}\r\n"
+        ));
+    }
+    m.push_str("--obj--\r\n");
+    m.into_bytes()
+}
+
+/// Issue 12: recurrence counted per component and per message, and the
+/// sizes of what ends in a database index (UID, addresses) bounded.
+fn limit_cases() -> Vec<Case> {
+    let rrules = |n: usize| -> String {
+        (0..n)
+            .map(|i| format!("RRULE:FREQ=HOURLY;INTERVAL={}", i + 1))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
+    let rdates = |n: usize, day: usize| -> String {
+        let values: Vec<String> = (0..n)
+            .map(|i| format!("2027{:02}{:02}T{:02}0000Z", i % 12 + 1, day, i % 24))
+            .collect();
+        format!("RDATE:{}", values.join(","))
+    };
+    let long = |n: usize| "x".repeat(n);
+    let uid = |n: usize| format!("UID:{}", long(n));
+    let attendee = |n: usize| format!("ATTENDEE:mailto:{}@example.org", long(n));
+    let organizer = |n: usize| format!("ORGANIZER:mailto:{}@example.com", long(n));
+    let sent_by = |n: usize| {
+        format!(
+            "ORGANIZER;SENT-BY=\"mailto:{}@example.com\":mailto:{ALICE}",
+            long(n)
+        )
+    };
+    vec![
+        case(
+            "recurrence: 5 RRULE lines in one VEVENT (limit 4)",
+            cal_mail(&ev_ics(&[&rrules(5)], &[])),
+            q("too_many_recurrence_rules"),
+        ),
+        case(
+            "recurrence: 5,000 RRULE lines in one VEVENT",
+            cal_mail(&ev_ics(&[&rrules(5000)], &[])),
+            q("too_many_recurrence_rules"),
+        ),
+        case(
+            "recurrence: 36 yearly series ending after 3 years (a published calendar)",
+            cal_mail(&series(36, "RRULE:FREQ=YEARLY;UNTIL=20291231T000000Z", &[])),
+            p(1),
+        ),
+        case(
+            "recurrence: 40 weekly series without end in one mail",
+            cal_mail(&series(40, "RRULE:FREQ=WEEKLY", &[])),
+            p(1),
+        ),
+        case(
+            "recurrence: 40 hourly series in one mail (8 KB)",
+            cal_mail(&series(40, "RRULE:FREQ=HOURLY", &[])),
+            q("too_many_instances"),
+        ),
+        case(
+            "recurrence: 1,000 hourly series in one mail (204 KB)",
+            cal_mail(&series(1000, "RRULE:FREQ=HOURLY", &[])),
+            q("too_many_instances"),
+        ),
+        case(
+            "recurrence: 20 hourly series in each of 2 calendar objects",
+            multi_object_mail(&[
+                series(20, "RRULE:FREQ=HOURLY", &[]),
+                series(20, "RRULE:FREQ=HOURLY", &[]).replace("UID:s", "UID:t"),
+            ]),
+            q("too_many_instances"),
+        ),
+        case(
+            "recurrence: 40 daily series with every minute of the day (BYHOUR, BYMINUTE)",
+            {
+                let hours: Vec<String> = (0..24).map(|h| h.to_string()).collect();
+                let minutes: Vec<String> = (0..60).map(|m| m.to_string()).collect();
+                let rule = format!(
+                    "RRULE:FREQ=DAILY;COUNT=100000;BYHOUR={};BYMINUTE={}",
+                    hours.join(","),
+                    minutes.join(",")
+                );
+                cal_mail(&series(40, &rule, &[]))
+            },
+            q("too_many_instances"),
+        ),
+        case(
+            "recurrence: 3 objects of 4,000 RDATE values each (message limit 10,000)",
+            multi_object_mail(&[
+                ev_ics(&[&rdates(4000, 1)], &[]),
+                ev_ics(&[&rdates(4000, 2)], &[]),
+                ev_ics(&[&rdates(4000, 3)], &[]),
+            ]),
+            q("too_many_recurrence_values"),
+        ),
+        case(
+            "recurrence: 2 objects of 4,000 RDATE values each",
+            multi_object_mail(&[
+                ev_ics(&[&rdates(4000, 1)], &[]),
+                ev_ics(&[&rdates(4000, 2)], &[]),
+            ]),
+            p(2),
+        ),
+        case(
+            "UID of 1,000 bytes (the limit)",
+            cal_mail(&ev_ics(&[&uid(1000)], &[])),
+            p(1),
+        ),
+        case(
+            "UID of 3,000 bytes",
+            cal_mail(&ev_ics(&[&uid(3000)], &[])),
+            q("value_too_long"),
+        ),
+        case(
+            "UID of 1,001 bytes in a multi-byte script",
+            cal_mail(&ev_ics(&[&format!("UID:{}", "é".repeat(500) + "x")], &[])),
+            q("value_too_long"),
+        ),
+        case(
+            "ATTENDEE address of 254 bytes (the RFC 5321 limit)",
+            cal_mail(&ev_ics(&[&attendee(254 - "@example.org".len())], &[])),
+            p(1),
+        ),
+        case(
+            "ATTENDEE address of 3,000 bytes",
+            cal_mail(&ev_ics(&[&attendee(3000)], &[])),
+            q("value_too_long"),
+        ),
+        case(
+            "ORGANIZER address of 255 bytes",
+            cal_mail(&ev_ics(&[&organizer(255 - "@example.com".len())], &[])),
+            q("value_too_long"),
+        ),
+        case(
+            "SENT-BY address of 1,000 bytes",
+            cal_mail(&ev_ics(&[&sent_by(1000)], &[])),
+            q("value_too_long"),
+        ),
+        case(
+            "DELEGATED-TO address of 1,000 bytes",
+            cal_mail(&ev_ics(
+                &[&format!(
+                    "ATTENDEE;DELEGATED-TO=\"mailto:{}@example.org\":mailto:bob@example.org",
+                    long(1000)
+                )],
+                &[],
+            )),
+            q("value_too_long"),
+        ),
+    ]
 }
 
 fn envelope_cases() -> Vec<Case> {
@@ -1480,6 +1649,37 @@ fn envelope_cases() -> Vec<Case> {
             good.clone(),
             p(3),
         ),
+        case_args(
+            "sender of 4 KB",
+            &["--sender", &format!("{}@example.com", "a".repeat(4096))],
+            good.clone(),
+            q("invalid_address"),
+        ),
+        case_args(
+            "sender of 255 bytes (RFC 5321: a path holds 254)",
+            &["--sender", &format!("{}@example.com", "a".repeat(255 - 12))],
+            good.clone(),
+            q("invalid_address"),
+        ),
+        case_args(
+            "sender of 254 bytes",
+            &["--sender", &format!("{}@example.com", "a".repeat(254 - 12))],
+            good.clone(),
+            p(1),
+        ),
+        case_args(
+            "incoming, the only recipient is 4 KB",
+            &[
+                "--direction",
+                "incoming",
+                "--sender",
+                ALICE,
+                "--recipient",
+                &format!("{}@example.org", "b".repeat(4096)),
+            ],
+            good.clone(),
+            q("invalid_address"),
+        ),
         case_args("missing --sender", &[], good.clone(), usage()),
         case_args(
             "unknown direction",
@@ -1511,6 +1711,7 @@ fn all_cases() -> Vec<Case> {
     let mut v = mime_cases();
     v.extend(ical_cases());
     v.extend(recurrence_cases());
+    v.extend(limit_cases());
     v.extend(envelope_cases());
     v.extend(file_cases());
     v
