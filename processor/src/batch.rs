@@ -109,7 +109,8 @@ enum QueueWrite {
     Upsert(QueueEntry),
 }
 
-/// Applies `batch` in `tx` (the caller holds the lease and a savepoint).
+/// Applies `batch` in `tx` (the caller holds the lease and a savepoint);
+/// its events are cut to fit `max_payload`, the NATS server's limit.
 pub async fn apply(
     tx: &Transaction<'_>,
     cache: &StatementCache,
@@ -117,6 +118,7 @@ pub async fn apply(
     ns: &str,
     partition: i32,
     batch: &[Input<'_>],
+    max_payload: usize,
 ) -> Result<(), ProcessorError> {
     let started = std::time::Instant::now();
     let mut good = Vec::with_capacity(batch.len());
@@ -291,15 +293,29 @@ pub async fn apply(
         });
     }
 
-    // Per-user event sequences: one upsert for the batch, numbered in message order.
+    // Per-user event sequences: one upsert for the batch, numbered in message
+    // order, after each message's changes were cut to fit the broker's
+    // max_payload as store::append_events cuts them (an error sends the batch
+    // to the per-message path, which dead-letters that message alone).
+    let fitted: Vec<Vec<events::Event>> = done
+        .iter_mut()
+        .map(|d| {
+            events::fit(
+                ns,
+                &d.payload.user,
+                std::mem::take(&mut d.changes),
+                max_payload,
+            )
+        })
+        .collect::<Result<_, _>>()?;
     let mut counts: Vec<(&str, i64)> = Vec::new();
-    for d in &done {
-        if d.changes.is_empty() {
+    for (d, evs) in done.iter().zip(&fitted) {
+        if evs.is_empty() {
             continue;
         }
         match counts.iter_mut().find(|(u, _)| *u == d.payload.user) {
-            Some((_, n)) => *n += d.changes.len() as i64,
-            None => counts.push((&d.payload.user, d.changes.len() as i64)),
+            Some((_, n)) => *n += evs.len() as i64,
+            None => counts.push((&d.payload.user, evs.len() as i64)),
         }
     }
     let mut next_seq: HashMap<&str, i64> = HashMap::new();
@@ -321,18 +337,18 @@ pub async fn apply(
     let now = Utc::now();
     let mut out = Outbox::default();
     let mut log = Log::default();
-    for d in &done {
+    for (d, evs) in done.iter().zip(&fitted) {
         let user = d.payload.user.as_str();
-        for change in &d.changes {
+        for event in evs {
             let seq = next_seq
                 .get_mut(user)
                 .ok_or_else(|| ProcessorError::Config(format!("no event sequence for {user}")))?;
             out.users.push(user);
             out.seqs.push(*seq);
             out.ids.push(events::event_id(ns, user, *seq));
-            out.kinds.push(change.kind());
+            out.kinds.push(event.change.kind());
             out.bodies
-                .push(Json(events::cloud_event(ns, user, *seq, now, change)));
+                .push(Json(events::cloud_event(ns, user, *seq, now, event)));
             *seq += 1;
         }
         let (outcome, reason) = store::disposition_columns(&d.disposition);

@@ -410,6 +410,7 @@ pub async fn rebuild(
         user,
         &changes,
         Utc::now(),
+        crate::events::DEFAULT_MAX_PAYLOAD,
     )
     .await?;
     tx.commit().await?;
@@ -515,6 +516,7 @@ pub async fn replay_one(
         settings,
         ns: &ns,
         partition,
+        max_payload: crate::events::DEFAULT_MAX_PAYLOAD,
     };
     apply.message(&mut tx, seq, payload).await?;
     let logged = match (&user, &dedupe) {

@@ -28,6 +28,15 @@
 //!   lost (a full CI run once stored a user's event 5 before 1–4 that way).
 //!   TLS, nkeys and credentials files also take this path: the wire client
 //!   speaks plain TCP with no auth, user/password or token only.
+//!
+//! Size: events are cut to fit the server's `max_payload` when they are
+//! written (`events::fit`). A row that is too large all the same (written by
+//! a version before that, or before the server's limit was lowered) can
+//! never be published, and its sequence number cannot be split any more: it
+//! is skipped, logged as an error with its id and counted
+//! ([`EVENTS_SKIPPED`]), instead of holding the lane for ever. Subscribers
+//! see a gap at its sequence and resynchronise that user, as
+//! docs/subscribers.md tells them to for any gap.
 
 use crate::config::Settings;
 use crate::error::ProcessorError;
@@ -40,6 +49,10 @@ use tokio_postgres::Client;
 
 /// How long a pipelined flush waits for all its acknowledgements.
 const PIPELINE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Outbox events skipped because they exceed the server's `max_payload`
+/// (counter, by `kind`).
+pub const EVENTS_SKIPPED: &str = "imipflow_events_oversized_skipped_total";
 
 /// How a lane's relay publishes (see the module documentation).
 #[derive(Clone, Debug)]
@@ -98,6 +111,7 @@ impl Publisher {
 struct Event {
     user: String,
     seq: i64,
+    kind: String,
     subject: String,
     id: String,
     body: Vec<u8>,
@@ -128,12 +142,13 @@ pub async fn flush(
             .iter()
             .map(|r| {
                 let user: String = r.get(0);
-                let kind: &str = r.get(3);
+                let kind: String = r.get(3);
                 // The CloudEvent as PostgreSQL prints the jsonb: no parse
                 // and re-serialisation per event.
                 let body: String = r.get(4);
                 Event {
-                    subject: ns.event_subject(kind, &user_key(&user)),
+                    subject: ns.event_subject(&kind, &user_key(&user)),
+                    kind,
                     seq: r.get(1),
                     id: r.get(2),
                     body: body.into_bytes(),
@@ -141,14 +156,34 @@ pub async fn flush(
                 }
             })
             .collect();
+        // Read for every flush: a reconnect may have reached a server that
+        // announces another limit.
+        let max_payload = js.client().max_payload();
+        let (events, oversized): (Vec<Event>, Vec<Event>) = events
+            .into_iter()
+            .partition(|e| crate::events::wire_len(&e.id, e.body.len()) <= max_payload);
+        for e in &oversized {
+            tracing::error!(
+                partition,
+                event = %e.id,
+                user = %e.user,
+                bytes = crate::events::wire_len(&e.id, e.body.len()),
+                max_payload,
+                "event larger than the NATS server's max_payload: skipped, never published; \
+                 subscribers see a gap at its sequence and resynchronise the user"
+            );
+            metrics::counter!(EVENTS_SKIPPED, "kind" => e.kind.clone()).increment(1);
+        }
         let events = match publisher {
+            _ if events.is_empty() => events,
             Publisher::Pipelined { urls, login } => {
                 pipelined(urls.clone(), login.clone(), events).await?
             }
             Publisher::Serial => serial(js, events).await?,
         };
-        let users: Vec<&str> = events.iter().map(|e| e.user.as_str()).collect();
-        let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+        let done = || events.iter().chain(&oversized);
+        let users: Vec<&str> = done().map(|e| e.user.as_str()).collect();
+        let seqs: Vec<i64> = done().map(|e| e.seq).collect();
         db.execute(
             "UPDATE outbox SET published_at = now()
              FROM unnest($1::text[], $2::bigint[]) AS x(u, s)
@@ -156,7 +191,7 @@ pub async fn flush(
             &[&users, &seqs],
         )
         .await?;
-        total += events.len();
+        total += events.len() + oversized.len();
     }
 }
 

@@ -296,7 +296,10 @@ async fn insert_periods(
     Ok(())
 }
 
-/// Appends events to the user's outbox with gap-free per-user sequence numbers.
+/// Appends events to the user's outbox with gap-free per-user sequence
+/// numbers, each change cut to fit `max_payload` first (`events::fit`; an
+/// error when one cannot fit at all).
+#[allow(clippy::too_many_arguments)]
 pub async fn append_events(
     tx: &Transaction<'_>,
     cache: &StatementCache,
@@ -305,10 +308,12 @@ pub async fn append_events(
     user: &str,
     changes: &[Change],
     now: DateTime<Utc>,
-) -> Result<()> {
+    max_payload: usize,
+) -> std::result::Result<(), crate::error::ProcessorError> {
     if changes.is_empty() {
         return Ok(());
     }
+    let changes = events::fit(namespace, user, changes.to_vec(), max_payload)?;
     let n = changes.len() as i64;
     let last: i64 = tx
         .query_one(
@@ -325,9 +330,9 @@ pub async fn append_events(
         .await?
         .get(0);
     let first = last - n + 1;
-    for (i, change) in changes.iter().enumerate() {
+    for (i, event) in changes.iter().enumerate() {
         let seq = first + i as i64;
-        let body = events::cloud_event(namespace, user, seq, now, change);
+        let body = events::cloud_event(namespace, user, seq, now, event);
         tx.execute(
             &cache
                 .get(
@@ -341,7 +346,7 @@ pub async fn append_events(
                 &seq,
                 &partition,
                 &events::event_id(namespace, user, seq),
-                &change.kind(),
+                &event.change.kind(),
                 &Json(&body),
             ],
         )

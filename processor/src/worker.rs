@@ -371,6 +371,8 @@ impl Lane {
             settings: &self.settings,
             ns: &self.ns,
             partition: self.partition,
+            // The limit in the server's INFO (events::fit cuts events to it).
+            max_payload: self.js.client().max_payload(),
         };
         let mut fast = tx.savepoint("batch").await?;
         let failed = if crate::batch::per_message() {
@@ -402,6 +404,7 @@ impl Lane {
                 self.ns.as_str(),
                 self.partition,
                 &inputs,
+                apply.max_payload,
             )
             .await
             {
@@ -467,6 +470,8 @@ pub struct Apply<'a> {
     pub settings: &'a Settings,
     pub ns: &'a Namespace,
     pub partition: i32,
+    /// Largest NATS message an event may make (`events::fit`).
+    pub max_payload: usize,
 }
 
 impl Apply<'_> {
@@ -568,6 +573,7 @@ impl Apply<'_> {
             user,
             &changes,
             chrono::Utc::now(),
+            self.max_payload,
         )
         .await?;
         store::log_message(

@@ -136,7 +136,7 @@ pub fn check_event_stream(events: &[Value]) -> BTreeMap<String, Vec<&Value>> {
 }
 
 /// Asserts that `got` ended exactly as the oracle `want`: same tables, and
-/// for every user the same events (type and data) in the same order.
+/// for every user the same events (type, data and part) in the same order.
 pub fn assert_same(got: &Outcome, want: &Outcome) {
     let g = check_event_stream(&got.events);
     let w = check_event_stream(&want.events);
@@ -149,7 +149,16 @@ pub fn assert_same(got: &Outcome, want: &Outcome) {
         let got_evs = g
             .get(user)
             .unwrap_or_else(|| panic!("{user}: no events at all"));
-        let key = |e: &&Value| (e["type"].clone(), e["data"].clone());
+        // `part`/`parts` too: a change split to fit max_payload must be
+        // split the same way (events::fit depends only on the change).
+        let key = |e: &&Value| {
+            (
+                e["type"].clone(),
+                e["data"].clone(),
+                e["part"].clone(),
+                e["parts"].clone(),
+            )
+        };
         let gk: Vec<_> = got_evs.iter().map(key).collect();
         let wk: Vec<_> = want_evs.iter().map(key).collect();
         if gk != wk {

@@ -109,6 +109,22 @@ impl NatsServer {
         s
     }
 
+    /// A single server that accepts messages of at most `bytes` (headers and
+    /// payload; nats-server's `max_payload`, 1 MiB by default), announced in
+    /// its INFO.
+    pub async fn start_with_max_payload(bytes: usize) -> Self {
+        let dir = TempDir::new("imip-nats");
+        let port = crate::free_port();
+        let mut s = Self::configure(&dir.0, "n1", port, 0, &[], "");
+        let mut text = std::fs::read_to_string(&s.config).expect("nats config");
+        text.push_str(&format!("max_payload: {bytes}\n"));
+        std::fs::write(&s.config, text).expect("write nats config");
+        s._dir = Some(dir);
+        s.spawn();
+        s.wait_ready().await;
+        s
+    }
+
     fn configure(
         dir: &Path,
         name: &str,

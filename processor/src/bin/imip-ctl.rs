@@ -433,6 +433,7 @@ async fn main() -> anyhow::Result<()> {
                         settings: &s,
                         ns: &ns,
                         partition,
+                        max_payload: imipflow_processor::events::DEFAULT_MAX_PAYLOAD,
                     };
                     apply.message(&mut tx, seq, &payload).await?;
                     let after: i64 = tx
