@@ -9,7 +9,7 @@
 //! announces in its INFO (headers included; 1 MiB by default), and an event
 //! that can never be published would hold its partition's relay, and so the
 //! whole lane, for ever. Moving an hourly series of 5,000 instances by a
-//! minute is a 1.3 MB change. [`fit`] therefore splits a `freebusy.changed`
+//! minute is a 1.25 MB change. [`fit`] therefore splits a `freebusy.changed`
 //! that would not fit into parts (removals first, then additions), before the
 //! events get their sequence numbers, on both paths that number events
 //! (`batch.rs`, `store::append_events`). The split depends only on the change
@@ -465,6 +465,7 @@ mod tests {
         let change = moved(5_000);
         let whole = wire(1, &Event::whole(change.clone()));
         assert!(whole > DEFAULT_MAX_PAYLOAD, "{whole} bytes");
+        eprintln!("5,000 instances moved: {whole} bytes as one event");
         let events = fit(NS, USER, vec![change], DEFAULT_MAX_PAYLOAD).unwrap();
         assert!(events.len() >= 2, "{} events", events.len());
         for (i, e) in events.iter().enumerate() {
