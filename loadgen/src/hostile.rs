@@ -122,10 +122,8 @@ fn seen(mail: &Mail) -> Option<Seen> {
             "UID" if s.uid.is_empty() => s.uid = value.to_owned(),
             "ORGANIZER" if s.organizer.is_none() => s.organizer = address(),
             "ATTENDEE" => {
-                if let Some(a) = address() {
-                    if !s.attendees.contains(&a) {
-                        s.attendees.push(a);
-                    }
+                if let Some(a) = address().filter(|a| !s.attendees.contains(a)) {
+                    s.attendees.push(a);
                 }
             }
             _ => {}
@@ -181,7 +179,10 @@ fn make(attack: Attack, n: usize, invites: &[Known], owned: &[Known]) -> Option<
         Attack::SpoofedCancel | Attack::SentByCancel => {
             let k = pick(invites)?;
             let organizer = if attack == Attack::SentByCancel {
-                format!("ORGANIZER;SENT-BY=\"mailto:{ATTACKER}\":mailto:{}", k.organizer)
+                format!(
+                    "ORGANIZER;SENT-BY=\"mailto:{ATTACKER}\":mailto:{}",
+                    k.organizer
+                )
             } else {
                 format!("ORGANIZER:mailto:{}", k.organizer)
             };
@@ -209,25 +210,26 @@ fn make(attack: Attack, n: usize, invites: &[Known], owned: &[Known]) -> Option<
             // Aimed at a normal organizer: an attendee (or an outsider) speaks
             // for another attendee.
             let k = pick(owned)?;
-            let (victim, sender, line) = if attack == Attack::ForgedReply {
+            let (sender, line) = if attack == Attack::ForgedReply {
                 if k.attendees.len() < 2 {
                     return None;
                 }
                 let (forger, victim) = (&k.attendees[0], &k.attendees[1]);
                 (
-                    victim.clone(),
                     forger.clone(),
-                    format!("ATTENDEE;PARTSTAT=DECLINED;SENT-BY=\"mailto:{forger}\":mailto:{victim}"),
+                    format!(
+                        "ATTENDEE;PARTSTAT=DECLINED;SENT-BY=\"mailto:{forger}\":mailto:{victim}"
+                    ),
                 )
             } else {
-                let victim = k.attendees.first()?.clone();
+                let victim = k.attendees.first()?;
                 (
-                    victim.clone(),
                     ATTACKER.to_owned(),
-                    format!("ATTENDEE;PARTSTAT=ACCEPTED;DELEGATED-FROM=\"mailto:{victim}\":mailto:{ATTACKER}"),
+                    format!(
+                        "ATTENDEE;PARTSTAT=ACCEPTED;DELEGATED-FROM=\"mailto:{victim}\":mailto:{ATTACKER}"
+                    ),
                 )
             };
-            let _ = victim;
             let ics = calendar(
                 "REPLY",
                 &format!(
@@ -245,7 +247,14 @@ fn make(attack: Attack, n: usize, invites: &[Known], owned: &[Known]) -> Option<
                     s % 24
                 ));
             }
-            mail(ATTACKER, Direction::Outgoing, ATTACKER, "victims@example.org", &id, &calendar("REQUEST", &body))
+            mail(
+                ATTACKER,
+                Direction::Outgoing,
+                ATTACKER,
+                "victims@example.org",
+                &id,
+                &calendar("REQUEST", &body),
+            )
         }
         Attack::RruleLines => {
             let mut body = format!(
@@ -255,7 +264,14 @@ fn make(attack: Attack, n: usize, invites: &[Known], owned: &[Known]) -> Option<
                 body.push_str(&format!("RRULE:FREQ=MINUTELY;INTERVAL={}\r\n", i % 59 + 1));
             }
             body.push_str("END:VEVENT\r\n");
-            mail(ATTACKER, Direction::Outgoing, ATTACKER, "victims@example.org", &id, &calendar("REQUEST", &body))
+            mail(
+                ATTACKER,
+                Direction::Outgoing,
+                ATTACKER,
+                "victims@example.org",
+                &id,
+                &calendar("REQUEST", &body),
+            )
         }
         Attack::OverrideFlood => {
             let uid = format!("overrides-{n}@evil.example");
@@ -271,7 +287,14 @@ fn make(attack: Attack, n: usize, invites: &[Known], owned: &[Known]) -> Option<
                     "BEGIN:VEVENT\r\nUID:{uid}\r\nSEQUENCE:0\r\n{STAMP}\r\nRECURRENCE-ID:{day}T090000Z\r\nDTSTART:{day}T100000Z\r\nDURATION:PT30M\r\nSUMMARY:moved\r\nORGANIZER:mailto:{ATTACKER}\r\nEND:VEVENT\r\n"
                 ));
             }
-            mail(ATTACKER, Direction::Outgoing, ATTACKER, "victims@example.org", &id, &calendar("REQUEST", &body))
+            mail(
+                ATTACKER,
+                Direction::Outgoing,
+                ATTACKER,
+                "victims@example.org",
+                &id,
+                &calendar("REQUEST", &body),
+            )
         }
         Attack::LongUid => {
             let ics = calendar(
@@ -281,7 +304,14 @@ fn make(attack: Attack, n: usize, invites: &[Known], owned: &[Known]) -> Option<
                     "u".repeat(3000)
                 ),
             );
-            mail(ATTACKER, Direction::Outgoing, ATTACKER, "victims@example.org", &id, &ics)
+            mail(
+                ATTACKER,
+                Direction::Outgoing,
+                ATTACKER,
+                "victims@example.org",
+                &id,
+                &ics,
+            )
         }
         Attack::LongEnvelope => {
             let sender = format!("{}@evil.example", "m".repeat(4096));
@@ -291,7 +321,14 @@ fn make(attack: Attack, n: usize, invites: &[Known], owned: &[Known]) -> Option<
                     "BEGIN:VEVENT\r\nUID:long-envelope-{n}@evil.example\r\nSEQUENCE:0\r\n{STAMP}\r\nDTSTART:20270301T090000Z\r\nDURATION:PT1H\r\nORGANIZER:mailto:{sender}\r\nEND:VEVENT\r\n"
                 ),
             );
-            let mut m = mail(&sender, Direction::Outgoing, &sender, "victims@example.org", &id, &ics);
+            let mut m = mail(
+                &sender,
+                Direction::Outgoing,
+                &sender,
+                "victims@example.org",
+                &id,
+                &ics,
+            );
             m.user = sender;
             m
         }
@@ -304,7 +341,7 @@ fn make(attack: Attack, n: usize, invites: &[Known], owned: &[Known]) -> Option<
 /// list's copy before some of the invitations delivered to normal users.
 /// Deterministic for a seed.
 pub fn mix(normal: Vec<Mail>, seed: u64, percent: u32) -> Vec<Mixed> {
-    let mut rng = fastrand::Rng::with_seed(seed ^ 0x6e61_7374_79);
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x006e_6173_7479);
     let mut out = Vec::with_capacity(normal.len() * (100 + percent as usize) / 100);
     let mut invites: Vec<Known> = Vec::new();
     let mut owned: Vec<Known> = Vec::new();

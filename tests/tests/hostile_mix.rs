@@ -147,9 +147,7 @@ struct Figures {
 
 async fn run(seed: u64, users: usize, messages: usize, percent: u32) -> Figures {
     let normal = imipflow_loadgen::mails(&Config::new(seed, users, messages));
-    let normal_users: Vec<String> = (0..users)
-        .map(|i| format!("u{i}@load.example"))
-        .collect();
+    let normal_users: Vec<String> = (0..users).map(|i| format!("u{i}@load.example")).collect();
     let mixed = hostile::mix(normal.clone(), seed, percent);
     let with = plan(&mixed);
     let without = plan(
@@ -206,7 +204,10 @@ async fn run(seed: u64, users: usize, messages: usize, percent: u32) -> Figures 
     let oracle_by_user = check_event_stream(&oracle_events);
     for user in &normal_users {
         let key = |e: &&serde_json::Value| (e["type"].clone(), e["data"].clone());
-        let g: Vec<_> = by_user.get(user).map(|v| v.iter().map(key).collect()).unwrap_or_default();
+        let g: Vec<_> = by_user
+            .get(user)
+            .map(|v| v.iter().map(key).collect())
+            .unwrap_or_default();
         let w: Vec<_> = oracle_by_user
             .get(user)
             .map(|v| v.iter().map(key).collect())
@@ -236,8 +237,7 @@ async fn run(seed: u64, users: usize, messages: usize, percent: u32) -> Figures 
     let aimed = mixed
         .iter()
         .filter(|m| {
-            m.attack.is_some_and(|a| !a.exhausts())
-                && m.mail.user.ends_with("@load.example")
+            m.attack.is_some_and(|a| !a.exhausts()) && m.mail.user.ends_with("@load.example")
         })
         .count();
     assert!(
