@@ -80,6 +80,28 @@ pub fn parse(payload: &[u8]) -> Result<Event, String> {
     })
 }
 
+/// Whether the follower is consuming, for `/readyz`.
+#[derive(Debug)]
+pub struct Following(std::sync::Mutex<Result<(), String>>);
+
+impl Default for Following {
+    fn default() -> Self {
+        Following(std::sync::Mutex::new(Err(
+            "events: not consuming yet".into()
+        )))
+    }
+}
+
+impl Following {
+    fn set(&self, state: Result<(), String>) {
+        *self.0.lock().expect("following lock") = state;
+    }
+
+    pub fn ready(&self) -> Result<(), String> {
+        self.0.lock().expect("following lock").clone()
+    }
+}
+
 /// The events stream and the publisher's durable consumer on it.
 pub struct Subscription {
     stream: jetstream::stream::Stream,
@@ -88,6 +110,11 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// The events stream (for the consumer's info in `/readyz`).
+    pub fn stream(&self) -> jetstream::stream::Stream {
+        self.stream.clone()
+    }
+
     /// Finds the events stream (created by `imip-processor migrate`) and the
     /// durable consumer, creating it when missing.
     pub async fn open(
@@ -159,12 +186,16 @@ pub async fn follow(
     sub: Subscription,
     mut consumer: PullConsumer,
     cache: Arc<Cache>,
+    following: Arc<Following>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
-        match consume(&mut consumer, &cache, &mut shutdown).await {
+        match consume(&mut consumer, &cache, &following, &mut shutdown).await {
             Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, "events: consumer stopped; re-opening"),
+            Err(e) => {
+                tracing::warn!(error = %e, "events: consumer stopped; re-opening");
+                following.set(Err(format!("events: consumer stopped ({e}); re-opening")));
+            }
         }
         loop {
             tokio::select! {
@@ -179,7 +210,10 @@ pub async fn follow(
                     consumer = c;
                     break;
                 }
-                Err(e) => tracing::warn!(error = %e, "events: cannot open the consumer"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "events: cannot open the consumer");
+                    following.set(Err(format!("events: cannot open the consumer: {e}")));
+                }
             }
         }
     }
@@ -190,9 +224,11 @@ pub async fn follow(
 async fn consume(
     consumer: &mut PullConsumer,
     cache: &Cache,
+    following: &Following,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), PublisherError> {
     let mut messages = consumer.messages().await.map_err(PublisherError::nats)?;
+    following.set(Ok(()));
     loop {
         let next = tokio::select! {
             m = messages.next() => m,

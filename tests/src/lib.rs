@@ -447,6 +447,37 @@ impl TestEnv {
         Publisher { child, port }
     }
 
+    /// Like [`Self::start_publisher`], after `configure` had its say on the
+    /// command (extra settings, resource limits through `pre_exec`, …).
+    pub async fn start_publisher_with(
+        &self,
+        port: u16,
+        configure: impl FnOnce(&mut tokio::process::Command),
+    ) -> Publisher {
+        let mut cmd = self.command("imip-publisher");
+        cmd.env("IMIP_PUBLISHER_LISTEN", format!("127.0.0.1:{port}"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn imip-publisher");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("imip-publisher exited before listening: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "imip-publisher did not listen on port {port} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Publisher { child, port }
+    }
+
     /// `imip-ctl ARGS --json`, parsed; panics on failure.
     pub async fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all: Vec<&str> = args.to_vec();
