@@ -268,6 +268,39 @@ async fn many_periods(env: &TestEnv, user: &str, n: i64) {
 }
 
 #[tokio::test]
+async fn the_cache_stays_within_its_byte_budget() {
+    let env = TestEnv::new().await;
+    // 40 users of 100 periods each (about 17 KB each in the cache's
+    // estimate); the budget holds about three of them.
+    for u in 0..40 {
+        many_periods(&env, &format!("user{u}@example.com"), 100).await;
+    }
+    let publisher = env
+        .start_publisher_with(free_port(), |c| {
+            c.env("IMIP_PUBLISHER_CACHE_BYTES", "65536");
+        })
+        .await;
+    for round in 0..2 {
+        for u in 0..40 {
+            let (status, body) =
+                get(&publisher, &format!("/freebusy/user{u}@example.com.json")).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let doc: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                doc["periods"].as_array().unwrap().len(),
+                100,
+                "round {round}"
+            );
+            let bytes = metric(&publisher, "imipflow_publisher_cache_bytes").await;
+            assert!(bytes <= 65536.0, "cache holds {bytes} bytes");
+        }
+    }
+    let cached = metric(&publisher, "imipflow_publisher_cached_users").await;
+    assert!((1.0..40.0).contains(&cached), "{cached} users cached");
+    assert!(metric(&publisher, "imipflow_publisher_cache_evictions_total").await > 0.0);
+}
+
+#[tokio::test]
 async fn a_user_with_a_million_periods_is_served_within_bounded_memory() {
     let env = TestEnv::new().await;
     let user = "heavy@example.com";
