@@ -20,6 +20,7 @@
 use crate::config::Settings;
 use crate::error::ProcessorError;
 use crate::events;
+use crate::limits::Usage;
 use crate::model::{Change, Ctx, Disposition, FbType, Period, QueueChange, StoredObject};
 use crate::semantics;
 use crate::store::{self, QueueEntry, StatementCache};
@@ -91,6 +92,11 @@ struct UidSlot {
     /// Whether a stored object could not be read: then all of the UID's
     /// object and attendee rows are replaced, as the per-message path does.
     unreadable: bool,
+    /// Rows of it in `objects` (readable or not), for the user's quota counter.
+    object_rows: usize,
+    /// Raw texts of its objects by digest, and which digests `object_texts` has.
+    texts: store::Texts,
+    loaded_texts: BTreeSet<Vec<u8>>,
     /// (SEQUENCE, DTSTAMP) of the pending request, if any.
     queued: Option<(i64, Option<DateTime<Utc>>)>,
     /// Whether objects, attendees, free/busy and open_series are rewritten.
@@ -145,32 +151,64 @@ pub async fn apply(
         keys.iter().map(|(u, i)| (u.as_str(), i.as_str())).unzip();
     let log_users: Vec<&str> = good.iter().map(|(_, p, _)| p.user.as_str()).collect();
     let log_ids: Vec<&str> = good.iter().map(|(_, p, _)| p.dedupe_id.as_str()).collect();
-    let (s_log, s_obj, s_busy, s_queue) = (
+    let (s_log, s_obj, s_busy, s_queue, s_texts, s_usage) = (
         cache.get(tx, LOAD_LOG).await?,
         cache.get(tx, LOAD_OBJECTS).await?,
         cache.get(tx, LOAD_BUSY).await?,
         cache.get(tx, LOAD_QUEUE).await?,
+        cache.get(tx, LOAD_TEXTS).await?,
+        cache.get(tx, LOAD_USAGE).await?,
     );
     let log_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&log_users, &log_ids];
     let key_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&key_users, &key_uids];
-    let (logged, objects, busy, queued) = futures::try_join!(
+    let usage_params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&log_users];
+    let (logged, objects, busy, queued, texts, usage_rows) = futures::try_join!(
         tx.query(&s_log, &log_params),
         tx.query(&s_obj, &key_params),
         tx.query(&s_busy, &key_params),
         tx.query(&s_queue, &key_params),
+        tx.query(&s_texts, &key_params),
+        tx.query(&s_usage, &usage_params),
     )?;
+    // Each user's row counts as the batch goes (for the quotas), and what the
+    // batch changed them by (written at the end).
+    let mut usage: HashMap<String, Usage> = usage_rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                Usage {
+                    objects: r.get(1),
+                    freebusy: r.get(2),
+                },
+            )
+        })
+        .collect();
+    let mut usage_delta: Vec<(&str, Usage)> = Vec::new();
+    let limits = settings.limits();
     let mut applied: HashSet<(String, String)> = logged
         .iter()
         .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
         .collect();
     let mut slots: HashMap<Key, UidSlot> = HashMap::with_capacity(keys.len());
+    for r in &texts {
+        let slot = slots.entry((r.get(0), r.get(1))).or_default();
+        let digest: Vec<u8> = r.get(2);
+        slot.loaded_texts.insert(digest.clone());
+        slot.texts
+            .insert(digest, crate::model::Raw::from(r.get::<_, String>(3)));
+    }
     for r in &objects {
         let slot = slots.entry((r.get(0), r.get(1))).or_default();
         slot.stored = true;
+        slot.object_rows += 1;
         // Unreadable stored objects are skipped, as `store::load_state` does.
         // Straight from the column's bytes, without a serde_json::Value between.
         match r.try_get::<_, Json<StoredObject>>(2) {
-            Ok(Json(o)) => slot.objects.push(o),
+            Ok(Json(mut o)) => {
+                slot.texts.attach(&mut o, r.get(3));
+                slot.objects.push(o)
+            }
             Err(_) => slot.unreadable = true,
         }
     }
@@ -215,12 +253,65 @@ pub async fn apply(
         }
         let mut disposition = Disposition::Applied;
         let mut changes = Vec::new();
+        // Every UID in memory first, then into the slots: a message over a
+        // limit is refused whole (limits.rs, as worker::Apply::payload does).
+        let mut budget = crate::limits::MessageBudget::new(&limits);
+        let mut outcomes = Vec::with_capacity(uids.len());
+        let mut refusal = None;
         for uid in uids {
             let slot = slots.entry((user.to_owned(), uid.to_owned())).or_default();
             let state = crate::model::UidState {
                 objects: std::mem::take(&mut slot.objects),
             };
             let outcome = semantics::apply(&state, payload, uid, ctx);
+            let charged = budget.charge(&outcome);
+            outcomes.push((uid, state, outcome));
+            if let Err(r) = charged {
+                refusal = Some(r);
+                break;
+            }
+        }
+        if refusal.is_none() {
+            let mut delta = Usage::default();
+            for (uid, _, outcome) in &outcomes {
+                if outcome.disposition == Disposition::Applied && !outcome.enqueue {
+                    let slot = &slots[&(user.to_owned(), uid.to_string())];
+                    let before = Usage {
+                        objects: slot.object_rows as i64,
+                        freebusy: slot.busy.len() as i64,
+                    };
+                    delta += Usage::change(
+                        before,
+                        outcome.state.objects.len(),
+                        crate::limits::freebusy_rows(&outcome.periods),
+                    );
+                }
+            }
+            if !delta.is_zero() {
+                let before = usage.get(user).copied().unwrap_or_default();
+                match crate::limits::quota(before, delta, &limits) {
+                    Ok(()) => {
+                        usage.insert(user.to_owned(), before + delta);
+                        match usage_delta.iter_mut().find(|(u, _)| *u == user) {
+                            Some((_, d)) => *d += delta,
+                            None => usage_delta.push((user, delta)),
+                        }
+                    }
+                    Err(r) => refusal = Some(r),
+                }
+            }
+        }
+        if let Some(r) = refusal {
+            for (uid, state, _) in outcomes {
+                if let Some(slot) = slots.get_mut(&(user.to_owned(), uid.to_owned())) {
+                    slot.objects = state.objects;
+                }
+            }
+            outcomes = Vec::new();
+            disposition = r;
+        }
+        for (uid, state, outcome) in outcomes {
+            let slot = slots.entry((user.to_owned(), uid.to_owned())).or_default();
             if outcome.disposition == Disposition::Applied && outcome.enqueue {
                 slot.objects = state.objects;
                 // A pending request changes only the queue, never the calendar.
@@ -263,6 +354,7 @@ pub async fn apply(
                 let mut objects = outcome.state.objects;
                 // As reloaded from `objects` (ORDER BY recurrence_key).
                 objects.sort_by_cached_key(|o| store::recurrence_key(o.recurrence_id));
+                slot.object_rows = objects.len();
                 slot.objects = objects;
                 slot.busy = after;
                 slot.saved = true;
@@ -394,6 +486,12 @@ pub async fn apply(
         dead.errors.push(e.to_string());
     }
 
+    let (usage_users, usage_objects, usage_busy): (Vec<&str>, Vec<i64>, Vec<i64>) = usage_delta
+        .iter()
+        .filter(|(_, d)| !d.is_zero())
+        .map(|(u, d)| (*u, d.objects, d.freebusy))
+        .collect();
+
     // One pipelined round trip: deletes before inserts (sent, and run, in order).
     let mut writes: Vec<Write<'_>> = Vec::new();
     for (sql, users, uids) in [
@@ -416,6 +514,27 @@ pub async fn apply(
                 tx.execute(&s, &[&r.od_users, &r.od_uids, &r.od_keys]).await
             }));
         }
+    }
+    if !rows.td_users.is_empty() {
+        let s = cache.get(tx, DELETE_TEXT_KEYS).await?;
+        let r = &rows;
+        writes.push(Box::pin(async move {
+            tx.execute(&s, &[&r.td_users, &r.td_uids, &r.td_digests])
+                .await
+        }));
+    }
+    if !rows.t_users.is_empty() {
+        let s = cache.get(tx, INSERT_TEXTS).await?;
+        let r = &rows;
+        writes.push(Box::pin(async move {
+            tx.execute(&s, &[&r.t_users, &r.t_uids, &r.t_digests, &r.t_raws])
+                .await
+        }));
+    }
+    if !usage_users.is_empty() {
+        let s = cache.get(tx, UPSERT_USAGE).await?;
+        let (u, o, f) = (&usage_users, &usage_objects, &usage_busy);
+        writes.push(Box::pin(async move { tx.execute(&s, &[u, o, f]).await }));
     }
     if !rows.fd_users.is_empty() {
         let s = cache.get(tx, DELETE_BUSY).await?;
@@ -443,6 +562,7 @@ pub async fn apply(
                     &r.o_start,
                     &r.o_end,
                     &r.o_data,
+                    &r.o_digests,
                 ],
             )
             .await
@@ -617,6 +737,14 @@ struct Rows<'a> {
     o_start: Vec<Option<DateTime<Utc>>>,
     o_end: Vec<Option<DateTime<Utc>>>,
     o_data: Vec<Json<&'a StoredObject>>,
+    o_digests: Vec<Vec<u8>>,
+    t_users: Vec<&'a str>,
+    t_uids: Vec<&'a str>,
+    t_digests: Vec<Vec<u8>>,
+    t_raws: Vec<&'a str>,
+    td_users: Vec<&'a str>,
+    td_uids: Vec<&'a str>,
+    td_digests: Vec<Vec<u8>>,
     a_users: Vec<&'a str>,
     a_uids: Vec<&'a str>,
     a_keys: Vec<String>,
@@ -667,7 +795,30 @@ impl<'a> Rows<'a> {
                 self.od_keys.push(store::recurrence_key(l.recurrence_id));
             }
         }
-        for o in slot.objects.iter().filter(|o| !unchanged(o)) {
+        // The UID's raw texts go from those loaded to those its objects now
+        // refer to (each text once, whatever number of objects share it).
+        let (digests, distinct) = store::texts_of(&slot.objects);
+        let wanted: BTreeSet<&Vec<u8>> = distinct.iter().map(|(d, _)| d).collect();
+        for d in slot.loaded_texts.iter().filter(|d| !wanted.contains(d)) {
+            self.td_users.push(user);
+            self.td_uids.push(uid);
+            self.td_digests.push(d.clone());
+        }
+        for (d, raw) in distinct
+            .into_iter()
+            .filter(|(d, _)| !slot.loaded_texts.contains(d))
+        {
+            self.t_users.push(user);
+            self.t_uids.push(uid);
+            self.t_digests.push(d);
+            self.t_raws.push(raw.as_str());
+        }
+        for (o, digest) in slot
+            .objects
+            .iter()
+            .zip(digests)
+            .filter(|(o, _)| !unchanged(o))
+        {
             let key = store::recurrence_key(o.recurrence_id);
             let c = &o.component;
             self.o_users.push(user);
@@ -683,6 +834,7 @@ impl<'a> Rows<'a> {
             self.o_start.push(c.start.as_ref().and_then(|t| t.utc));
             self.o_end.push(c.end.as_ref().and_then(|t| t.utc));
             self.o_data.push(Json(o));
+            self.o_digests.push(digest);
             for a in &c.attendees {
                 let answer = o.answers.get(&a.address);
                 self.a_users.push(user);
@@ -719,12 +871,25 @@ impl<'a> Rows<'a> {
 
 const LOAD_LOG: &str = "SELECT l.user_addr, l.dedupe_id FROM message_log l
      JOIN unnest($1::text[], $2::text[]) AS k(u, d) ON l.user_addr = k.u AND l.dedupe_id = k.d";
-const LOAD_OBJECTS: &str = "SELECT o.user_addr, o.uid, o.data FROM objects o
+const LOAD_OBJECTS: &str = "SELECT o.user_addr, o.uid, o.data, o.text_digest FROM objects o
      JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(u, i) ON o.user_addr = k.u AND o.uid = k.i
      ORDER BY o.user_addr, o.uid, o.recurrence_key";
 const LOAD_BUSY: &str = "SELECT f.user_addr, f.uid, lower(f.period), upper(f.period), f.fbtype, f.recurrence_id
      FROM freebusy f
      JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(u, i) ON f.user_addr = k.u AND f.uid = k.i";
+const LOAD_TEXTS: &str = "SELECT t.user_addr, t.uid, t.digest, t.raw FROM object_texts t
+     JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(u, i) ON t.user_addr = k.u AND t.uid = k.i";
+const LOAD_USAGE: &str = "SELECT u.user_addr, u.objects, u.freebusy FROM user_usage u
+     JOIN (SELECT DISTINCT * FROM unnest($1::text[])) AS k(u) ON u.user_addr = k.u";
+const UPSERT_USAGE: &str = "INSERT INTO user_usage (user_addr, objects, freebusy)
+     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[])
+     ON CONFLICT (user_addr) DO UPDATE
+     SET objects = user_usage.objects + EXCLUDED.objects, freebusy = user_usage.freebusy + EXCLUDED.freebusy";
+const DELETE_TEXT_KEYS: &str =
+    "DELETE FROM object_texts t USING unnest($1::text[], $2::text[], $3::bytea[]) AS k(u, i, d)
+     WHERE t.user_addr = k.u AND t.uid = k.i AND t.digest = k.d";
+const INSERT_TEXTS: &str = "INSERT INTO object_texts (user_addr, uid, digest, raw)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])";
 const LOAD_QUEUE: &str = "SELECT q.user_addr, q.uid, q.sequence, q.dtstamp FROM request_queue q
      JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(u, i) ON q.user_addr = k.u AND q.uid = k.i";
 const UPSERT_USER_EVENTS: &str = "INSERT INTO user_events (user_addr, last_seq)
@@ -752,10 +917,10 @@ const DELETE_QUEUE: &str =
     "DELETE FROM request_queue t USING unnest($1::text[], $2::text[]) AS k(u, i)
      WHERE t.user_addr = k.u AND t.uid = k.i";
 const INSERT_OBJECTS: &str = "INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence,
-         dtstamp, status, summary, organizer, dtstart, dtend, data)
+         dtstamp, status, summary, organizer, dtstart, dtend, data, text_digest)
      SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
          $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
-         $12::jsonb[])";
+         $12::jsonb[], $13::bytea[])";
 const INSERT_ATTENDEES: &str =
     "INSERT INTO attendees (user_addr, uid, recurrence_key, address, partstat,
          role, answer_sequence, answer_dtstamp)

@@ -83,6 +83,46 @@ pub struct Settings {
     #[arg(long, env = "IMIP_BATCH_SIZE", default_value_t = 256, global = true)]
     pub batch_size: usize,
 
+    /// Most free/busy periods the UIDs of one message may materialise
+    /// together; a message over it is refused whole (docs/hostile-input.md,
+    /// "Processor"). Each UID alone is capped at 5,000 instances.
+    #[arg(
+        long,
+        env = "IMIP_MAX_PERIODS_PER_MESSAGE",
+        default_value_t = 20_000,
+        global = true
+    )]
+    pub max_periods_per_message: usize,
+
+    /// Most stored objects (events and specific recurrences) of one user; a
+    /// message that would add beyond it is refused, removals always pass.
+    #[arg(
+        long,
+        env = "IMIP_MAX_OBJECTS_PER_USER",
+        default_value_t = 500_000,
+        global = true
+    )]
+    pub max_objects_per_user: i64,
+
+    /// Most free/busy rows of one user; as `IMIP_MAX_OBJECTS_PER_USER`.
+    #[arg(
+        long,
+        env = "IMIP_MAX_FREEBUSY_PER_USER",
+        default_value_t = 1_000_000,
+        global = true
+    )]
+    pub max_freebusy_per_user: i64,
+
+    /// Most periods one `imip-ctl freebusy` answer holds (the first ones by
+    /// start); a longer answer is cut and says so.
+    #[arg(
+        long,
+        env = "IMIP_MAX_QUERY_PERIODS",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub max_query_periods: usize,
+
     /// How far ahead series instances are materialised, in days (later ones are
     /// computed at query time).
     #[arg(long, env = "IMIP_HORIZON_DAYS", default_value_t = 366, global = true)]
@@ -169,6 +209,21 @@ impl Settings {
         } else {
             Ok(())
         });
+        for (name, value) in [
+            (
+                "IMIP_MAX_PERIODS_PER_MESSAGE",
+                self.max_periods_per_message as i64,
+            ),
+            ("IMIP_MAX_OBJECTS_PER_USER", self.max_objects_per_user),
+            ("IMIP_MAX_FREEBUSY_PER_USER", self.max_freebusy_per_user),
+            ("IMIP_MAX_QUERY_PERIODS", self.max_query_periods as i64),
+        ] {
+            check(if value < 1 {
+                Err(format!("{name}: must be at least 1"))
+            } else {
+                Ok(())
+            });
+        }
         check(if self.horizon_days < 1 {
             Err("IMIP_HORIZON_DAYS: must be at least 1".into())
         } else {
@@ -221,6 +276,15 @@ impl Settings {
             ));
         }
         out
+    }
+
+    /// The per-message limit and per-user quotas (`limits`).
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            max_periods_per_message: self.max_periods_per_message,
+            max_objects_per_user: self.max_objects_per_user,
+            max_freebusy_per_user: self.max_freebusy_per_user,
+        }
     }
 
     /// Semantics context for a message ingested at `now`.

@@ -26,10 +26,111 @@ pub struct StoredObject {
     pub component: Component,
     /// The zones its times use, from the payload that brought it.
     pub timezones: BTreeMap<String, Zone>,
-    /// Raw iCalendar text of the message that last replaced it.
-    pub raw: String,
+    /// Raw iCalendar text of the message that last replaced it. Shared by
+    /// every object one message stores, and stored once per (user, UID, text)
+    /// in `object_texts`, not in `data` (a series with 300 overrides stored
+    /// its mail 301 times); `default` reads rows written before that.
+    #[serde(default, skip_serializing)]
+    pub raw: Raw,
     /// Per attendee (normalised address): (SEQUENCE, DTSTAMP) of the last answer applied.
     pub answers: BTreeMap<String, AnswerStamp>,
+}
+
+/// Raw iCalendar text of a stored object, shared rather than copied: the
+/// objects one message stores (a master and its overrides, overrides derived
+/// from the master) all hold the same allocation, so 300 overrides of a
+/// 1 MiB payload cost 1 MiB, not 300 MiB.
+#[derive(Clone, Default)]
+pub struct Raw(std::sync::Arc<str>);
+
+impl Raw {
+    /// `text` as a `Raw`, the same allocation as the last call on this thread
+    /// when the text is the same: the semantics store one message's text into
+    /// each object they make of it, one object at a time.
+    pub fn shared(text: &str) -> Raw {
+        thread_local! {
+            static LAST: std::cell::RefCell<Raw> = std::cell::RefCell::default();
+        }
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            if &*last.0 != text {
+                *last = Raw::from(text);
+            }
+            last.clone()
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether two are the same allocation (then also the same text).
+    pub fn same_allocation(&self, other: &Raw) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl std::ops::Deref for Raw {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Raw {
+    fn from(s: &str) -> Raw {
+        Raw(s.into())
+    }
+}
+
+impl From<String> for Raw {
+    fn from(s: String) -> Raw {
+        Raw(s.into())
+    }
+}
+
+impl PartialEq for Raw {
+    fn eq(&self, other: &Raw) -> bool {
+        self.same_allocation(other) || self.0 == other.0
+    }
+}
+
+impl Eq for Raw {}
+
+impl PartialEq<&str> for Raw {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<str> for Raw {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl std::fmt::Debug for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for Raw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for Raw {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Raw, D::Error> {
+        String::deserialize(d).map(Raw::from)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

@@ -5,7 +5,10 @@
 //! per-user event sequence, outbox, dead letters) in the same transaction.
 
 use crate::events;
-use crate::model::{Change, Disposition, Outcome, Period, QueueChange, StoredObject, UidState};
+use crate::limits::Usage;
+use crate::model::{
+    Change, Disposition, Outcome, Period, QueueChange, Raw, StoredObject, UidState,
+};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
 use tokio_postgres::types::Json;
@@ -44,21 +47,142 @@ pub fn recurrence_key(r: Option<DateTime<Utc>>) -> String {
         .unwrap_or_default()
 }
 
+/// The raw texts of one UID (`object_texts`), read once and shared by the
+/// objects that refer to them.
+const LOAD_TEXTS: &str = "SELECT digest, raw FROM object_texts WHERE user_addr = $1 AND uid = $2";
+
+/// The key of a raw text in `object_texts`: its SHA-256.
+pub fn text_digest(raw: &str) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(raw.as_bytes()).to_vec()
+}
+
+/// Raw texts by digest, as loaded.
+#[derive(Default)]
+pub struct Texts(std::collections::HashMap<Vec<u8>, Raw>);
+
+impl Texts {
+    /// From rows whose columns `first` and `first + 1` are digest and text.
+    pub fn from_rows(rows: &[tokio_postgres::Row], first: usize) -> Texts {
+        Texts(
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.get::<_, Vec<u8>>(first),
+                        Raw::from(r.get::<_, String>(first + 1)),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    pub fn insert(&mut self, digest: Vec<u8>, raw: Raw) {
+        self.0.insert(digest, raw);
+    }
+
+    /// Gives `o` the text its row refers to; a row without `text_digest`
+    /// (written before object_texts) keeps the text of its `data`.
+    pub fn attach(&self, o: &mut StoredObject, digest: Option<Vec<u8>>) {
+        if let Some(raw) = digest.and_then(|d| self.0.get(&d)) {
+            o.raw = raw.clone();
+        }
+    }
+}
+
+/// A raw text with its digest, as `object_texts` stores it.
+pub type DigestedText<'a> = (Vec<u8>, &'a Raw);
+
+/// The digest of each object's raw text, and each distinct text once (the
+/// rows `object_texts` needs). Hashed once per shared text.
+pub fn texts_of(objects: &[StoredObject]) -> (Vec<Vec<u8>>, Vec<DigestedText<'_>>) {
+    let mut distinct: Vec<DigestedText<'_>> = Vec::new();
+    let digests = objects
+        .iter()
+        .map(|o| {
+            if let Some((d, _)) = distinct
+                .iter()
+                .find(|(_, r)| r.same_allocation(&o.raw) || **r == o.raw)
+            {
+                return d.clone();
+            }
+            let d = text_digest(&o.raw);
+            distinct.push((d.clone(), &o.raw));
+            d
+        })
+        .collect();
+    (digests, distinct)
+}
+
+/// The user's row counts for the quotas (`user_usage`).
+pub async fn load_usage(tx: &Transaction<'_>, cache: &StatementCache, user: &str) -> Result<Usage> {
+    let row = tx
+        .query_opt(
+            &cache
+                .get(
+                    tx,
+                    "SELECT objects, freebusy FROM user_usage WHERE user_addr = $1",
+                )
+                .await?,
+            &[&user],
+        )
+        .await?;
+    Ok(row.map_or_else(Usage::default, |r| Usage {
+        objects: r.get(0),
+        freebusy: r.get(1),
+    }))
+}
+
+/// Adds `delta` to the user's row counts, in the transaction that wrote the rows.
+pub async fn add_usage(
+    tx: &Transaction<'_>,
+    cache: &StatementCache,
+    user: &str,
+    delta: Usage,
+) -> Result<()> {
+    if delta.is_zero() {
+        return Ok(());
+    }
+    tx.execute(
+        &cache
+            .get(
+                tx,
+                "INSERT INTO user_usage (user_addr, objects, freebusy) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_addr) DO UPDATE
+                 SET objects = user_usage.objects + EXCLUDED.objects,
+                     freebusy = user_usage.freebusy + EXCLUDED.freebusy",
+            )
+            .await?,
+        &[&user, &delta.objects, &delta.freebusy],
+    )
+    .await?;
+    Ok(())
+}
+
 pub async fn load_state(
     tx: &Transaction<'_>,
     cache: &StatementCache,
     user: &str,
     uid: &str,
 ) -> Result<UidState> {
-    let rows = tx.query(
-            &cache.get(tx, "SELECT data FROM objects WHERE user_addr = $1 AND uid = $2 ORDER BY recurrence_key").await?,
-            &[&user, &uid],
-        )
-        .await?;
+    let (objects, texts) = (
+        cache
+            .get(
+                tx,
+                "SELECT data, text_digest FROM objects WHERE user_addr = $1 AND uid = $2 ORDER BY recurrence_key",
+            )
+            .await?,
+        cache.get(tx, LOAD_TEXTS).await?,
+    );
+    let key: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &uid];
+    let (rows, texts) = futures::try_join!(tx.query(&objects, &key), tx.query(&texts, &key))?;
+    let texts = Texts::from_rows(&texts, 0);
     let objects = rows
         .into_iter()
         .filter_map(|r| {
-            serde_json::from_value::<StoredObject>(r.get::<_, serde_json::Value>(0)).ok()
+            let mut o =
+                serde_json::from_value::<StoredObject>(r.get::<_, serde_json::Value>(0)).ok()?;
+            texts.attach(&mut o, r.get(1));
+            Some(o)
         })
         .collect();
     Ok(UidState { objects })
@@ -114,17 +238,31 @@ pub async fn log_message(
     Ok(())
 }
 
-/// Writes the new state and periods of one UID; returns the free/busy and
-/// queue changes this made.
+/// What [`save_outcome`] did.
+pub struct Saved {
+    /// The free/busy and queue changes it made.
+    pub changes: Vec<Change>,
+    /// What it changed the user's row counts by (not yet in `user_usage`:
+    /// the caller checks the quota first).
+    pub usage: Usage,
+}
+
+/// Writes the new state and periods of one UID.
 pub async fn save_outcome(
     tx: &Transaction<'_>,
     cache: &StatementCache,
     user: &str,
     uid: &str,
     outcome: &Outcome,
-) -> Result<Vec<Change>> {
+) -> Result<Saved> {
     // Independent statements are sent together: tokio-postgres pipelines them.
     let key: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &uid];
+    let texts = cache
+        .get(
+            tx,
+            "DELETE FROM object_texts WHERE user_addr = $1 AND uid = $2",
+        )
+        .await?;
     let (objects, attendees, freebusy, open) = (
         cache
             .get(tx, "DELETE FROM objects WHERE user_addr = $1 AND uid = $2")
@@ -149,12 +287,39 @@ pub async fn save_outcome(
             )
             .await?,
     );
-    let (_, _, stored, _) = futures::try_join!(
+    let (objects_before, _, stored, _, _) = futures::try_join!(
         tx.execute(&objects, &key),
         tx.execute(&attendees, &key),
         tx.query(&freebusy, &key),
         tx.execute(&open, &key),
+        tx.execute(&texts, &key),
     )?;
+    let usage = crate::limits::Usage::change(
+        Usage {
+            objects: objects_before as i64,
+            freebusy: stored.len() as i64,
+        },
+        outcome.state.objects.len(),
+        crate::limits::freebusy_rows(&outcome.periods),
+    );
+    let (digests, distinct) = texts_of(&outcome.state.objects);
+    if !distinct.is_empty() {
+        let (ds, raws): (Vec<&[u8]>, Vec<&str>) = distinct
+            .iter()
+            .map(|(d, r)| (d.as_slice(), r.as_str()))
+            .unzip();
+        tx.execute(
+            &cache
+                .get(
+                    tx,
+                    "INSERT INTO object_texts (user_addr, uid, digest, raw)
+                     SELECT $1, $2, d, r FROM unnest($3::bytea[], $4::text[]) AS x(d, r)",
+                )
+                .await?,
+            &[&user, &uid, &ds, &raws],
+        )
+        .await?;
+    }
     // The free/busy event is the difference between what was stored and what
     // is stored now — not between two expansions, whose horizons differ.
     let before: std::collections::BTreeSet<Period> = stored
@@ -178,15 +343,15 @@ pub async fn save_outcome(
             removed,
         });
     }
-    for o in &outcome.state.objects {
+    for (o, digest) in outcome.state.objects.iter().zip(&digests) {
         let key = recurrence_key(o.recurrence_id);
         let c = &o.component;
         let start = c.start.as_ref().and_then(|t| t.utc);
         let end = c.end.as_ref().and_then(|t| t.utc);
         tx.execute(
         &cache.get(tx, "INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence, dtstamp,
-                                  status, summary, organizer, dtstart, dtend, data)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)").await?,
+                                  status, summary, organizer, dtstart, dtend, data, text_digest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)").await?,
             &[
                 &user,
                 &uid,
@@ -200,6 +365,7 @@ pub async fn save_outcome(
                 &start,
                 &end,
                 &Json(o),
+                digest,
             ],
         )
         .await?;
@@ -262,7 +428,7 @@ pub async fn save_outcome(
             });
         }
     }
-    Ok(changes)
+    Ok(Saved { changes, usage })
 }
 
 async fn insert_periods(

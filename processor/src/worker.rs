@@ -544,26 +544,68 @@ impl Apply<'_> {
         }
         let mut disposition = crate::model::Disposition::Applied;
         let mut changes = Vec::new();
+        // Every UID in memory first, then the writes: a message over a limit
+        // is refused whole (limits.rs, as batch::apply does).
+        let limits = settings.limits();
+        let mut budget = crate::limits::MessageBudget::new(&limits);
+        let mut outcomes = Vec::new();
+        let mut over = None;
         for uid in uids {
             let state = store::load_state(tx, cache, user, uid).await?;
             let outcome = semantics::apply(&state, &payload, uid, &ctx);
-            if outcome.disposition == crate::model::Disposition::Applied && outcome.enqueue {
-                // A pending request changes only the queue, never the calendar.
-                changes.extend(store::enqueue(tx, cache, &payload, uid).await?);
-            } else if outcome.disposition == crate::model::Disposition::Applied {
-                let stored = store::save_outcome(tx, cache, user, uid, &outcome).await?;
-                // Object changes come from the semantics; the free/busy change from
-                // what the store actually replaced (see store::save_outcome).
-                changes.extend(
-                    outcome
-                        .changes
-                        .into_iter()
-                        .filter(|c| !matches!(c, crate::model::Change::FreeBusyChanged { .. })),
-                );
-                changes.extend(stored);
-            } else if disposition == crate::model::Disposition::Applied {
-                disposition = outcome.disposition;
+            if let Err(refusal) = budget.charge(&outcome) {
+                over = Some(refusal);
+                break;
             }
+            outcomes.push((uid, outcome));
+        }
+        if let Some(refusal) = over {
+            disposition = refusal;
+        } else if outcomes
+            .iter()
+            .any(|(_, o)| o.disposition == crate::model::Disposition::Applied)
+        {
+            // The quota needs what the writes changed; they are undone when it refuses.
+            let sp = tx.savepoint("quota").await?;
+            let mut usage = crate::limits::Usage::default();
+            for (uid, outcome) in outcomes {
+                if outcome.disposition == crate::model::Disposition::Applied && outcome.enqueue {
+                    // A pending request changes only the queue, never the calendar.
+                    changes.extend(store::enqueue(&sp, cache, &payload, uid).await?);
+                } else if outcome.disposition == crate::model::Disposition::Applied {
+                    let stored = store::save_outcome(&sp, cache, user, uid, &outcome).await?;
+                    usage += stored.usage;
+                    // Object changes come from the semantics; the free/busy change from
+                    // what the store actually replaced (see store::save_outcome).
+                    changes.extend(
+                        outcome
+                            .changes
+                            .into_iter()
+                            .filter(|c| !matches!(c, crate::model::Change::FreeBusyChanged { .. })),
+                    );
+                    changes.extend(stored.changes);
+                } else if disposition == crate::model::Disposition::Applied {
+                    disposition = outcome.disposition;
+                }
+            }
+            let quota = if usage.is_zero() {
+                Ok(())
+            } else {
+                crate::limits::quota(store::load_usage(&sp, cache, user).await?, usage, &limits)
+            };
+            match quota {
+                Ok(()) => {
+                    store::add_usage(&sp, cache, user, usage).await?;
+                    sp.commit().await?;
+                }
+                Err(refusal) => {
+                    sp.rollback().await?;
+                    changes.clear();
+                    disposition = refusal;
+                }
+            }
+        } else if let Some((_, o)) = outcomes.into_iter().next() {
+            disposition = o.disposition;
         }
         store::append_events(
             tx,

@@ -170,11 +170,20 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let user = user_arg(&user)?;
             let mut db = connect(&s).await?;
-            let periods = ctl::freebusy(&mut db, &s, &user, from, to).await?;
+            let ctl::FreeBusy { periods, truncated } =
+                ctl::freebusy(&mut db, &s, &user, from, to).await?;
+            if truncated {
+                eprintln!(
+                    "imip-ctl: answer truncated to the first {} periods (IMIP_MAX_QUERY_PERIODS); \
+                     complete only before {}",
+                    periods.len(),
+                    periods.last().map_or(from, |p| p.start)
+                );
+            }
             if json {
                 println!(
                     "{}",
-                    json!({"user": user, "from": from, "to": to, "periods": periods})
+                    json!({"user": user, "from": from, "to": to, "periods": periods, "truncated": truncated})
                 );
             } else if ics {
                 let doc = imipflow_schema::VFreeBusy {
@@ -199,6 +208,9 @@ async fn main() -> anyhow::Result<()> {
                 }
                 if periods.is_empty() {
                     println!("  (free)");
+                }
+                if truncated {
+                    println!("  (truncated: more periods follow)");
                 }
             }
         }

@@ -94,6 +94,23 @@ pub fn periods_in_window(
     periods_of(state, &user, &recurrence::window(state, ctx, from, to))
 }
 
+/// [`periods_in_window`] with at most `cap` periods (at most 100 000): the
+/// first ones by start, and whether periods were left out. A query over many
+/// series gives each what remains of its own cap, so that the answer, not
+/// each series, is bounded.
+pub fn periods_in_window_capped(
+    state: &UidState,
+    user: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    ctx: &Ctx,
+    cap: usize,
+) -> (Vec<Period>, bool) {
+    let user = norm(user);
+    let (instances, cut) = recurrence::window_capped(state, ctx, from, to, cap);
+    (periods_of(state, &user, &instances), cut)
+}
+
 /// All materialised periods of a state (what [`apply`] returns in
 /// `Outcome.periods`), and whether it is open-ended.
 pub fn materialise(state: &UidState, user: &str, ctx: &Ctx) -> (Vec<Period>, bool) {
@@ -457,7 +474,8 @@ fn stored(m: &Msg<'_>, payload: &Payload, answers: BTreeMap<String, AnswerStamp>
         recurrence_id: m.rid,
         component: m.c.clone(),
         timezones: zones_used(m.c, &payload.timezones),
-        raw: payload.raw.clone(),
+        // One allocation for every object this message stores.
+        raw: crate::model::Raw::shared(&payload.raw),
         answers,
     }
 }
@@ -891,5 +909,7 @@ fn applied(old: &UidState, new: UidState, uid: &str, user: &str, ctx: &Ctx) -> O
     }
 }
 
+#[cfg(test)]
+mod bounds_tests;
 #[cfg(test)]
 mod tests;

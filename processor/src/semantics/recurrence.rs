@@ -952,24 +952,54 @@ pub(crate) fn window(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Vec<Instance> {
+    window_capped(state, ctx, from, to, WINDOW_CAP).0
+}
+
+/// [`window`] with at most `cap` instances (and never more than
+/// [`WINDOW_CAP`]): the first ones by start, and whether instances were left
+/// out (the cap, or the scan budget, stopped it).
+pub(crate) fn window_capped(
+    state: &UidState,
+    ctx: &Ctx,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    cap: usize,
+) -> (Vec<Instance>, bool) {
+    let cap = cap.min(WINDOW_CAP);
     if to <= from {
-        return Vec::new();
+        return (Vec::new(), false);
     }
     let plan = Plan::of(state, ctx);
-    let mut instances: Vec<Instance> = plan.overrides.clone();
+    let keep = |i: &Instance| i.start < to && i.end > from;
+    let mut instances: Vec<Instance> = plan.overrides.iter().copied().filter(keep).collect();
+    let mut cut = false;
     if let Some((_, series)) = &plan.master {
         let lo = from
             .minus(plan.max_len())
             .minus(plan.max_shift())
             .minus(Duration::seconds(1));
         let hi = to.minus(plan.min_shift());
-        let (occs, _) = series.occurrences(Some(lo), Some(hi), WINDOW_CAP + plan.overrides.len());
-        instances.extend(plan.instances_of(&occs));
+        // Generation starts before the window (an instance may reach into
+        // it), and those that end before it are dropped: when that leaves
+        // the answer short of the cap, generate further (a few times at most).
+        let mut limit = cap + plan.overrides.len();
+        let mut generated = Vec::new();
+        for round in 0..4 {
+            let (occs, more) = series.occurrences(Some(lo), Some(hi), limit);
+            cut = more == More::Limited;
+            generated = plan.instances_of(&occs);
+            generated.retain(keep);
+            if !cut || generated.len() + instances.len() >= cap || round == 3 {
+                break;
+            }
+            limit = limit.saturating_mul(2);
+        }
+        instances.extend(generated);
     }
-    instances.retain(|i| i.start < to && i.end > from);
     instances.sort_by_key(|i| (i.start, i.rid, i.source));
-    instances.truncate(WINDOW_CAP);
-    instances
+    cut |= instances.len() > cap;
+    instances.truncate(cap);
+    (instances, cut)
 }
 
 #[cfg(test)]
@@ -1148,7 +1178,7 @@ mod tests {
                 },
             )]
             .into(),
-            raw: String::new(),
+            raw: Default::default(),
             answers: Default::default(),
         };
         let o = obj("FREQ=WEEKLY;COUNT=10");

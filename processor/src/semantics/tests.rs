@@ -1173,7 +1173,7 @@ fn series_reply_updates_overrides_without_their_own_answer() {
         recurrence_id: Some(z("2027-03-23T09:00:00Z")),
         component: moved,
         timezones: zones(),
-        raw: String::new(),
+        raw: Default::default(),
         answers: BTreeMap::new(),
     });
     let accept = answer(master, PartStat::Accepted, 0, "2027-02-01T00:00:00Z");
