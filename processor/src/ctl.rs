@@ -481,6 +481,14 @@ pub async fn rebuild(
         crate::events::DEFAULT_MAX_PAYLOAD,
     )
     .await?;
+    // Raw texts no object refers to any more (rows deleted by hand) go.
+    tx.execute(
+        "DELETE FROM object_texts t WHERE t.user_addr = $1 AND NOT EXISTS
+             (SELECT 1 FROM objects o WHERE o.user_addr = t.user_addr AND o.uid = t.uid
+                                        AND o.text_digest = t.digest)",
+        &[&user],
+    )
+    .await?;
     // The quota counters follow the rewritten rows (and are repaired, should
     // they have drifted from them).
     tx.execute(
