@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::error::ProcessorError;
 use crate::events;
 use crate::limits::Usage;
-use crate::model::{Change, Ctx, Disposition, FbType, Period, QueueChange, StoredObject};
+use crate::model::{Change, Ctx, Disposition, FbType, Pending, Period, QueueChange, StoredObject};
 use crate::semantics;
 use crate::store::{self, QueueEntry, StatementCache};
 use chrono::{DateTime, Utc};
@@ -98,7 +98,7 @@ struct UidSlot {
     texts: store::Texts,
     loaded_texts: BTreeSet<Vec<u8>>,
     /// (SEQUENCE, DTSTAMP) of the pending request, if any.
-    queued: Option<(i64, Option<DateTime<Utc>>)>,
+    queued: Option<Pending>,
     /// Whether objects, attendees, free/busy and open_series are rewritten.
     saved: bool,
     /// Whether the database had objects or free/busy rows of it: only then do
@@ -227,7 +227,11 @@ pub async fn apply(
         slot.loaded_objects = slot.objects.clone();
     }
     for r in &queued {
-        slots.entry((r.get(0), r.get(1))).or_default().queued = Some((r.get(2), r.get(3)));
+        slots.entry((r.get(0), r.get(1))).or_default().queued = Some(Pending {
+            sequence: r.get(2),
+            dtstamp: r.get(3),
+            organizer: r.get(4),
+        });
     }
 
     // Apply in stream order, in memory.
@@ -262,6 +266,7 @@ pub async fn apply(
             let slot = slots.entry((user.to_owned(), uid.to_owned())).or_default();
             let state = crate::model::UidState {
                 objects: std::mem::take(&mut slot.objects),
+                pending: slot.queued.clone(),
             };
             let outcome = semantics::apply(&state, payload, uid, ctx);
             let charged = budget.charge(&outcome);
@@ -316,15 +321,19 @@ pub async fn apply(
                 slot.objects = state.objects;
                 // A pending request changes only the queue, never the calendar.
                 if let Some(entry) = store::queue_entry(payload, uid) {
-                    let newer = slot.queued.is_none_or(|(s, d)| {
-                        (s, d.unwrap_or(DateTime::<Utc>::MIN_UTC))
+                    let newer = slot.queued.as_ref().is_none_or(|q| {
+                        (q.sequence, q.dtstamp.unwrap_or(DateTime::<Utc>::MIN_UTC))
                             <= (
                                 entry.sequence,
                                 entry.dtstamp.unwrap_or(DateTime::<Utc>::MIN_UTC),
                             )
                     });
                     if newer {
-                        slot.queued = Some((entry.sequence, entry.dtstamp));
+                        slot.queued = Some(Pending {
+                            organizer: entry.organizer.clone(),
+                            sequence: entry.sequence,
+                            dtstamp: entry.dtstamp,
+                        });
                         slot.queue_write = Some(QueueWrite::Upsert(entry));
                         changes.push(Change::QueueChanged {
                             uid: uid.to_owned(),
@@ -890,7 +899,7 @@ const DELETE_TEXT_KEYS: &str =
      WHERE t.user_addr = k.u AND t.uid = k.i AND t.digest = k.d";
 const INSERT_TEXTS: &str = "INSERT INTO object_texts (user_addr, uid, digest, raw)
      SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[])";
-const LOAD_QUEUE: &str = "SELECT q.user_addr, q.uid, q.sequence, q.dtstamp FROM request_queue q
+const LOAD_QUEUE: &str = "SELECT q.user_addr, q.uid, q.sequence, q.dtstamp, q.organizer FROM request_queue q
      JOIN (SELECT DISTINCT * FROM unnest($1::text[], $2::text[])) AS k(u, i) ON q.user_addr = k.u AND q.uid = k.i";
 const UPSERT_USER_EVENTS: &str = "INSERT INTO user_events (user_addr, last_seq)
      SELECT * FROM unnest($1::text[], $2::bigint[])

@@ -15,6 +15,21 @@ use std::collections::BTreeMap;
 pub struct UidState {
     /// The master (no RECURRENCE-ID) first, if present, then overrides by instance.
     pub objects: Vec<StoredObject>,
+    /// The pending request-queue entry of this UID, if any. Read by the
+    /// semantics (who organizes a pending invitation, whether a REQUEST is
+    /// newer); the queue itself changes through [`Outcome::enqueue`] and
+    /// [`Outcome::dequeue`], so an outcome carries this unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// What the semantics need of a pending request (a `request_queue` row, SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    /// ORGANIZER of the pending invitation as its message wrote it.
+    pub organizer: Option<String>,
+    pub sequence: i64,
+    pub dtstamp: Option<DateTime<Utc>>,
 }
 
 /// One stored object: the master of a series or one specific recurrence.

@@ -7,7 +7,7 @@
 use crate::events;
 use crate::limits::Usage;
 use crate::model::{
-    Change, Disposition, Outcome, Period, QueueChange, Raw, StoredObject, UidState,
+    Change, Disposition, Outcome, Pending, Period, QueueChange, Raw, StoredObject, UidState,
 };
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
@@ -158,23 +158,35 @@ pub async fn add_usage(
     Ok(())
 }
 
+/// The stored objects of one UID and its pending request, if any (the
+/// semantics check an incoming REQUEST against the pending organizer).
 pub async fn load_state(
     tx: &Transaction<'_>,
     cache: &StatementCache,
     user: &str,
     uid: &str,
 ) -> Result<UidState> {
-    let (objects, texts) = (
+    let (objects, queued) = (
         cache
             .get(
                 tx,
                 "SELECT data, text_digest FROM objects WHERE user_addr = $1 AND uid = $2 ORDER BY recurrence_key",
             )
             .await?,
-        cache.get(tx, LOAD_TEXTS).await?,
+        cache
+            .get(
+                tx,
+                "SELECT organizer, sequence, dtstamp FROM request_queue WHERE user_addr = $1 AND uid = $2",
+            )
+            .await?,
     );
     let key: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&user, &uid];
-    let (rows, texts) = futures::try_join!(tx.query(&objects, &key), tx.query(&texts, &key))?;
+    let texts = cache.get(tx, LOAD_TEXTS).await?;
+    let (rows, queued, texts) = futures::try_join!(
+        tx.query(&objects, &key),
+        tx.query_opt(&queued, &key),
+        tx.query(&texts, &key)
+    )?;
     let texts = Texts::from_rows(&texts, 0);
     let objects = rows
         .into_iter()
@@ -185,7 +197,12 @@ pub async fn load_state(
             Some(o)
         })
         .collect();
-    Ok(UidState { objects })
+    let pending = queued.map(|r| Pending {
+        organizer: r.get(0),
+        sequence: r.get(1),
+        dtstamp: r.get(2),
+    });
+    Ok(UidState { objects, pending })
 }
 
 pub async fn already_applied(

@@ -256,7 +256,7 @@ fn transition(
     user: &str,
 ) -> Result<UidState, Disposition> {
     let msgs = select(payload, uid, ctx)?;
-    check_trust(&payload.method, &msgs, uid, user)?;
+    check_trust(&payload.method, &msgs, uid, state, user, Actor::User)?;
     match payload.method {
         Method::Request | Method::Publish => request(state, &msgs, payload),
         Method::Reply => reply(state, &msgs, payload, user, ctx),
@@ -275,11 +275,21 @@ enum QueueEffect {
     Remove,
 }
 
+/// Who acts on U's records: U (U's own outgoing mail, or a manager's for U)
+/// or someone else delivering mail to U (the envelope sender, SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Actor<'a> {
+    User,
+    Other(&'a str),
+}
+
 /// SPEC §3, a message delivered to U by someone other than a manager: a
 /// REQUEST from its organizer waits in U's queue (no busy time until U
 /// answers); a CANCEL from the organizer removes the pending entry and U's
 /// records of the event; a REPLY from an attendee to an event U organizes
 /// merges that attendee's answer into U's object (newer wins per attendee).
+/// "The organizer" is the one U has stored (objects, else the pending
+/// request), not whoever the message names (see [`check_organizer`]).
 fn incoming(
     state: &UidState,
     payload: &Payload,
@@ -289,17 +299,19 @@ fn incoming(
 ) -> Result<(UidState, QueueEffect), Disposition> {
     let msgs = select(payload, uid, ctx)?;
     let sender = norm(&payload.sender);
+    let actor = Actor::Other(&sender);
     match payload.method {
         Method::Request | Method::Publish => {
-            check_trust(&Method::Request, &msgs, uid, &sender)?;
+            check_organizer(&payload.method, &msgs, uid, state, user, actor)?;
+            newer_than_pending(state, payload, uid)?;
             Ok((state.clone(), QueueEffect::Add))
         }
         Method::Cancel => {
-            check_trust(&Method::Cancel, &msgs, uid, &sender)?;
+            check_organizer(&Method::Cancel, &msgs, uid, state, user, actor)?;
             Ok((cancel(state, &msgs, user, ctx)?, QueueEffect::Remove))
         }
         Method::Reply => {
-            check_trust(&Method::Reply, &msgs, uid, &sender)?;
+            check_reply(&msgs, uid, &sender)?;
             let organizes = state.objects.iter().any(|o| {
                 o.component
                     .organizer
@@ -311,23 +323,8 @@ fn incoming(
                     "REPLY from {sender} for {uid}: {user} organizes no such event"
                 )));
             }
-            // Only someone U invited (or a delegate of an invitee) may answer.
-            let invited: BTreeSet<String> = state
-                .objects
-                .iter()
-                .flat_map(|o| o.component.attendees.iter().map(|a| norm(&a.address)))
-                .collect();
-            let entitled = msgs.iter().all(|m| {
-                m.c.attendees.iter().any(|a| {
-                    same(&a.address, &sender)
-                        && (invited.contains(&sender)
-                            || a.delegated_from.iter().any(|d| invited.contains(&norm(d))))
-                })
-            });
-            if !entitled {
-                return Err(Disposition::Refused(format!(
-                    "REPLY from {sender} for {uid}: not an attendee of {user}'s event"
-                )));
+            for m in &msgs {
+                may_answer(state, m.c, &sender, uid, user)?;
             }
             Ok((
                 reply(state, &msgs, payload, &sender, ctx)?,
@@ -338,6 +335,29 @@ fn incoming(
             "incoming {other} has no effect on the user's records"
         ))),
     }
+}
+
+/// An incoming REQUEST older than the pending one is stale (RFC 5546
+/// §2.1.5), compared as the queue row is: highest SEQUENCE, then latest
+/// DTSTAMP of the UID's components, a missing DTSTAMP lowest.
+fn newer_than_pending(state: &UidState, payload: &Payload, uid: &str) -> Result<(), Disposition> {
+    let Some(p) = &state.pending else {
+        return Ok(());
+    };
+    let comps = || payload.components.iter().filter(|c| c.uid == uid);
+    let msg = AnswerStamp {
+        sequence: comps().map(|c| c.sequence).max().unwrap_or(0),
+        dtstamp: comps().filter_map(|c| c.dtstamp).max(),
+    };
+    let queued = AnswerStamp {
+        sequence: p.sequence,
+        dtstamp: p.dtstamp,
+    };
+    let key = |s: AnswerStamp| (s.sequence, s.dtstamp.unwrap_or(DateTime::<Utc>::MIN_UTC));
+    if key(msg) < key(queued) {
+        return Err(stale("pending request", msg, queued));
+    }
+    Ok(())
 }
 
 /// The message's VEVENTs of this UID, one per key; `Err` when there is nothing to apply.
@@ -412,46 +432,223 @@ fn dedupe<'a>(events: &[&'a Component], payload: &Payload, ctx: &Ctx) -> Vec<Msg
     out
 }
 
-/// SPEC "Trust": REQUEST, PUBLISH and CANCEL need U as ORGANIZER (or its
-/// SENT-BY, or no ORGANIZER); REPLY needs U as an ATTENDEE, its SENT-BY, or a
-/// party of a delegation. Every component must pass, so that a message is
-/// never half applied.
+/// SPEC "Trust" for U's own mail (or a manager's for U): REQUEST, PUBLISH
+/// and CANCEL per [`check_organizer`], REPLY per [`check_reply`]. Every
+/// component must pass, so that a message is never half applied.
 fn check_trust(
     method: &Method,
     msgs: &[Msg<'_>],
     uid: &str,
+    state: &UidState,
     user: &str,
+    actor: Actor<'_>,
 ) -> Result<(), Disposition> {
+    match method {
+        Method::Reply => check_reply(msgs, uid, user),
+        _ => check_organizer(method, msgs, uid, state, user, actor),
+    }
+}
+
+/// Who may send a REQUEST, PUBLISH or CANCEL for a UID. The organizer is the
+/// one recorded for it (every stored object's, and the pending request's):
+///
+/// * a message naming another ORGANIZER than a recorded one is an organizer
+///   change and is refused (RFC 5546 §6.1.3: the receiver cannot know whether
+///   the change was agreed; Cyrus rejects it the same way);
+/// * U may act only on what U organizes, or on U's own events without an
+///   ORGANIZER (U re-organizing someone else's event is refused);
+/// * anyone else must be the recorded organizer (the envelope sender is
+///   compared; SENT-BY is recorded in the reason and grants nothing); an
+///   event U stored without ORGANIZER is U's own and nobody else changes it
+///   (as Cyrus); with nothing recorded, the sender must be the ORGANIZER the
+///   message names.
+fn check_organizer(
+    method: &Method,
+    msgs: &[Msg<'_>],
+    uid: &str,
+    state: &UidState,
+    user: &str,
+    actor: Actor<'_>,
+) -> Result<(), Disposition> {
+    let recorded: Vec<Option<&str>> = state
+        .objects
+        .iter()
+        .map(|o| o.component.organizer.as_ref().map(|p| p.address.as_str()))
+        .chain(state.pending.iter().map(|p| p.organizer.as_deref()))
+        .collect();
     for m in msgs {
-        match method {
-            Method::Reply => {
-                let involved = m.c.attendees.iter().any(|a| {
-                    same(&a.address, user)
-                        || a.sent_by.as_deref().is_some_and(|s| same(s, user))
-                        || a.delegated_from.iter().any(|d| same(d, user))
-                        || a.delegated_to.iter().any(|d| same(d, user))
-                });
-                if !involved {
-                    return Err(Disposition::Refused(format!(
-                        "REPLY for {uid}: {user} is not an attendee or delegate"
-                    )));
+        let named = m.c.organizer.as_ref();
+        let note = named
+            .and_then(|o| o.sent_by.as_deref())
+            .map(|s| format!(" (SENT-BY {s} grants nothing)"))
+            .unwrap_or_default();
+        let refuse = |why: String| {
+            Err(Disposition::Refused(format!(
+                "{method} for {uid}: {why}{note}"
+            )))
+        };
+        if let Some(n) = named
+            && let Some(r) = recorded.iter().flatten().find(|r| !same(r, &n.address))
+        {
+            return refuse(format!(
+                "organizer change from {r} to {} refused",
+                n.address
+            ));
+        }
+        match actor {
+            Actor::User => {
+                if let Some(r) = recorded.iter().flatten().find(|r| !same(r, user)) {
+                    return refuse(format!("organizer is {r}, not {user}"));
+                }
+                if let Some(n) = named
+                    && !same(&n.address, user)
+                {
+                    return refuse(format!("organizer is {}, not {user}", n.address));
                 }
             }
-            _ => {
-                if let Some(o) = &m.c.organizer {
-                    let acts = same(&o.address, user)
-                        || o.sent_by.as_deref().is_some_and(|s| same(s, user));
-                    if !acts {
-                        return Err(Disposition::Refused(format!(
-                            "{method} for {uid}: organizer is {}, not {user}",
-                            o.address
-                        )));
+            Actor::Other(sender) => {
+                if recorded.iter().any(Option::is_none) {
+                    return refuse(format!(
+                        "{user} stored it without ORGANIZER (their own event); {sender} cannot change it"
+                    ));
+                }
+                let organizer = recorded
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .next()
+                    .or(named.map(|n| n.address.as_str()));
+                match organizer {
+                    None => return refuse(format!("no ORGANIZER; {sender} is not its organizer")),
+                    Some(o) if !same(o, sender) => {
+                        return refuse(format!("organizer is {o}, sender is {sender}"));
                     }
+                    Some(_) => {}
                 }
             }
         }
     }
     Ok(())
+}
+
+/// A REPLY must carry an entry of its sender (or name the sender as someone's
+/// delegate, which merges nothing), and must not speak for anyone else (see
+/// [`answer_of`]).
+fn check_reply(msgs: &[Msg<'_>], uid: &str, sender: &str) -> Result<(), Disposition> {
+    for m in msgs {
+        let own = m.c.attendees.iter().any(|a| same(&a.address, sender));
+        let named =
+            m.c.attendees
+                .iter()
+                .any(|a| a.delegated_to.iter().any(|d| same(d, sender)));
+        if !own && !named {
+            let note = if m
+                .c
+                .attendees
+                .iter()
+                .any(|a| a.sent_by.as_deref().is_some_and(|s| same(s, sender)))
+            {
+                "; SENT-BY grants nothing"
+            } else {
+                ""
+            };
+            return Err(Disposition::Refused(format!(
+                "REPLY for {uid}: {sender} is not an attendee or delegate{note}"
+            )));
+        }
+        answer_of(m.c, sender)?;
+    }
+    Ok(())
+}
+
+/// What one component of a REPLY may change: its sender's own entry and, when
+/// that entry delegates (PARTSTAT=DELEGATED, DELEGATED-TO), the entries of the
+/// delegates it names (RFC 5546 §4.2.5). `Err` when the component speaks for
+/// someone else: an entry SENT-BY the sender, or one claiming DELEGATED-FROM
+/// the sender that the sender's own entry does not delegate to. Entries of
+/// other attendees that claim nothing are copies and change nothing.
+struct Answer<'a> {
+    own: Option<&'a Attendee>,
+    delegates: Vec<&'a Attendee>,
+}
+
+fn answer_of<'a>(c: &'a Component, sender: &str) -> Result<Answer<'a>, Disposition> {
+    let own = c.attendees.iter().find(|a| same(&a.address, sender));
+    let mut delegates = Vec::new();
+    for a in c.attendees.iter().filter(|a| !same(&a.address, sender)) {
+        if a.sent_by.as_deref().is_some_and(|s| same(s, sender)) {
+            return Err(Disposition::Refused(format!(
+                "REPLY for {}: {sender} answers for {} as SENT-BY; SENT-BY grants nothing",
+                c.uid, a.address
+            )));
+        }
+        if a.delegated_from.iter().any(|d| same(d, sender)) {
+            let delegated = own.is_some_and(|o| {
+                o.partstat == PartStat::Delegated
+                    && o.delegated_to.iter().any(|t| same(t, &a.address))
+            });
+            if !delegated {
+                return Err(Disposition::Refused(format!(
+                    "REPLY for {}: {} claims delegation from {sender}, whose own entry does not delegate to them",
+                    c.uid, a.address
+                )));
+            }
+            delegates.push(a);
+        }
+    }
+    Ok(Answer { own, delegates })
+}
+
+/// Whether the sender of an incoming REPLY may answer U's event: an attendee
+/// U has stored, or a delegate. A delegate is accepted when a stored
+/// attendee's DELEGATED-TO names them, or when the message carries both
+/// lines of the delegation (the delegate's DELEGATED-FROM the delegator, the
+/// delegator's PARTSTAT=DELEGATED with DELEGATED-TO the delegate, RFC 5546
+/// §4.2.6) and the delegator is a stored attendee. Only the sender's own
+/// answer is merged; the delegator's line is evidence, not applied.
+fn may_answer(
+    state: &UidState,
+    c: &Component,
+    sender: &str,
+    uid: &str,
+    user: &str,
+) -> Result<(), Disposition> {
+    let stored: Vec<&Attendee> = state
+        .objects
+        .iter()
+        .flat_map(|o| o.component.attendees.iter())
+        .collect();
+    let is_stored = |x: &str| stored.iter().any(|a| same(&a.address, x));
+    let Some(own) = c.attendees.iter().find(|a| same(&a.address, sender)) else {
+        return Err(Disposition::Refused(format!(
+            "REPLY from {sender} for {uid}: carries no answer of {sender}"
+        )));
+    };
+    if is_stored(sender) {
+        return Ok(());
+    }
+    let by_stored = stored
+        .iter()
+        .any(|a| a.delegated_to.iter().any(|t| same(t, sender)));
+    let shown = own.delegated_from.iter().any(|d| {
+        is_stored(d)
+            && c.attendees.iter().any(|x| {
+                same(&x.address, d)
+                    && x.partstat == PartStat::Delegated
+                    && x.delegated_to.iter().any(|t| same(t, sender))
+            })
+    });
+    if by_stored || shown {
+        return Ok(());
+    }
+    Err(Disposition::Refused(if own.delegated_from.is_empty() {
+        format!("REPLY from {sender} for {uid}: not an attendee of {user}'s event")
+    } else {
+        format!(
+            "REPLY from {sender} for {uid}: delegation from {} is neither stored nor shown by the delegator's own entry",
+            own.delegated_from.join(", ")
+        )
+    }))
 }
 
 /// The zones a component's times refer to, taken from the payload.
@@ -532,38 +729,42 @@ fn request(state: &UidState, msgs: &[Msg<'_>], payload: &Payload) -> Result<UidS
         return Err(last_stale.unwrap_or_else(|| Disposition::Stale("nothing newer".into())));
     }
     sort_objects(&mut objects);
-    Ok(UidState { objects })
+    Ok(UidState {
+        objects,
+        pending: state.pending.clone(),
+    })
 }
 
-/// The attendee entries of a REPLY that speak for U: U's own, those U answers
-/// as SENT-BY, and delegates U added (DELEGATED-FROM U).
-fn answering<'a>(c: &'a Component, user: &str) -> Vec<&'a Attendee> {
-    c.attendees
-        .iter()
-        .filter(|a| {
-            same(&a.address, user)
-                || a.sent_by.as_deref().is_some_and(|s| same(s, user))
-                || a.delegated_from.iter().any(|d| same(d, user))
-        })
-        .collect()
-}
-
-fn merge_answers(o: &mut StoredObject, entries: &[&Attendee], at: AnswerStamp) {
-    for a in entries {
-        match o
+/// Merges the sender's own answer (stamped `at`) into a stored object, and
+/// adds the delegates it names that the object does not list yet, as
+/// NEEDS-ACTION: a delegate answers for themselves, so their entry is not
+/// stamped and an existing one is left as it is.
+fn merge_answers(o: &mut StoredObject, own: &Attendee, delegates: &[&Attendee], at: AnswerStamp) {
+    match o
+        .component
+        .attendees
+        .iter_mut()
+        .find(|x| same(&x.address, &own.address))
+    {
+        Some(x) => {
+            x.partstat = own.partstat.clone();
+            x.delegated_to = own.delegated_to.clone();
+            x.delegated_from = own.delegated_from.clone();
+        }
+        None => o.component.attendees.push(own.clone()),
+    }
+    o.answers.insert(norm(&own.address), at);
+    for d in delegates {
+        if !o
             .component
             .attendees
-            .iter_mut()
-            .find(|x| same(&x.address, &a.address))
+            .iter()
+            .any(|x| same(&x.address, &d.address))
         {
-            Some(x) => {
-                x.partstat = a.partstat.clone();
-                x.delegated_to = a.delegated_to.clone();
-                x.delegated_from = a.delegated_from.clone();
-            }
-            None => o.component.attendees.push((*a).clone()),
+            let mut d = (*d).clone();
+            d.partstat = PartStat::NeedsAction;
+            o.component.attendees.push(d);
         }
-        o.answers.insert(norm(&a.address), at);
     }
 }
 
@@ -617,14 +818,15 @@ fn derived_override(master: &StoredObject, rid: DateTime<Utc>, ctx: &Ctx) -> Sto
     }
 }
 
-/// REPLY. U's answer (PARTSTAT, DELEGATED-TO/FROM) is merged into the object
+/// REPLY. The sender's answer (PARTSTAT, DELEGATED-TO/FROM; see
+/// [`answer_of`] for what else a REPLY may change) is merged into the object
 /// of that recurrence, or the master. Newer wins per attendee and per
 /// recurrence against `StoredObject::answers`. A reply for one instance that
 /// has no stored object of its own creates one from the master's instance (the
 /// master's times, which are authoritative; the reply's are U's copy of them).
-/// A reply to the whole series also updates U's entry in specific recurrences
-/// that have no answer of U's own. A reply to an object U has no record of
-/// stores the reply's component as it is.
+/// A reply to the whole series also updates the sender's entry in specific
+/// recurrences that have no answer of the sender's own. A reply to an object U
+/// has no record of stores the reply's component as it is.
 fn reply(
     state: &UidState,
     msgs: &[Msg<'_>],
@@ -637,32 +839,25 @@ fn reply(
     let mut answered = false;
     let mut last_stale = None;
     for m in msgs {
-        let entries = answering(m.c, user);
-        if entries.is_empty() {
+        let Answer {
+            own: Some(own),
+            delegates,
+        } = answer_of(m.c, user)?
+        else {
             continue;
-        }
+        };
         answered = true;
         let at = stamp(m.c);
-        let merged: Vec<&Attendee> = match objects.iter().position(|o| o.recurrence_id == m.rid) {
+        match objects.iter().position(|o| o.recurrence_id == m.rid) {
             Some(i) => {
                 let o = &mut objects[i];
-                let (fresh, old): (Vec<&Attendee>, Vec<&Attendee>) =
-                    entries.iter().partition(|a| {
-                        o.answers
-                            .get(&norm(&a.address))
-                            .is_none_or(|s| !older(at, *s))
-                    });
-                if fresh.is_empty() {
-                    let s = old
-                        .first()
-                        .and_then(|a| o.answers.get(&norm(&a.address)))
-                        .copied()
-                        .unwrap_or(at);
-                    last_stale = Some(stale("answer", at, s));
+                if let Some(s) = o.answers.get(&norm(&own.address))
+                    && older(at, *s)
+                {
+                    last_stale = Some(stale("answer", at, *s));
                     continue;
                 }
-                merge_answers(o, &fresh, at);
-                fresh
+                merge_answers(o, own, &delegates, at);
             }
             None => {
                 let master = objects.iter().find(|o| o.recurrence_id.is_none());
@@ -670,28 +865,25 @@ fn reply(
                     (Some(rid), Some(master)) => derived_override(master, rid, ctx),
                     _ => stored(m, payload, BTreeMap::new()),
                 };
-                merge_answers(&mut o, &entries, at);
+                merge_answers(&mut o, own, &delegates, at);
                 objects.push(o);
-                entries
             }
-        };
+        }
         applied = true;
         if m.rid.is_none() {
             for o in objects.iter_mut().filter(|o| o.recurrence_id.is_some()) {
-                for a in &merged {
-                    if o.answers.contains_key(&norm(&a.address)) {
-                        continue;
-                    }
-                    if let Some(x) = o
-                        .component
-                        .attendees
-                        .iter_mut()
-                        .find(|x| same(&x.address, &a.address))
-                    {
-                        x.partstat = a.partstat.clone();
-                        x.delegated_to = a.delegated_to.clone();
-                        x.delegated_from = a.delegated_from.clone();
-                    }
+                if o.answers.contains_key(&norm(&own.address)) {
+                    continue;
+                }
+                if let Some(x) = o
+                    .component
+                    .attendees
+                    .iter_mut()
+                    .find(|x| same(&x.address, &own.address))
+                {
+                    x.partstat = own.partstat.clone();
+                    x.delegated_to = own.delegated_to.clone();
+                    x.delegated_from = own.delegated_from.clone();
                 }
             }
         }
@@ -706,7 +898,10 @@ fn reply(
         return Err(last_stale.unwrap_or_else(|| Disposition::Stale("nothing newer".into())));
     }
     sort_objects(&mut objects);
-    Ok(UidState { objects })
+    Ok(UidState {
+        objects,
+        pending: state.pending.clone(),
+    })
 }
 
 /// CANCEL. For everyone when STATUS:CANCELLED is given, when it lists no
@@ -829,7 +1024,10 @@ fn cancel(
         return Err(last_stale.unwrap_or_else(|| Disposition::Stale("nothing newer".into())));
     }
     sort_objects(&mut objects);
-    Ok(UidState { objects })
+    Ok(UidState {
+        objects,
+        pending: state.pending.clone(),
+    })
 }
 
 /// Cancels one instance of a master by EXDATE, written like its DTSTART
@@ -913,3 +1111,5 @@ fn applied(old: &UidState, new: UidState, uid: &str, user: &str, ctx: &Ctx) -> O
 mod bounds_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;

@@ -1016,6 +1016,7 @@ fn invited_series() -> UidState {
     };
     UidState {
         objects: vec![object],
+        ..UidState::default()
     }
 }
 
@@ -1662,10 +1663,15 @@ fn request_or_cancel_by_someone_other_than_the_organizer_is_refused() {
         assert!(o.changes.is_empty());
         assert!(!o.dequeue);
     }
-    // U writing as the organizer's SENT-BY is entitled.
+    // U writing as the organizer's SENT-BY is not: SENT-BY grants nothing.
     let mut c = c;
     c.organizer.as_mut().unwrap().sent_by = Some(U.into());
-    ok(&empty(), Method::Request, vec![c]);
+    let o = run(&empty(), Method::Request, vec![c]);
+    assert!(
+        matches!(&o.disposition, Disposition::Refused(r) if r.contains("SENT-BY")),
+        "{o:?}"
+    );
+    assert!(o.state.objects.is_empty());
 }
 
 #[test]
@@ -1849,17 +1855,18 @@ fn instance_answers_are_ordered_per_recurrence() {
 }
 
 #[test]
-fn reply_written_as_sent_by_counts_and_a_bare_delegation_target_is_ignored() {
+fn reply_written_as_sent_by_is_refused_and_a_bare_delegation_target_is_ignored() {
     let s = invited_series();
     let mut r = seq(s.objects[0].component.clone(), 0, "2027-02-01T00:00:00Z");
     let mut boss = att(CAROL, PartStat::Accepted);
     boss.sent_by = Some(U.into());
     r.attendees = vec![boss];
-    let o = ok(&s, Method::Reply, vec![r.clone()]);
-    assert_eq!(
-        partstat_of(&o.state.objects[0], CAROL),
-        Some(PartStat::Accepted)
+    let o = run(&s, Method::Reply, vec![r.clone()]);
+    assert!(
+        matches!(&o.disposition, Disposition::Refused(r) if r.contains("SENT-BY")),
+        "{o:?}"
     );
+    assert_eq!(o.state, s);
     // U only named as someone else's delegate: trusted, but nothing of U's to merge.
     let mut delegator = att(CAROL, PartStat::Delegated);
     delegator.delegated_to = vec![U.into()];

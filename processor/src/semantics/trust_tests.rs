@@ -1,0 +1,519 @@
+//! Tests of the trust rules (SPEC §2 "Trust", issue 12): REQUEST and CANCEL
+//! are checked against the organizer U has stored (objects or the pending
+//! request), an organizer change is refused, SENT-BY grants nothing, a REPLY
+//! changes only its sender's own answer, and a delegate is accepted only when
+//! the delegation is stored or shown by both of its lines.
+
+use super::*;
+use crate::model::{Ctx, Disposition, Pending, QueueChange, StoredObject, UidState};
+use chrono::{DateTime, Duration, Utc};
+use imipflow_schema::{
+    Attendee, Component, ComponentKind, Direction, Method, PartStat, Party, Payload, Time,
+    Transparency,
+};
+use std::collections::BTreeMap;
+
+const ALICE: &str = "alice@example.com";
+const BOB: &str = "bob@example.org";
+const CAROL: &str = "carol@example.org";
+const DAVE: &str = "dave@example.org";
+const MALLORY: &str = "mallory@example.net";
+const UID: &str = "m1";
+
+fn z(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+fn ctx() -> Ctx {
+    Ctx {
+        default_tz: chrono_tz::UTC,
+        now: z("2027-03-01T00:00:00Z"),
+        horizon: Duration::days(366),
+        max_instances: 1000,
+        managers: vec![],
+    }
+}
+
+fn party(address: &str, sent_by: Option<&str>) -> Party {
+    Party {
+        address: address.into(),
+        cn: None,
+        sent_by: sent_by.map(str::to_owned),
+    }
+}
+
+fn att(address: &str, partstat: PartStat) -> Attendee {
+    Attendee {
+        address: address.into(),
+        cn: None,
+        partstat,
+        role: "REQ-PARTICIPANT".into(),
+        rsvp: false,
+        delegated_to: vec![],
+        delegated_from: vec![],
+        sent_by: None,
+    }
+}
+
+/// A one-hour meeting organised by `organizer` (none: a personal event).
+fn meeting(organizer: Option<&str>, sequence: i64, attendees: Vec<Attendee>) -> Component {
+    Component {
+        kind: ComponentKind::Event,
+        uid: UID.into(),
+        recurrence_id: None,
+        sequence,
+        dtstamp: Some(z("2027-01-01T00:00:00Z") + Duration::days(sequence)),
+        start: Some(Time::utc(z("2027-03-15T09:00:00Z"))),
+        end: Some(Time::utc(z("2027-03-15T10:00:00Z"))),
+        duration_seconds: None,
+        all_day: false,
+        floating: false,
+        rrule: vec![],
+        rdate: vec![],
+        exdate: vec![],
+        status: None,
+        transp: Transparency::Opaque,
+        summary: Some("Planning".into()),
+        organizer: organizer.map(|o| party(o, None)),
+        attendees,
+    }
+}
+
+/// Alice's meeting as an attendee stores it, with the attendee's answer.
+fn alices(bob: PartStat) -> Component {
+    meeting(
+        Some(ALICE),
+        0,
+        vec![att(ALICE, PartStat::Accepted), att(BOB, bob)],
+    )
+}
+
+fn state(c: Component) -> UidState {
+    UidState {
+        objects: vec![StoredObject {
+            recurrence_id: None,
+            component: c,
+            timezones: BTreeMap::new(),
+            raw: "".into(),
+            answers: BTreeMap::new(),
+        }],
+        pending: None,
+    }
+}
+
+/// A message to `user` from `sender`: U's own when they are the same.
+fn mail(method: Method, user: &str, sender: &str, components: Vec<Component>) -> Payload {
+    Payload {
+        version: imipflow_schema::PAYLOAD_VERSION,
+        method,
+        user: user.into(),
+        direction: if user == sender {
+            Direction::Outgoing
+        } else {
+            Direction::Incoming
+        },
+        sender: sender.into(),
+        recipients: vec![],
+        message_id: None,
+        dedupe_id: "d".into(),
+        object_index: 0,
+        object_count: 1,
+        ingested_at: z("2027-03-01T00:00:00Z"),
+        components,
+        timezones: BTreeMap::new(),
+        warnings: vec![],
+        raw: String::new(),
+    }
+}
+
+fn run(s: &UidState, p: &Payload) -> Outcome {
+    apply(s, p, UID, &ctx())
+}
+
+/// Asserts a refusal whose reason contains `why` that changed nothing.
+fn refused(s: &UidState, p: &Payload, why: &str) {
+    let o = run(s, p);
+    match &o.disposition {
+        Disposition::Refused(r) => assert!(r.contains(why), "{why:?} not in {r:?}"),
+        other => panic!("expected a refusal ({why}), got {other:?}"),
+    }
+    assert_eq!(&o.state, s);
+    assert!(o.changes.is_empty());
+    assert!(!o.dequeue && !o.enqueue);
+}
+
+fn applied(s: &UidState, p: &Payload) -> Outcome {
+    let o = run(s, p);
+    assert_eq!(o.disposition, Disposition::Applied, "{o:#?}");
+    o
+}
+
+fn partstat(s: &UidState, who: &str) -> Option<PartStat> {
+    s.objects[0]
+        .component
+        .attendees
+        .iter()
+        .find(|a| a.address == who)
+        .map(|a| a.partstat.clone())
+}
+
+// ---- REQUEST and CANCEL: the stored organizer ------------------------------
+
+#[test]
+fn an_outsiders_cancel_is_refused_whatever_organizer_it_names() {
+    let s = state(alices(PartStat::Accepted));
+    let mut own = alices(PartStat::Accepted);
+    own.sequence = 1;
+    own.organizer = Some(party(MALLORY, None));
+    refused(
+        &s,
+        &mail(Method::Cancel, BOB, MALLORY, vec![own]),
+        "organizer change",
+    );
+    let mut as_alice = alices(PartStat::Accepted);
+    as_alice.sequence = 1;
+    as_alice.organizer = Some(party(ALICE, Some(MALLORY)));
+    refused(
+        &s,
+        &mail(Method::Cancel, BOB, MALLORY, vec![as_alice.clone()]),
+        "SENT-BY",
+    );
+    // Alice herself, with an assistant's SENT-BY, still cancels.
+    let o = applied(&s, &mail(Method::Cancel, BOB, ALICE, vec![as_alice]));
+    assert!(o.state.objects.is_empty());
+    assert!(o.periods.is_empty());
+}
+
+#[test]
+fn an_organizer_change_is_refused_even_from_the_stored_organizer() {
+    let s = state(alices(PartStat::Accepted));
+    let mut handed_over = alices(PartStat::Accepted);
+    handed_over.sequence = 1;
+    handed_over.organizer = Some(party(CAROL, None));
+    for m in [Method::Request, Method::Cancel] {
+        refused(
+            &s,
+            &mail(m, BOB, ALICE, vec![handed_over.clone()]),
+            "organizer change from alice@example.com to carol@example.org",
+        );
+    }
+    // The organizer's own update is queued as before.
+    let mut update = alices(PartStat::NeedsAction);
+    update.sequence = 1;
+    let o = applied(&s, &mail(Method::Request, BOB, ALICE, vec![update]));
+    assert!(o.enqueue);
+    assert_eq!(o.state, s);
+}
+
+#[test]
+fn an_incoming_request_is_checked_against_the_pending_organizer() {
+    let s = UidState {
+        objects: vec![],
+        pending: Some(Pending {
+            organizer: Some(format!("mailto:{ALICE}")),
+            sequence: 1,
+            dtstamp: Some(z("2027-01-02T00:00:00Z")),
+        }),
+    };
+    let mut hers = meeting(Some(MALLORY), 5, vec![att(BOB, PartStat::NeedsAction)]);
+    refused(
+        &s,
+        &mail(Method::Request, BOB, MALLORY, vec![hers.clone()]),
+        "organizer change",
+    );
+    hers.organizer = Some(party(ALICE, Some(MALLORY)));
+    refused(
+        &s,
+        &mail(Method::Request, BOB, MALLORY, vec![hers.clone()]),
+        "organizer is mailto:alice@example.com, sender is mallory@example.net",
+    );
+    refused(
+        &s,
+        &mail(Method::Cancel, BOB, MALLORY, vec![hers]),
+        "sender is mallory",
+    );
+    // Alice's newer version replaces it; an older one is stale.
+    let newer = meeting(Some(ALICE), 2, vec![att(BOB, PartStat::NeedsAction)]);
+    assert!(applied(&s, &mail(Method::Request, BOB, ALICE, vec![newer])).enqueue);
+    let older = meeting(Some(ALICE), 0, vec![att(BOB, PartStat::NeedsAction)]);
+    let o = run(&s, &mail(Method::Request, BOB, ALICE, vec![older]));
+    assert!(matches!(o.disposition, Disposition::Stale(_)), "{o:?}");
+    assert!(!o.enqueue);
+    // Alice cancels her pending invitation.
+    let cancel = meeting(Some(ALICE), 2, vec![att(BOB, PartStat::NeedsAction)]);
+    assert!(applied(&s, &mail(Method::Cancel, BOB, ALICE, vec![cancel])).dequeue);
+}
+
+#[test]
+fn an_event_stored_without_organizer_is_the_users_own() {
+    let s = state(meeting(None, 0, vec![]));
+    let theirs = meeting(Some(MALLORY), 1, vec![att(BOB, PartStat::NeedsAction)]);
+    for m in [Method::Request, Method::Cancel] {
+        refused(
+            &s,
+            &mail(m, BOB, MALLORY, vec![theirs.clone()]),
+            "without ORGANIZER",
+        );
+    }
+    // Bob may make it a meeting he organizes.
+    let mine = meeting(Some(BOB), 1, vec![att(CAROL, PartStat::NeedsAction)]);
+    applied(&s, &mail(Method::Request, BOB, BOB, vec![mine]));
+}
+
+#[test]
+fn an_incoming_request_without_any_organizer_is_refused() {
+    let c = meeting(None, 0, vec![att(BOB, PartStat::NeedsAction)]);
+    refused(
+        &UidState::default(),
+        &mail(Method::Request, BOB, MALLORY, vec![c]),
+        "no ORGANIZER",
+    );
+}
+
+// ---- the user's own mail: no re-organizing --------------------------------
+
+#[test]
+fn the_user_cannot_reorganize_someone_elses_event() {
+    let s = state(alices(PartStat::Accepted));
+    let mut taken = alices(PartStat::Accepted);
+    taken.sequence = 1;
+    taken.organizer = Some(party(BOB, None));
+    for m in [Method::Request, Method::Publish, Method::Cancel] {
+        refused(
+            &s,
+            &mail(m, BOB, BOB, vec![taken.clone()]),
+            "organizer change from alice@example.com to bob@example.org",
+        );
+    }
+    // Nor without an ORGANIZER line.
+    taken.organizer = None;
+    refused(
+        &s,
+        &mail(Method::Request, BOB, BOB, vec![taken.clone()]),
+        "organizer is alice@example.com, not bob@example.org",
+    );
+    // Nor a pending invitation.
+    let pending = UidState {
+        objects: vec![],
+        pending: Some(Pending {
+            organizer: Some(ALICE.into()),
+            sequence: 0,
+            dtstamp: None,
+        }),
+    };
+    taken.organizer = Some(party(BOB, None));
+    refused(
+        &pending,
+        &mail(Method::Request, BOB, BOB, vec![taken]),
+        "organizer change",
+    );
+}
+
+#[test]
+fn the_users_own_event_keeps_the_users_organizer() {
+    let mine = meeting(Some(BOB), 0, vec![att(CAROL, PartStat::NeedsAction)]);
+    let s = state(mine.clone());
+    let mut moved = mine.clone();
+    moved.sequence = 1;
+    applied(&s, &mail(Method::Request, BOB, BOB, vec![moved.clone()]));
+    moved.organizer = Some(party(CAROL, None));
+    refused(
+        &s,
+        &mail(Method::Request, BOB, BOB, vec![moved.clone()]),
+        "organizer change",
+    );
+    // Writing as someone's SENT-BY does not make U their organizer.
+    moved.organizer = Some(party(CAROL, Some(BOB)));
+    refused(
+        &UidState::default(),
+        &mail(Method::Request, BOB, BOB, vec![moved]),
+        "SENT-BY",
+    );
+}
+
+// ---- REPLY: only the sender's own answer -----------------------------------
+
+/// Alice's own meeting with Bob and Carol, Carol having accepted.
+fn organizers_copy() -> UidState {
+    let mut s = state(meeting(
+        Some(ALICE),
+        0,
+        vec![
+            att(ALICE, PartStat::Accepted),
+            att(BOB, PartStat::NeedsAction),
+            att(CAROL, PartStat::Accepted),
+        ],
+    ));
+    s.objects[0].answers.insert(
+        CAROL.into(),
+        AnswerStamp {
+            sequence: 0,
+            dtstamp: Some(z("2027-02-01T00:00:00Z")),
+        },
+    );
+    s
+}
+
+fn reply(stamp: &str, attendees: Vec<Attendee>) -> Component {
+    let mut c = meeting(Some(ALICE), 0, attendees);
+    c.dtstamp = Some(z(stamp));
+    c
+}
+
+#[test]
+fn a_reply_speaking_for_another_attendee_is_refused() {
+    let s = organizers_copy();
+    let mut forged = att(CAROL, PartStat::Declined);
+    forged.sent_by = Some(BOB.into());
+    let r = reply(
+        "2027-02-05T00:00:00Z",
+        vec![att(BOB, PartStat::Accepted), forged],
+    );
+    refused(&s, &mail(Method::Reply, ALICE, BOB, vec![r]), "SENT-BY");
+    let mut forged = att(CAROL, PartStat::Declined);
+    forged.delegated_from = vec![BOB.into()];
+    let r = reply(
+        "2027-02-05T00:00:00Z",
+        vec![att(BOB, PartStat::Accepted), forged],
+    );
+    refused(
+        &s,
+        &mail(Method::Reply, ALICE, BOB, vec![r]),
+        "claims delegation from bob@example.org",
+    );
+    // Bob's answer as SENT-BY for Carol, without an entry of his own.
+    let mut forged = att(CAROL, PartStat::Declined);
+    forged.sent_by = Some(BOB.into());
+    let r = reply("2027-02-05T00:00:00Z", vec![forged]);
+    refused(&s, &mail(Method::Reply, ALICE, BOB, vec![r]), "SENT-BY");
+    // Carol's real later answer is not stale.
+    let r = reply(
+        "2027-02-03T00:00:00Z",
+        vec![att(CAROL, PartStat::Tentative)],
+    );
+    let o = applied(&s, &mail(Method::Reply, ALICE, CAROL, vec![r]));
+    assert_eq!(partstat(&o.state, CAROL), Some(PartStat::Tentative));
+}
+
+#[test]
+fn copies_of_other_attendees_entries_change_nothing() {
+    let s = organizers_copy();
+    let r = reply(
+        "2027-02-05T00:00:00Z",
+        vec![att(BOB, PartStat::Accepted), att(CAROL, PartStat::Declined)],
+    );
+    let o = applied(&s, &mail(Method::Reply, ALICE, BOB, vec![r]));
+    assert_eq!(partstat(&o.state, BOB), Some(PartStat::Accepted));
+    assert_eq!(partstat(&o.state, CAROL), Some(PartStat::Accepted));
+    assert_eq!(
+        o.state.objects[0].answers[CAROL].dtstamp,
+        Some(z("2027-02-01T00:00:00Z")),
+        "Carol's answer keeps its own stamp"
+    );
+}
+
+#[test]
+fn the_users_own_reply_cannot_answer_for_others_either() {
+    let s = state(meeting(
+        Some(ALICE),
+        0,
+        vec![
+            att(ALICE, PartStat::Accepted),
+            att(BOB, PartStat::NeedsAction),
+            att(CAROL, PartStat::Accepted),
+        ],
+    ));
+    let mut forged = att(CAROL, PartStat::Declined);
+    forged.sent_by = Some(BOB.into());
+    let r = reply(
+        "2027-02-05T00:00:00Z",
+        vec![att(BOB, PartStat::Accepted), forged],
+    );
+    refused(&s, &mail(Method::Reply, BOB, BOB, vec![r]), "SENT-BY");
+}
+
+// ---- delegation -----------------------------------------------------------
+
+fn delegating(from: &str, to: &str) -> (Attendee, Attendee) {
+    let mut delegator = att(from, PartStat::Delegated);
+    delegator.delegated_to = vec![to.into()];
+    let mut delegate = att(to, PartStat::Accepted);
+    delegate.delegated_from = vec![from.into()];
+    (delegator, delegate)
+}
+
+#[test]
+fn a_delegate_is_accepted_when_the_stored_delegator_delegated_to_them() {
+    let s = organizers_copy();
+    let (delegator, delegate) = delegating(CAROL, DAVE);
+    // Carol tells Alice (RFC 5546 §4.2.5, with the delegate's entry): Dave is
+    // added, but as NEEDS-ACTION: Carol does not answer for him.
+    let r = reply(
+        "2027-02-02T00:00:00Z",
+        vec![delegator.clone(), delegate.clone()],
+    );
+    let s = applied(&s, &mail(Method::Reply, ALICE, CAROL, vec![r])).state;
+    assert_eq!(partstat(&s, CAROL), Some(PartStat::Delegated));
+    assert_eq!(partstat(&s, DAVE), Some(PartStat::NeedsAction));
+    assert!(!s.objects[0].answers.contains_key(DAVE));
+    // Dave answers for himself.
+    let r = reply("2027-02-01T12:00:00Z", vec![delegate.clone()]);
+    let o = applied(&s, &mail(Method::Reply, ALICE, DAVE, vec![r]));
+    assert_eq!(partstat(&o.state, DAVE), Some(PartStat::Accepted));
+    // Had Carol named Dave only in her own DELEGATED-TO (RFC 5546's own
+    // example), Dave is not listed, but the stored delegation admits him.
+    let r = reply("2027-02-02T00:00:00Z", vec![delegator]);
+    let s = applied(
+        &organizers_copy(),
+        &mail(Method::Reply, ALICE, CAROL, vec![r]),
+    )
+    .state;
+    assert_eq!(partstat(&s, DAVE), None);
+    let r = reply("2027-02-03T00:00:00Z", vec![delegate]);
+    let o = applied(&s, &mail(Method::Reply, ALICE, DAVE, vec![r]));
+    assert_eq!(partstat(&o.state, DAVE), Some(PartStat::Accepted));
+}
+
+#[test]
+fn a_delegate_showing_both_lines_is_accepted_and_the_delegators_line_is_not_applied() {
+    let s = organizers_copy();
+    let (delegator, delegate) = delegating(BOB, DAVE);
+    let r = reply("2027-02-02T00:00:00Z", vec![delegate.clone(), delegator]);
+    let o = applied(&s, &mail(Method::Reply, ALICE, DAVE, vec![r]));
+    assert_eq!(partstat(&o.state, DAVE), Some(PartStat::Accepted));
+    assert_eq!(partstat(&o.state, BOB), Some(PartStat::NeedsAction));
+    // Without the delegator's line, or from a delegator nobody invited: refused.
+    let r = reply("2027-02-02T00:00:00Z", vec![delegate]);
+    refused(
+        &s,
+        &mail(Method::Reply, ALICE, DAVE, vec![r]),
+        "delegation from bob@example.org",
+    );
+    let (delegator, delegate) = delegating(MALLORY, DAVE);
+    let r = reply("2027-02-02T00:00:00Z", vec![delegate, delegator]);
+    refused(
+        &s,
+        &mail(Method::Reply, ALICE, DAVE, vec![r]),
+        "delegation from mallory@example.net",
+    );
+}
+
+#[test]
+fn a_pending_entry_is_carried_unchanged_through_an_outcome() {
+    let mut s = organizers_copy();
+    s.pending = Some(Pending {
+        organizer: Some(ALICE.into()),
+        sequence: 0,
+        dtstamp: None,
+    });
+    let r = reply("2027-02-05T00:00:00Z", vec![att(BOB, PartStat::Accepted)]);
+    let o = applied(&s, &mail(Method::Reply, ALICE, BOB, vec![r]));
+    assert_eq!(o.state.pending, s.pending);
+    assert!(!o.changes.iter().any(|c| matches!(
+        c,
+        Change::QueueChanged {
+            change: QueueChange::Added,
+            ..
+        }
+    )));
+}
