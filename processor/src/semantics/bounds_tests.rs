@@ -236,3 +236,33 @@ fn a_capped_window_gives_the_first_periods_and_says_it_was_cut() {
     assert_eq!(few.len(), 32);
     assert!(!cut);
 }
+
+#[test]
+fn rules_past_the_eighth_of_a_series_are_not_expanded() {
+    // Nine daily rules at different hours; the ninth (23:00) is ignored.
+    let mut c = event("r", "2027-03-01T00:00:00Z", None);
+    c.rrule = (0..9)
+        .map(|h| format!("FREQ=DAILY;COUNT=2;BYHOUR={}", if h < 8 { h } else { 23 }))
+        .collect();
+    let o = apply(
+        &UidState::default(),
+        &payload(Method::Request, vec![c.clone()]),
+        "r",
+        &ctx(),
+    );
+    assert_eq!(o.periods.len(), 16, "8 rules of 2 instances each");
+    assert!(
+        o.periods
+            .iter()
+            .all(|p| p.start.format("%H").to_string() != "23")
+    );
+    // 5,000 RRULE lines cost what 8 do.
+    c.rrule = vec!["FREQ=MINUTELY".to_owned(); 5000];
+    let o = apply(
+        &UidState::default(),
+        &payload(Method::Request, vec![c]),
+        "r",
+        &ctx(),
+    );
+    assert_eq!(o.periods.len(), 5000);
+}

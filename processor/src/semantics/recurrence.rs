@@ -32,6 +32,13 @@ pub(crate) const SCAN_BUDGET: usize = 200_000;
 /// year would otherwise yield tens of millions).
 pub(crate) const WINDOW_CAP: usize = 100_000;
 
+/// Most RRULEs of one series that are expanded; later ones are ignored. Each
+/// rule is expanded up to the instance limit before the rules are merged, so
+/// the cost grows with their number: a payload with 5,000 RRULE lines (which
+/// ingest quarantines, but a payload may be published by other means) took
+/// 110 s to apply. Real clients write one (RFC 5545 deprecates more).
+pub(crate) const MAX_RULES: usize = 8;
+
 /// A rule whose single period (one year of a YEARLY rule, one day of a DAILY
 /// rule, …) could hold more values than this is refused: the crate builds a
 /// whole period in memory before yielding any of it.
@@ -523,6 +530,7 @@ impl Series {
             .rrule
             .iter()
             .filter_map(|r| Rule::parse(r, timing.start_local))
+            .take(MAX_RULES)
             .collect();
         let same_frame = |t: &Time| {
             let st = c.start.as_ref();
