@@ -685,3 +685,55 @@ async fn rebuild_resets_the_quota_counters_and_drops_orphan_texts() {
         "only a's text is left"
     );
 }
+
+/// An incoming REQUEST carrying many UIDs waits in the queue once per UID;
+/// each entry kept the whole message's raw text, so the text was stored as
+/// many times as the message has UIDs (1,000 UIDs in a 1 MiB payload: 1 GB).
+#[tokio::test]
+async fn a_queued_request_with_many_uids_does_not_store_its_text_per_uid() {
+    let env = TestEnv::new().await;
+    const ORG: &str = "org@example.org";
+    let mut rng = fastrand::Rng::with_seed(5);
+    let comps: Vec<Vec<String>> = (0..200)
+        .map(|i| {
+            // Text that does not compress away, so the table's size says what is stored.
+            let notes: String = (0..1000).map(|_| rng.alphanumeric()).collect();
+            vevent(&[
+                &format!("UID:agenda-{i}"),
+                "SEQUENCE:0",
+                "DTSTAMP:20270101T000000Z",
+                &format!("DTSTART:20270301T{:02}0000Z", i % 24),
+                &format!("DTEND:20270301T{:02}3000Z", i % 24),
+                &format!("ORGANIZER:mailto:{ORG}"),
+                &format!("ATTENDEE;PARTSTAT=NEEDS-ACTION:mailto:{ALICE}"),
+                &format!("DESCRIPTION:{notes}"),
+            ])
+        })
+        .collect();
+    let mail = imip_mail("REQUEST", ORG, "many-uids@example.org", &comps);
+    let out = env
+        .ingest(
+            &["--direction", "incoming", "--sender", ORG, "--recipient", ALICE],
+            &mail,
+        )
+        .await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = env.start_processor(&[]);
+    env.wait_applied().await;
+    p.terminate().await;
+    assert_eq!(
+        count(&env, "SELECT count(*) FROM request_queue").await,
+        200,
+        "every UID waits in the queue"
+    );
+    let bytes = count(
+        &env,
+        "SELECT coalesce(sum(pg_column_size(q.*)), 0)::bigint FROM request_queue q",
+    )
+    .await;
+    assert!(
+        bytes < 8 * mail.len() as i64,
+        "the queue holds {bytes} bytes for a {} byte mail",
+        mail.len()
+    );
+}
