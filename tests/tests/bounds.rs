@@ -713,11 +713,22 @@ async fn a_queued_request_with_many_uids_does_not_store_its_text_per_uid() {
     let mail = imip_mail("REQUEST", ORG, "many-uids@example.org", &comps);
     let out = env
         .ingest(
-            &["--direction", "incoming", "--sender", ORG, "--recipient", ALICE],
+            &[
+                "--direction",
+                "incoming",
+                "--sender",
+                ORG,
+                "--recipient",
+                ALICE,
+            ],
             &mail,
         )
         .await;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let p = env.start_processor(&[]);
     env.wait_applied().await;
     p.terminate().await;
