@@ -146,6 +146,135 @@ fn rule_shape(r: &ICalendarRecurrenceRule) -> Rule {
     }
 }
 
+/// Whether a normalised ORGANIZER/ATTENDEE value is a mail address at all:
+/// one `@` between a non-empty local part and a dotless-or-dotted domain, no
+/// white space, no URI scheme left over (`mailto` alone, `invalid:nomail`,
+/// `bob smith@example.org` are not).
+fn is_address(a: &str) -> bool {
+    let Some((local, domain)) = a.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains(['@', ':'])
+        && !local.contains(':')
+        && !a
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+}
+
+/// The date and date-time properties of a scheduling component whose values
+/// ingest turns into instants.
+const DATE_PROPERTIES: [&str; 6] = [
+    "DTSTART",
+    "DTEND",
+    "DUE",
+    "RECURRENCE-ID",
+    "RDATE",
+    "EXDATE",
+];
+
+/// Checks the text of every date or date-time value of a scheduling
+/// component against RFC 5545 §3.3.4/§3.3.5 (`YYYYMMDD`, `YYYYMMDDTHHMMSS`,
+/// optionally `Z`; RDATE periods `start/end` or `start/duration`). calcard
+/// reads leniently: `19970701T13000Z` (five time digits, in libical's test
+/// data) came out as a floating 13:00, a guessed time with its `Z` lost. A
+/// value that does not match is unreadable, and the object is quarantined.
+fn check_date_syntax(text: &str) -> Result<(), Refusal> {
+    let mut depth_in_scheduling: Option<usize> = None;
+    let mut depth = 0usize;
+    let mut logical = String::new();
+    let check = |line: &str, in_scheduling: bool| -> Result<(), Refusal> {
+        if !in_scheduling {
+            return Ok(());
+        }
+        let Some((name_params, value)) = split_property(line) else {
+            return Ok(());
+        };
+        let name = name_params
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_uppercase();
+        if !DATE_PROPERTIES.contains(&name.as_str()) {
+            return Ok(());
+        }
+        for token in value.split(',') {
+            let token = token.trim();
+            let start = token.split('/').next().unwrap_or("");
+            let end = token.split_once('/').map(|(_, e)| e);
+            let ok = is_date_or_date_time(start)
+                && end
+                    .is_none_or(|e| is_date_or_date_time(e) || e.starts_with(['P', 'p', '+', '-']));
+            if !ok {
+                return Err(refuse(
+                    QuarantineReason::InvalidDate,
+                    format!("{name}: unreadable value {:?}", shown(token)),
+                ));
+            }
+        }
+        Ok(())
+    };
+    for raw in text.split('\n') {
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        if raw.starts_with([' ', '\t']) {
+            logical.push_str(&raw[1..]);
+            continue;
+        }
+        check(&logical, depth_in_scheduling.is_some())?;
+        logical.clear();
+        logical.push_str(raw);
+        let t = raw.trim();
+        if t.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("BEGIN:")) {
+            depth += 1;
+            // Lines of a VALARM inside the component are checked too: a
+            // VALARM has no such properties, and a nested VEVENT's are read.
+            if depth_in_scheduling.is_none()
+                && !matches!(ComponentKind::from(t[6..].trim()), ComponentKind::Other(_))
+            {
+                depth_in_scheduling = Some(depth);
+            }
+        } else if t.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("END:")) {
+            if depth_in_scheduling == Some(depth) {
+                depth_in_scheduling = None;
+            }
+            depth = depth.saturating_sub(1);
+        }
+    }
+    check(&logical, depth_in_scheduling.is_some())
+}
+
+/// `NAME;PARAMS` and the value of one unfolded content line: the first colon
+/// outside a quoted parameter value (`TZID="(UTC+02:00) Athens, Bucharest"`).
+fn split_property(line: &str) -> Option<(&str, &str)> {
+    let mut quoted = false;
+    for (i, b) in line.bytes().enumerate() {
+        match b {
+            b'"' => quoted = !quoted,
+            b':' if !quoted => return Some((&line[..i], &line[i + 1..])),
+            _ => {}
+        }
+    }
+    None
+}
+
+fn is_date_or_date_time(v: &str) -> bool {
+    let b = v.as_bytes();
+    let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    match b.len() {
+        8 => digits(b),
+        15 => digits(&b[..8]) && b[8].eq_ignore_ascii_case(&b'T') && digits(&b[9..]),
+        16 => {
+            digits(&b[..8])
+                && b[8].eq_ignore_ascii_case(&b'T')
+                && digits(&b[9..15])
+                && b[15].eq_ignore_ascii_case(&b'Z')
+        }
+        _ => false,
+    }
+}
+
 /// An address from the message longer than an RFC 5321 path allows: it
 /// cannot be anyone's, and the store keys attendees by it.
 fn check_address(what: &str, address: &str, uid: &str) -> Result<(), Refusal> {
@@ -257,6 +386,7 @@ pub fn parse_object(
             ),
         ));
     }
+    check_date_syntax(text)?;
     let ical = ICalendar::parse(text).map_err(|e| {
         refuse(
             QuarantineReason::InvalidCalendar,
@@ -280,10 +410,13 @@ pub fn parse_object(
         .component_ids
         .iter()
         .filter_map(|id| ical.components.get(*id as usize))
+        // RFC 5545 §3.6: components an application does not know (`X-…`,
+        // VAVAILABILITY, …) are ignored, so they cannot quarantine the
+        // VEVENTs beside them (Zimbra writes empty X- components).
         .filter(|c| {
             !matches!(
-                c.component_type,
-                ICalendarComponentType::VTimezone | ICalendarComponentType::VAlarm
+                ComponentKind::from(c.component_type.as_str()),
+                ComponentKind::Other(_)
             )
         })
         .collect();
@@ -386,6 +519,9 @@ fn time_value(
         Some(id) => match zones.resolve(id) {
             Some(zone) => {
                 let utc = zone.to_utc(local).ok_or_else(bad)?;
+                if let Some(w) = zones.disagreement(id, local, utc) {
+                    warnings.push(w);
+                }
                 Ok(Time::zoned(local, id, utc))
             }
             None => {
@@ -597,11 +733,13 @@ fn component(
         .property(&end_prop)
         .map(|e| entry_time(e, zones, warnings, end_prop.as_str()))
         .transpose()?;
+    // `duration_seconds` says the component gave a DURATION instead of an end;
+    // with both, DTEND wins and the DURATION is not passed on.
     let mut duration_seconds = None;
     if let Some(e) = c.property(&ICalendarProperty::Duration) {
         let (days, exact) = duration_of(e)?;
-        duration_seconds = Some(days * 86_400 + exact);
         if end.is_none() {
+            duration_seconds = Some(days * 86_400 + exact);
             end = start
                 .as_ref()
                 .and_then(|s| end_from_duration(s, days, exact, zones));
@@ -663,9 +801,24 @@ fn component(
     };
     let summary = first_text(c, ICalendarProperty::Summary).map(str::to_owned);
 
+    let mut address_of = |what: &str, e: &ICalendarEntry| -> Option<String> {
+        let raw = e.values.first().and_then(|v| v.as_text()).unwrap_or("");
+        let address = e.calendar_address().and_then(normalize_address);
+        match address {
+            Some(a) if is_address(&a) => Some(a),
+            _ => {
+                warnings.push(format!(
+                    "{what} {:?} in {} is not an address: dropped",
+                    shown(raw),
+                    shown(&uid)
+                ));
+                None
+            }
+        }
+    };
     let organizer = c.property(&ICalendarProperty::Organizer).and_then(|e| {
         Some(Party {
-            address: normalize_address(e.calendar_address()?)?,
+            address: address_of("ORGANIZER", e)?,
             cn: param_text(e, ICalendarParameterName::Cn).map(str::to_owned),
             sent_by: param_text(e, ICalendarParameterName::SentBy).and_then(normalize_address),
         })
@@ -674,7 +827,7 @@ fn component(
         .properties(&ICalendarProperty::Attendee)
         .filter_map(|e| {
             Some(Attendee {
-                address: normalize_address(e.calendar_address()?)?,
+                address: address_of("ATTENDEE", e)?,
                 cn: param_text(e, ICalendarParameterName::Cn).map(str::to_owned),
                 partstat: param_text(e, ICalendarParameterName::Partstat)
                     .map(PartStat::from)

@@ -1,10 +1,18 @@
-//! Resolving TZIDs: by name first (IANA, Windows names such as
-//! `W. Europe Standard Time`, X-LIC-LOCATION, Exchange CDO ids — calcard knows
-//! them all), else by interpreting the message's own VTIMEZONE rules.
+//! Resolving TZIDs. A TZID that is a standard name — IANA (also behind a
+//! libical `/vendor/version/` prefix) or a Windows zone id such as
+//! `W. Europe Standard Time` — resolves to its IANA zone. Any other TZID (Outlook
+//! 12 and Exchange display names such as `(UTC+02:00) Athens, Bucharest`,
+//! Outlook's "Customized Time Zone", `FLE`) is resolved by the message's own
+//! VTIMEZONE rules; without usable rules, by the VTIMEZONE's X-LIC-LOCATION or
+//! X-MICROSOFT-CDO-TZID; else not at all (the caller makes the time floating and
+//! says so). Never by an offset or a city guessed from the text.
 //!
-//! Names win over rules because a name brings the full IANA history, while a
-//! VTIMEZONE often carries only the current year's rule; rules are the fallback
-//! for custom zones (Outlook's "Customized Time Zone") that no name describes.
+//! A standard name wins over the message's rules for that name, because the
+//! name brings the full IANA history while a VTIMEZONE often carries one
+//! truncated or outdated observance (a Europe/Berlin with only its 1893
+//! observance, an Outlook 2003 "Eastern Standard Time" with pre-2007 US rules);
+//! the rules are kept to say, in a warning, when they put an instant elsewhere.
+//! docs/semantics.md "Time zones" has the evidence from other clients.
 
 use calcard::common::PartialDateTime;
 use calcard::common::timezone::Tz;
@@ -12,15 +20,23 @@ use calcard::icalendar::{
     ICalendar, ICalendarComponent, ICalendarComponentType, ICalendarFrequency, ICalendarProperty,
     ICalendarValue,
 };
-use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use imipflow_schema::{Observance, YearlyRule, Zone, ZoneRules};
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
+/// How one TZID resolved.
+struct Resolved {
+    zone: Option<Zone>,
+    /// The message's own rules for a TZID resolved by its name, while no
+    /// disagreement with the name has been reported.
+    unchecked_rules: Option<ZoneRules>,
+}
+
 /// The zones of one calendar object, resolved once per TZID.
 pub struct ZoneResolver<'a> {
     ical: &'a ICalendar,
-    cache: BTreeMap<String, Option<Zone>>,
+    cache: BTreeMap<String, Resolved>,
 }
 
 impl<'a> ZoneResolver<'a> {
@@ -32,23 +48,59 @@ impl<'a> ZoneResolver<'a> {
     }
 
     pub fn resolve(&mut self, tzid: &str) -> Option<Zone> {
-        if let Some(z) = self.cache.get(tzid) {
-            return z.clone();
+        if let Some(r) = self.cache.get(tzid) {
+            return r.zone.clone();
         }
-        let zone = self.lookup(tzid);
-        self.cache.insert(tzid.to_owned(), zone.clone());
+        let r = self.lookup(tzid);
+        let zone = r.zone.clone();
+        self.cache.insert(tzid.to_owned(), r);
         zone
+    }
+
+    /// When the message's VTIMEZONE for a standard name puts `local` at
+    /// another instant than the name's zone did (`utc`), the warning that
+    /// says so; once per TZID.
+    pub fn disagreement(
+        &mut self,
+        tzid: &str,
+        local: NaiveDateTime,
+        utc: DateTime<Utc>,
+    ) -> Option<String> {
+        let r = self.cache.get_mut(tzid)?;
+        let theirs = r.unchecked_rules.as_ref()?.to_utc(local)?;
+        if theirs == utc {
+            return None;
+        }
+        r.unchecked_rules = None;
+        let name = match &r.zone {
+            Some(Zone::Iana { name }) => name.as_str(),
+            _ => "its IANA zone",
+        };
+        let offset = |u: DateTime<Utc>| {
+            let secs = (local - u.naive_utc()).num_seconds();
+            let sign = if secs < 0 { '-' } else { '+' };
+            format!(
+                "{sign}{:02}:{:02}",
+                secs.abs() / 3600,
+                secs.abs() % 3600 / 60
+            )
+        };
+        Some(format!(
+            "TZID {tzid:?}: the message's VTIMEZONE puts {local} at {}, {name} at {}; {name} is used",
+            offset(theirs),
+            offset(utc)
+        ))
     }
 
     /// Every TZID resolved so far that led somewhere.
     pub fn used(self) -> BTreeMap<String, Zone> {
         self.cache
             .into_iter()
-            .filter_map(|(k, v)| v.map(|z| (k, z)))
+            .filter_map(|(k, v)| v.zone.map(|z| (k, z)))
             .collect()
     }
 
-    fn lookup(&self, tzid: &str) -> Option<Zone> {
+    fn lookup(&self, tzid: &str) -> Resolved {
         let vtimezone = self.ical.components.iter().find(|c| {
             c.component_type == ICalendarComponentType::VTimezone
                 && c.property(&ICalendarProperty::Tzid)
@@ -56,31 +108,85 @@ impl<'a> ZoneResolver<'a> {
                     .and_then(|v| v.as_text())
                     == Some(tzid)
         });
-        if let Some(vtz) = vtimezone
-            && let Some((_, tz)) = vtz.timezone()
-            && let Some(z) = zone_of(tz)
-        {
-            return Some(z);
+        let rules = vtimezone.and_then(|vtz| rules_of(self.ical, vtz));
+        if let Some(tz) = standard_zone(tzid) {
+            return Resolved {
+                zone: Some(iana(tz)),
+                unchecked_rules: rules,
+            };
         }
-        if let Some(z) = Tz::from_str(tzid).ok().and_then(zone_of) {
-            return Some(z);
+        let zone = match rules {
+            Some(r) => Some(Zone::Rules(r)),
+            None => vtimezone.and_then(named_by_extension).map(iana),
+        };
+        Resolved {
+            zone,
+            unchecked_rules: None,
         }
-        vtimezone
-            .and_then(|vtz| rules_of(self.ical, vtz))
-            .map(Zone::Rules)
     }
 }
 
-fn zone_of(tz: Tz) -> Option<Zone> {
-    match tz {
-        Tz::Tz(t) => Some(Zone::Iana {
-            name: t.name().to_owned(),
-        }),
-        Tz::Fixed(off) => Some(Zone::Fixed {
-            offset_seconds: off.local_minus_utc(),
-        }),
-        Tz::Floating => None,
+fn iana(tz: chrono_tz::Tz) -> Zone {
+    Zone::Iana {
+        name: tz.name().to_owned(),
     }
+}
+
+/// The IANA zone a TZID names by a standard: an IANA name, the same behind a
+/// libical-style `/softwarestudio.org/Olson_20011030_5/` prefix, or a Windows
+/// zone id (CLDR windowsZones: `… Standard Time`, `UTC`, `UTC±nn`). calcard
+/// also maps display names and abbreviations (`Athens, Istanbul, Minsk`,
+/// `FLE`) and turns `(UTC+02:00) …` into a fixed offset; those are guesses,
+/// not names, and are left to the message's VTIMEZONE.
+pub fn standard_zone(tzid: &str) -> Option<chrono_tz::Tz> {
+    let tzid = tzid.trim();
+    if let Ok(tz) = chrono_tz::Tz::from_str(tzid) {
+        return Some(tz);
+    }
+    let windows = {
+        let lower = tzid.to_ascii_lowercase();
+        lower.ends_with(" standard time")
+            || lower
+                .strip_prefix("utc")
+                .and_then(|r| r.strip_prefix(['+', '-']))
+                .is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if let Some(path) = tzid.strip_prefix('/') {
+        // RFC 5545 §3.2.19's globally unique prefix, as libical writes it
+        // (`/freeassociation.sourceforge.net/Europe/Berlin`, also with
+        // `Tzfile/` or a version segment): the first tail that is a name.
+        return path
+            .match_indices('/')
+            .find_map(|(i, _)| chrono_tz::Tz::from_str(&path[i + 1..]).ok());
+    }
+    if !windows {
+        return None;
+    }
+    match Tz::from_str(tzid) {
+        Ok(Tz::Tz(tz)) => Some(tz),
+        _ => None,
+    }
+}
+
+/// The zone a VTIMEZONE names in its vendor properties (libical's
+/// X-LIC-LOCATION, Exchange's X-MICROSOFT-CDO-TZID), for one without rules.
+fn named_by_extension(vtz: &ICalendarComponent) -> Option<chrono_tz::Tz> {
+    vtz.entries.iter().find_map(|e| {
+        let ICalendarProperty::Other(name) = &e.name else {
+            return None;
+        };
+        let value = e.values.first()?.as_text()?.trim();
+        if name.eq_ignore_ascii_case("X-LIC-LOCATION") {
+            chrono_tz::Tz::from_str(value.strip_prefix("SystemV/").unwrap_or(value)).ok()
+        } else if name.eq_ignore_ascii_case("X-MICROSOFT-CDO-TZID") {
+            match Tz::from_ms_cdo_zone_id(value)? {
+                Tz::Tz(tz) => Some(tz),
+                _ => None,
+            }
+        } else {
+            None
+        }
+    })
 }
 
 /// Local date-time of a PartialDateTime, ignoring any offset.
