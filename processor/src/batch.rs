@@ -23,7 +23,7 @@ use crate::events;
 use crate::limits::Usage;
 use crate::model::{Change, Ctx, Disposition, FbType, Pending, Period, QueueChange, StoredObject};
 use crate::semantics;
-use crate::store::{self, QueueEntry, StatementCache};
+use crate::store::{self, QueueEntry};
 use chrono::{DateTime, Utc};
 use imipflow_schema::{PAYLOAD_VERSION, Payload};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -116,16 +116,22 @@ enum QueueWrite {
 }
 
 /// Applies `batch` in `tx` (the caller holds the lease and a savepoint);
-/// its events are cut to fit `max_payload`, the NATS server's limit.
+/// its events are cut to fit `max_payload`, the NATS server's limit. Returns
+/// how many of `batch` it applied: a prefix, all of it unless the batch spent
+/// its time budget (`pace`).
 pub async fn apply(
     tx: &Transaction<'_>,
-    cache: &StatementCache,
-    settings: &Settings,
-    ns: &str,
-    partition: i32,
+    with: &crate::worker::Apply<'_>,
     batch: &[Input<'_>],
-    max_payload: usize,
-) -> Result<(), ProcessorError> {
+    pace: &mut crate::worker::Pace,
+) -> Result<usize, ProcessorError> {
+    let (cache, settings, ns, partition, max_payload) = (
+        with.cache,
+        with.settings,
+        with.ns.as_str(),
+        with.partition,
+        with.max_payload,
+    );
     let started = std::time::Instant::now();
     let mut good = Vec::with_capacity(batch.len());
     let mut bad = Vec::new();
@@ -243,7 +249,16 @@ pub async fn apply(
     }
     let mut done: Vec<Done> = Vec::with_capacity(good.len());
     let mut duplicates = Vec::new();
-    for (m, payload, ctx) in &good {
+    // The first input not applied when the batch spent its time budget: it
+    // commits what it applied, the rest goes into the next batch (worker::Pace).
+    let mut cut: Option<i64> = None;
+    for (i, (m, payload, ctx)) in good.iter().enumerate() {
+        if i > 0 && pace.batch_spent() {
+            cut = Some(m.seq);
+            break;
+        }
+        pace.keep_alive(tx).await?;
+        let began = std::time::Instant::now();
         let user = payload.user.as_str();
         if !applied.insert((payload.user.clone(), payload.dedupe_id.clone())) {
             duplicates.push((m.seq, payload));
@@ -386,12 +401,16 @@ pub async fn apply(
                 }
             }
         }
+        pace.message_done(m.seq, began)?;
         done.push(Done {
             payload,
             seq: m.seq,
             disposition,
             changes,
         });
+    }
+    if let Some(cut) = cut {
+        bad.retain(|(m, _)| m.seq < cut);
     }
 
     // Per-user event sequences: one upsert for the batch, numbered in message
@@ -683,7 +702,10 @@ pub async fn apply(
     for d in &done {
         crate::metrics::message_done(partition, d.seq, d.payload, &d.disposition, started);
     }
-    Ok(())
+    Ok(match cut {
+        Some(cut) => batch.iter().take_while(|m| m.seq < cut).count(),
+        None => batch.len(),
+    })
 }
 
 #[derive(Default)]

@@ -83,6 +83,25 @@ pub struct Settings {
     #[arg(long, env = "IMIP_BATCH_SIZE", default_value_t = 256, global = true)]
     pub batch_size: usize,
 
+    /// Longest one message may take to apply, in milliseconds, before the lane
+    /// treats it as too costly: tried alone, then dead-lettered (docs/reliability.md,
+    /// "One message never stops a lane"). At most half the lease is in effect, so that a message
+    /// within its budget never outlasts its transaction.
+    #[arg(long, env = "IMIP_MESSAGE_BUDGET_MS", default_value_t = 5_000, global = true)]
+    pub message_budget_ms: u64,
+
+    /// Longest a batch may spend applying messages, in milliseconds: past it
+    /// the batch ends early, commits what it applied, and the rest goes into
+    /// the next one.
+    #[arg(long, env = "IMIP_BATCH_BUDGET_MS", default_value_t = 10_000, global = true)]
+    pub batch_budget_ms: u64,
+
+    /// A partition with messages waiting whose applied position has not moved
+    /// for this many seconds is stalled: `/readyz` fails, `imip-ctl status`
+    /// warns, `imipflow_partition_stalled` is 1 (docs/operations.md).
+    #[arg(long, env = "IMIP_STALL_AFTER_SECS", default_value_t = 60, global = true)]
+    pub stall_after_secs: u64,
+
     /// Most free/busy periods the UIDs of one message may materialise
     /// together; a message over it is refused whole (docs/hostile-input.md,
     /// "Processor"). Each UID alone is capped at 5,000 instances.
@@ -210,6 +229,17 @@ impl Settings {
             Ok(())
         });
         for (name, value) in [
+            ("IMIP_MESSAGE_BUDGET_MS", self.message_budget_ms),
+            ("IMIP_BATCH_BUDGET_MS", self.batch_budget_ms),
+            ("IMIP_STALL_AFTER_SECS", self.stall_after_secs),
+        ] {
+            check(if value == 0 {
+                Err(format!("{name}: must be at least 1"))
+            } else {
+                Ok(())
+            });
+        }
+        for (name, value) in [
             (
                 "IMIP_MAX_PERIODS_PER_MESSAGE",
                 self.max_periods_per_message as i64,
@@ -303,6 +333,21 @@ impl Settings {
 
     pub fn namespace(&self) -> Result<Namespace, ProcessorError> {
         Namespace::new(&self.namespace).map_err(|e| ProcessorError::Config(e.to_string()))
+    }
+
+    /// The budget per message in effect: `IMIP_MESSAGE_BUDGET_MS`, at most half
+    /// the lease (PostgreSQL ends a transaction idle for a lease, and a lane
+    /// sends nothing while it applies one message in memory).
+    pub fn message_budget(&self) -> Duration {
+        Duration::from_millis(self.message_budget_ms.min(self.lease_ms / 2).max(1))
+    }
+
+    pub fn batch_budget(&self) -> Duration {
+        Duration::from_millis(self.batch_budget_ms.max(1))
+    }
+
+    pub fn stall_after(&self) -> Duration {
+        Duration::from_secs(self.stall_after_secs.max(1))
     }
 
     pub fn dedupe_window(&self) -> Duration {

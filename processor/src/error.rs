@@ -1,5 +1,7 @@
-//! The one error type of the processor crate.
+//! The one error type of the processor crate, and how a lane reads each
+//! error: the message's fault, an outage, or strain that may be either.
 
+use std::time::Duration;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -14,6 +16,33 @@ pub enum ProcessorError {
     Payload(String),
     #[error("NATS: {0}")]
     Nats(String),
+    /// Applying one message took longer than its budget (`IMIP_MESSAGE_BUDGET_MS`):
+    /// the lane rolls the batch back and tries that message alone; over the
+    /// budget alone too, it is dead-lettered with this text.
+    #[error("took {:.1} s, over the {} budget per message", .took.as_secs_f64(), seconds(*.budget))]
+    OverBudget {
+        seq: i64,
+        took: Duration,
+        budget: Duration,
+    },
+}
+
+/// Whose fault a failure is, as far as the lane can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The message's own (bad payload, a constraint its data violates, a bug):
+    /// it goes to the dead-letter table and the lane moves on.
+    Message,
+    /// The infrastructure's, whatever the message: connection lost or refused,
+    /// server shutting down, disk full, broker unreachable. Retried after a
+    /// backoff for as long as it lasts; never dead-letters anything.
+    Outage,
+    /// Transient by its kind, but one message can cause it every time: a
+    /// statement timeout or cancel, an idle-in-transaction timeout, running
+    /// out of memory, a serialization failure, deadlock or lock timeout.
+    /// Retried like an outage, and blamed on the message when it repeats on
+    /// the same one (worker.rs, `Watch`).
+    Strain,
 }
 
 impl ProcessorError {
@@ -21,32 +50,50 @@ impl ProcessorError {
         ProcessorError::Nats(e.to_string())
     }
 
-    /// A fault of the infrastructure, not of the message: a lost or refused
-    /// connection, a server shutting down or out of resources, a
-    /// serialization conflict, a broker that did not answer. The batch is
+    /// A fault of the infrastructure, not (yet) of the message: the batch is
     /// rolled back and retried after a backoff; a message is never
-    /// dead-lettered for one of these (docs/reliability.md).
+    /// dead-lettered for one of these on its first occurrence
+    /// (docs/reliability.md).
     pub fn is_transient(&self) -> bool {
+        self.fault() != Fault::Message
+    }
+
+    pub fn fault(&self) -> Fault {
         match self {
-            ProcessorError::Nats(_) => true,
+            ProcessorError::Nats(_) => Fault::Outage,
             ProcessorError::Db(e) => match e.as_db_error() {
-                // No server error at all: I/O, closed connection, timeout.
-                None => true,
+                // No server error at all: I/O, closed connection, timeout. A
+                // connection the server closed for idling shows up so too, but
+                // a lane's transaction idles that long only inside a message
+                // over its budget, which the lane measures itself.
+                None => Fault::Outage,
                 Some(db) => {
                     let code = db.code().code();
-                    // 08 connection exception, 53 insufficient resources,
-                    // 57P0x shutdown / cannot connect now, 57014 canceled,
-                    // 40001 serialization failure, 40P01 deadlock, 55P03 lock timeout,
-                    // 25P03 idle-in-transaction timeout.
-                    code.starts_with("08")
+                    // 57014 canceled (statement_timeout), 25P03 idle-in-transaction
+                    // timeout, 53200 out of memory, 40001 serialization failure,
+                    // 40P01 deadlock, 55P03 lock timeout.
+                    if matches!(
+                        code,
+                        "57014" | "25P03" | "53200" | "40001" | "40P01" | "55P03"
+                    ) {
+                        Fault::Strain
+                    // 08 connection exception, 53 insufficient resources (disk
+                    // full, too many connections), 57P0x shutdown / cannot connect now.
+                    } else if code.starts_with("08")
                         || code.starts_with("53")
                         || code.starts_with("57P0")
-                        || matches!(code, "57014" | "40001" | "40P01" | "55P03" | "25P03")
+                    {
+                        Fault::Outage
+                    } else {
+                        Fault::Message
+                    }
                 }
             },
+            // The lane decides what an over-budget message becomes (worker.rs).
+            ProcessorError::OverBudget { .. } => Fault::Strain,
             ProcessorError::Config(_)
             | ProcessorError::Migration(_)
-            | ProcessorError::Payload(_) => false,
+            | ProcessorError::Payload(_) => Fault::Message,
         }
     }
 }
@@ -57,5 +104,43 @@ fn db_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => e.to_string(),
+    }
+}
+
+/// "5 s", "1.5 s", "250 ms": a budget as an operator set it.
+fn seconds(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} s", d.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_budget_says_how_long_and_the_budget() {
+        let e = ProcessorError::OverBudget {
+            seq: 7,
+            took: Duration::from_millis(12_345),
+            budget: Duration::from_secs(5),
+        };
+        assert_eq!(
+            e.to_string(),
+            "took 12.3 s, over the 5 s budget per message"
+        );
+        let e = ProcessorError::OverBudget {
+            seq: 7,
+            took: Duration::from_millis(400),
+            budget: Duration::from_millis(250),
+        };
+        assert_eq!(
+            e.to_string(),
+            "took 0.4 s, over the 250 ms budget per message"
+        );
     }
 }

@@ -1,6 +1,11 @@
 //! `imip-processor run`'s answers to `/readyz` and `/metrics` (the listener
 //! itself is `imipflow_telemetry::serve`): readiness means NATS connected,
-//! PostgreSQL reachable and migrated to this build's schema, streams present.
+//! PostgreSQL reachable and migrated to this build's schema, streams present,
+//! and no partition stalled (messages waiting, applied position unmoved for
+//! `IMIP_STALL_AFTER_SECS`: docs/operations.md, "Stalled partitions").
+//! A stall anywhere makes every instance unready: partitions move between
+//! instances, and the instance owning a stuck lane may be the one that no
+//! longer answers.
 //!
 //! The probe keeps its own NATS and PostgreSQL connections: it answers for
 //! this process's ability to reach both, and a slow scrape never queues behind
@@ -97,6 +102,18 @@ impl Probe {
                 ));
             }
         }
+        let status = self
+            .with_db(async |db| ctl::scrape_status(db, &js, &self.settings).await)
+            .await
+            .map_err(|e| format!("partition status: {e}"))?;
+        let stalled: Vec<String> = status
+            .partitions
+            .iter()
+            .filter_map(|p| p.stall_reason())
+            .collect();
+        if !stalled.is_empty() {
+            return Err(stalled.join("; "));
+        }
         Ok(())
     }
 
@@ -109,7 +126,14 @@ impl Probe {
             partitions: status
                 .partitions
                 .iter()
-                .map(|p| (p.partition, p.applied, p.newest, p.leased))
+                .map(|p| metrics::PartitionReading {
+                    partition: p.partition,
+                    applied: p.applied,
+                    newest: p.newest,
+                    owned: p.leased,
+                    stalled_for_secs: p.stalled_for_secs,
+                    stalled: p.stalled,
+                })
                 .collect(),
             dead_letters: status.dead_letters,
             unpublished_events: status.unpublished_events,

@@ -32,6 +32,12 @@ pub const LAG: &str = "imipflow_partition_lag";
 pub const APPLIED_SEQUENCE: &str = "imipflow_partition_applied_sequence";
 /// 1 when some live instance holds the partition's lease, by `partition` (gauge, scraped).
 pub const PARTITION_OWNED: &str = "imipflow_partition_owned";
+/// 1 while the partition is stalled: messages waiting and its applied position
+/// unmoved for `IMIP_STALL_AFTER_SECS`, by `partition` (gauge, scraped).
+pub const PARTITION_STALLED: &str = "imipflow_partition_stalled";
+/// How long the partition has had messages waiting without advancing, by
+/// `partition` (gauge, seconds, scraped; 0 when nothing waits).
+pub const PARTITION_STALLED_SECONDS: &str = "imipflow_partition_stalled_seconds";
 /// Dead letters not replayed yet (gauge, scraped).
 pub const DEAD_LETTERS: &str = "imipflow_dead_letters";
 /// Records in the quarantine stream (gauge, scraped).
@@ -114,6 +120,15 @@ pub fn describe() {
         PARTITION_OWNED,
         "1 when a live instance holds the partition's lease, else 0"
     );
+    describe_gauge!(
+        PARTITION_STALLED,
+        "1 while the partition has messages waiting and has not advanced for IMIP_STALL_AFTER_SECS"
+    );
+    describe_gauge!(
+        PARTITION_STALLED_SECONDS,
+        Unit::Seconds,
+        "How long the partition has had messages waiting without advancing"
+    );
     describe_gauge!(DEAD_LETTERS, "Dead letters not replayed yet");
     describe_gauge!(QUARANTINED, "Records in the quarantine stream");
     describe_gauge!(
@@ -168,19 +183,34 @@ pub fn lease_released(partition: i32, lost: bool) {
 /// Deployment-wide readings of one scrape.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoreReadings {
-    /// (partition, applied position, newest position, owned by a live lease)
-    pub partitions: Vec<(u32, u64, u64, bool)>,
+    pub partitions: Vec<PartitionReading>,
     pub dead_letters: u64,
     pub quarantined: u64,
     pub unpublished_events: u64,
 }
 
+/// One partition's readings (`ctl::PartitionStatus`, less what no gauge shows).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionReading {
+    pub partition: u32,
+    pub applied: u64,
+    pub newest: u64,
+    /// Held by a live lease.
+    pub owned: bool,
+    pub stalled_for_secs: u64,
+    pub stalled: bool,
+}
+
 pub fn set_readings(r: &StoreReadings) {
-    for &(p, applied, newest, owned) in &r.partitions {
-        let p = p.to_string();
-        metrics::gauge!(LAG, "partition" => p.clone()).set(newest.saturating_sub(applied) as f64);
-        metrics::gauge!(APPLIED_SEQUENCE, "partition" => p.clone()).set(applied as f64);
-        metrics::gauge!(PARTITION_OWNED, "partition" => p).set(if owned { 1.0 } else { 0.0 });
+    let flag = |b: bool| if b { 1.0 } else { 0.0 };
+    for q in &r.partitions {
+        let p = q.partition.to_string();
+        metrics::gauge!(LAG, "partition" => p.clone())
+            .set(q.newest.saturating_sub(q.applied) as f64);
+        metrics::gauge!(APPLIED_SEQUENCE, "partition" => p.clone()).set(q.applied as f64);
+        metrics::gauge!(PARTITION_OWNED, "partition" => p.clone()).set(flag(q.owned));
+        metrics::gauge!(PARTITION_STALLED, "partition" => p.clone()).set(flag(q.stalled));
+        metrics::gauge!(PARTITION_STALLED_SECONDS, "partition" => p).set(q.stalled_for_secs as f64);
     }
     metrics::gauge!(DEAD_LETTERS).set(r.dead_letters as f64);
     metrics::gauge!(QUARANTINED).set(r.quarantined as f64);

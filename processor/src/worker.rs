@@ -9,8 +9,15 @@
 //! whenever a lane is taken over (acks follow commits), so PostgreSQL is the
 //! single source of truth for what was applied: a crash at any point repeats
 //! nothing and loses nothing.
+//!
+//! No message may stop a lane (docs/reliability.md, "One message never stops
+//! a lane"): a batch keeps its transaction alive while it runs (`Pace`), ends
+//! early when it spent its time budget, and a message that failed a batch
+//! (over its own budget, or the same strain error again and again) is tried
+//! alone and then dead-lettered (`Blame`).
 
 use crate::config::Settings;
+use crate::error::Fault;
 use crate::error::ProcessorError;
 use crate::migrate::connect;
 use crate::store::StatementCache;
@@ -21,10 +28,11 @@ use async_nats::jetstream::{
 };
 use futures::{FutureExt, StreamExt};
 use imipflow_schema::{Namespace, PAYLOAD_VERSION, Payload};
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Transaction};
 
 #[derive(Clone)]
 pub struct Lane {
@@ -33,6 +41,185 @@ pub struct Lane {
     js: jetstream::Context,
     instance: String,
     partition: i32,
+    /// Shared by the lane's restarts (a lost connection restarts it), so
+    /// that what it learnt about a message survives them.
+    blame: Arc<Mutex<Blame>>,
+}
+
+/// How often the same message may begin batches that fail with strain
+/// (`Fault::Strain`) before it is blamed: then it is tried alone, and failing
+/// alone as well it is dead-lettered with the error.
+const STRIKES: u32 = 3;
+
+/// What a lane remembers about messages that made its batches fail.
+#[derive(Debug, Default)]
+struct Blame {
+    /// First message of the batches that failed with strain, and how many
+    /// did in a row.
+    strikes: Option<(i64, u32)>,
+    /// The message under suspicion, by stream sequence.
+    suspect: Option<(i64, Suspect)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Suspect {
+    /// It failed a batch with others: the next batch stops before it, and
+    /// the one after holds it alone, so that its own cost is measured.
+    Alone,
+    /// It failed alone too: dead-lettered with this reason without being
+    /// applied again (which could cost the lane as much once more).
+    Condemned(String),
+}
+
+impl Blame {
+    /// How many of the waiting messages (their sequences, in order) the next
+    /// batch takes: at most `max`, and a suspect alone.
+    fn batch_len(&self, waiting: impl Iterator<Item = i64>, max: usize) -> usize {
+        let mut n = 0;
+        for seq in waiting.take(max.max(1)) {
+            if self.suspect.as_ref().is_some_and(|(s, _)| *s == seq) {
+                return n.max(1);
+            }
+            n += 1;
+        }
+        n
+    }
+
+    /// The reason `seq` is dead-lettered without being applied, if it is.
+    fn condemned(&self, seq: i64) -> Option<String> {
+        match &self.suspect {
+            Some((s, Suspect::Condemned(reason))) if *s == seq => Some(reason.clone()),
+            _ => None,
+        }
+    }
+
+    /// A batch of `batch` (sequences, in order) was rolled back with `e`.
+    fn failed(&mut self, batch: &[i64], e: &ProcessorError) {
+        let alone = batch.len() == 1;
+        match e {
+            ProcessorError::OverBudget { seq, .. } => {
+                let verdict = if alone {
+                    Suspect::Condemned(e.to_string())
+                } else {
+                    Suspect::Alone
+                };
+                self.suspect = Some((*seq, verdict));
+            }
+            e if e.fault() == Fault::Strain => {
+                let Some(&first) = batch.first() else { return };
+                let n = match self.strikes {
+                    Some((s, n)) if s == first => n + 1,
+                    _ => 1,
+                };
+                self.strikes = Some((first, n));
+                if n >= STRIKES {
+                    let verdict = if alone {
+                        Suspect::Condemned(format!("failed {n} times in a row: {e}"))
+                    } else {
+                        Suspect::Alone
+                    };
+                    self.suspect = Some((first, verdict));
+                }
+            }
+            // An outage says nothing about the message; neither does it break
+            // a run of strikes.
+            _ => {}
+        }
+    }
+
+    /// Messages up to `last` were committed.
+    fn committed(&mut self, last: i64) {
+        self.strikes = None;
+        if self.suspect.as_ref().is_some_and(|(s, _)| *s <= last) {
+            self.suspect = None;
+        }
+    }
+}
+
+/// A batch's clock. The lane sends nothing while it applies messages in
+/// memory, and PostgreSQL ends a transaction idle for a lease (the guard
+/// against paused workers, see `Lane::run`); so before each message, once a
+/// third of the lease passed since the lane's last statement, it re-asserts
+/// its lease in the transaction (one UPDATE of its own, already locked,
+/// partition row). With a message at most half a lease
+/// (`Settings::message_budget`), the transaction never idles a whole lease.
+/// Normal batches take well under a third of a lease and never send it.
+///
+/// Chosen over applying on a blocking thread with a keep-alive beside it:
+/// that would move the batch's whole in-memory state between threads for
+/// every batch, while a message too costly is caught by its budget anyway.
+pub struct Pace {
+    partition: i32,
+    owner: String,
+    epoch: i64,
+    ttl: f64,
+    every: Duration,
+    /// When the lane last sent a statement in this transaction (as far as
+    /// the pace knows: the fence, or its own keep-alive).
+    last: Instant,
+    started: Instant,
+    message_budget: Duration,
+    batch_budget: Duration,
+}
+
+impl Pace {
+    /// Starts the clock right after the batch's fencing statement.
+    fn new(settings: &Settings, partition: i32, owner: &str, epoch: i64) -> Self {
+        let now = Instant::now();
+        Pace {
+            partition,
+            owner: owner.to_owned(),
+            epoch,
+            ttl: settings.lease_ms as f64 / 1000.0,
+            every: Duration::from_millis(settings.lease_ms / 3),
+            last: now,
+            started: now,
+            message_budget: settings.message_budget(),
+            batch_budget: settings.batch_budget(),
+        }
+    }
+
+    /// Before a message: keeps the transaction alive if a third of the lease
+    /// passed since the last statement.
+    pub async fn keep_alive(&mut self, tx: &Transaction<'_>) -> Result<(), ProcessorError> {
+        if self.last.elapsed() < self.every {
+            return Ok(());
+        }
+        let n = tx
+            .execute(
+                "UPDATE partitions SET lease_until = clock_timestamp() + make_interval(secs => $4)
+                 WHERE partition = $1 AND owner = $2 AND epoch = $3",
+                &[&self.partition, &self.owner, &self.epoch, &self.ttl],
+            )
+            .await?;
+        if n != 1 {
+            return Err(ProcessorError::Config(
+                "lease lost during a batch (fenced)".into(),
+            ));
+        }
+        self.last = Instant::now();
+        Ok(())
+    }
+
+    /// After message `seq`, begun at `began`: an error when it took longer
+    /// than its budget (the caller rolls the batch back).
+    pub fn message_done(&self, seq: i64, began: Instant) -> Result<(), ProcessorError> {
+        let took = began.elapsed();
+        if took > self.message_budget {
+            return Err(ProcessorError::OverBudget {
+                seq,
+                took,
+                budget: self.message_budget,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the batch spent its budget: it takes no further message and
+    /// commits what it applied.
+    pub fn batch_spent(&self) -> bool {
+        self.started.elapsed() > self.batch_budget
+    }
 }
 
 /// A message read from the stream.
@@ -77,6 +264,10 @@ impl Lane {
             )
             .await?
             == 1)
+    }
+
+    fn blame(&self) -> MutexGuard<'_, Blame> {
+        self.blame.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     async fn release(&self, db: &Client, epoch: i64) {
@@ -237,65 +428,124 @@ impl Lane {
         // Consumer sequence of the last first delivery: a gap means a message
         // was skipped, and the lane starts over from PostgreSQL's position.
         let mut delivered: Option<u64> = None;
+        // Messages delivered and not applied yet, with their stream sequence,
+        // in stream order: a batch may take fewer than have arrived (it spent
+        // its budget, or a suspect runs alone), and the rest wait here, not
+        // acknowledged.
+        let mut waiting: VecDeque<(jetstream::Message, i64)> = VecDeque::new();
+        let receive = |m: jetstream::Message,
+                       delivered: &mut Option<u64>,
+                       waiting: &mut VecDeque<(jetstream::Message, i64)>|
+         -> Result<(), ProcessorError> {
+            let info = m.info().map_err(ProcessorError::nats)?;
+            if info.delivered <= 1 {
+                if let Some(prev) = delivered.filter(|p| info.consumer_sequence != p + 1) {
+                    return Err(ProcessorError::Nats(format!(
+                        "consumer sequence jumped from {prev} to {}",
+                        info.consumer_sequence
+                    )));
+                }
+                *delivered = Some(info.consumer_sequence);
+            }
+            let seq = info.stream_sequence as i64;
+            // A re-delivery of one still waiting (its ack_wait ran out
+            // behind a slow suspect) is held already.
+            if waiting.back().is_none_or(|(_, s)| *s < seq) {
+                waiting.push_back((m, seq));
+            }
+            Ok(())
+        };
         loop {
-            // Wait for the first message of a batch, renewing the lease while idle.
-            let first = tokio::select! {
-                m = messages.next() => m,
-                _ = tokio::time::sleep(renew_every) => {
-                    relay.wait().await?;
-                    if !self.renew(db, epoch).await? {
-                        return Err(ProcessorError::Config("lease lost".into()));
+            // Messages left over from the last batch go first, without waiting.
+            if waiting.is_empty() {
+                // Wait for the first message of a batch, renewing the lease while idle.
+                let first = tokio::select! {
+                    m = messages.next() => m,
+                    _ = tokio::time::sleep(renew_every) => {
+                        relay.wait().await?;
+                        if !self.renew(db, epoch).await? {
+                            return Err(ProcessorError::Config("lease lost".into()));
+                        }
+                        continue;
                     }
-                    continue;
-                }
-                _ = shutdown.changed() => {
-                    relay.wait().await?;
-                    return Ok(());
-                }
-            };
-            let Some(first) = first else {
-                return Err(ProcessorError::Nats("message stream ended".into()));
-            };
-            let mut raw = vec![first.map_err(ProcessorError::nats)?];
+                    _ = shutdown.changed() => {
+                        relay.wait().await?;
+                        return Ok(());
+                    }
+                };
+                let Some(first) = first else {
+                    return Err(ProcessorError::Nats("message stream ended".into()));
+                };
+                receive(
+                    first.map_err(ProcessorError::nats)?,
+                    &mut delivered,
+                    &mut waiting,
+                )?;
+            }
             // Take what has already arrived, without waiting for more: a
             // linger (it was 2 ms) adds its whole length to every message's
             // latency at low rates, while under load messages pile up during
             // the previous batch anyway, so batches still fill
             // (bench/results/latency-*.md).
-            while raw.len() < self.settings.batch_size {
+            while waiting.len() < self.settings.batch_size {
                 // Unconstrained: tokio's cooperative budget (128 polls per
                 // task turn) otherwise reports a full channel as empty, and
                 // batches stopped at ~125 messages.
                 match tokio::task::unconstrained(messages.next()).now_or_never() {
-                    Some(Some(m)) => raw.push(m.map_err(ProcessorError::nats)?),
+                    Some(Some(m)) => receive(
+                        m.map_err(ProcessorError::nats)?,
+                        &mut delivered,
+                        &mut waiting,
+                    )?,
                     Some(None) | None => break,
                 }
             }
-            let mut batch = Vec::with_capacity(raw.len());
-            for m in &raw {
-                let info = m.info().map_err(ProcessorError::nats)?;
-                if info.delivered <= 1 {
-                    if let Some(prev) = delivered.filter(|p| info.consumer_sequence != p + 1) {
-                        return Err(ProcessorError::Nats(format!(
-                            "consumer sequence jumped from {prev} to {}",
-                            info.consumer_sequence
-                        )));
-                    }
-                    delivered = Some(info.consumer_sequence);
-                }
-                batch.push(Msg {
-                    seq: info.stream_sequence as i64,
+            let n = self
+                .blame()
+                .batch_len(waiting.iter().map(|(_, s)| *s), self.settings.batch_size);
+            let fresh: Vec<Msg> = waiting
+                .iter()
+                .take(n)
+                .filter(|(_, s)| *s > last)
+                .map(|(m, seq)| Msg {
+                    seq: *seq,
                     payload: m.payload.clone(),
-                });
-            }
-            let newest = raw.last();
-            let fresh: Vec<Msg> = batch.into_iter().filter(|m| m.seq > last).collect();
+                })
+                .collect();
+            let mut taken = n;
             if !fresh.is_empty() {
-                last = self.apply_batch(db, cache, epoch, &fresh).await?;
+                match self.apply_batch(db, cache, epoch, &fresh).await {
+                    Ok(applied) => {
+                        self.blame().committed(applied);
+                        last = last.max(applied);
+                        // A batch that spent its budget took only a prefix.
+                        taken = waiting
+                            .iter()
+                            .take(n)
+                            .take_while(|(_, s)| *s <= last)
+                            .count();
+                    }
+                    Err(e) => {
+                        let seqs: Vec<i64> = fresh.iter().map(|m| m.seq).collect();
+                        self.blame().failed(&seqs, &e);
+                        if matches!(e, ProcessorError::OverBudget { .. }) && !db.is_closed() {
+                            // Rolled back, and the lane still holds its
+                            // partition: on with the suspect set apart.
+                            tracing::warn!(partition = self.partition, error = %e, "batch rolled back: a message over its budget");
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                }
             }
             // Ack after commit; AckPolicy::All acknowledges everything before too.
-            if let Some(m) = newest {
-                m.ack().await.map_err(ProcessorError::nats)?;
+            if taken > 0 {
+                waiting[taken - 1]
+                    .0
+                    .ack()
+                    .await
+                    .map_err(ProcessorError::nats)?;
+                waiting.drain(..taken);
             }
             if !fresh.is_empty() {
                 relay.wait().await?;
@@ -356,12 +606,16 @@ impl Lane {
                 "lease lost before commit (fenced)".into(),
             ));
         };
+        let mut pace = Pace::new(&self.settings, self.partition, &self.instance, epoch);
         let stored_last: i64 = row.get(0);
         let todo: Vec<&Msg> = batch.iter().filter(|m| m.seq > stored_last).collect();
-        let Some(last) = todo.last().map(|m| m.seq) else {
+        if todo.is_empty() {
             tx.rollback().await?;
             return Ok(stored_last);
-        };
+        }
+        // How many of `todo` this batch applies (a prefix: all, unless it
+        // spent its budget).
+        let mut taken = todo.len();
         // Fast path: the whole batch applied in memory and written with a few
         // multi-row statements (see batch.rs). If that fails, start over with
         // one savepoint per message so that only the failing ones go to the
@@ -374,12 +628,38 @@ impl Lane {
             // The limit in the server's INFO (events::fit cuts events to it).
             max_payload: self.js.client().max_payload(),
         };
+        let condemned = self.blame().condemned(todo[0].seq);
         let mut fast = tx.savepoint("batch").await?;
-        let failed = if crate::batch::per_message() {
+        let failed = if let Some(reason) = condemned {
+            // Failed alone before (`Blame`): never applied again, since that
+            // could cost the lane as much once more.
+            let m = todo[0];
+            let user = crate::batch::user_hint(&m.payload);
+            tracing::warn!(partition = self.partition, seq = m.seq, user = %user, error = %reason, "message dead-lettered");
+            crate::metrics::dead_lettered(&m.payload);
+            store::dead_letter(
+                &fast,
+                cache,
+                &user,
+                self.partition,
+                m.seq,
+                &m.payload,
+                &reason,
+            )
+            .await?;
+            taken = 1;
+            false
+        } else if crate::batch::per_message() {
             let mut failed = false;
-            for m in &todo {
+            for (i, m) in todo.iter().enumerate() {
+                if i > 0 && pace.batch_spent() {
+                    taken = i;
+                    break;
+                }
+                pace.keep_alive(&fast).await?;
+                let began = Instant::now();
                 match apply.payload(&mut fast, m.seq, &m.payload).await {
-                    Ok(()) => {}
+                    Ok(()) => pace.message_done(m.seq, began)?,
                     // The connection, not the message: retry the whole batch.
                     Err(e) if e.is_transient() => return Err(e),
                     Err(_) => {
@@ -397,18 +677,11 @@ impl Lane {
                     bytes: &m.payload,
                 })
                 .collect();
-            match crate::batch::apply(
-                &fast,
-                cache,
-                &self.settings,
-                self.ns.as_str(),
-                self.partition,
-                &inputs,
-                apply.max_payload,
-            )
-            .await
-            {
-                Ok(()) => false,
+            match crate::batch::apply(&fast, &apply, &inputs, &mut pace).await {
+                Ok(n) => {
+                    taken = n;
+                    false
+                }
                 Err(e) if e.is_transient() => return Err(e),
                 Err(e) => {
                     tracing::warn!(partition = self.partition, error = %e, "batch failed; applying message by message");
@@ -418,14 +691,25 @@ impl Lane {
         };
         if failed {
             fast.rollback().await?;
-            for m in &todo {
+            taken = todo.len();
+            for (i, m) in todo.iter().enumerate() {
+                if i > 0 && pace.batch_spent() {
+                    taken = i;
+                    break;
+                }
+                pace.keep_alive(&tx).await?;
+                let began = Instant::now();
                 apply.message(&mut tx, m.seq, &m.payload).await?;
+                pace.message_done(m.seq, began)?;
             }
         } else {
             fast.commit().await?;
         }
+        let last = todo[taken - 1].seq;
+        // progress_at: when the applied position last moved, what stall
+        // detection compares with (docs/operations.md, "Stalled partitions").
         tx.execute(
-            "UPDATE partitions SET last_sequence = $2,
+            "UPDATE partitions SET last_sequence = $2, progress_at = clock_timestamp(),
                     lease_until = clock_timestamp() + make_interval(secs => $3)
              WHERE partition = $1",
             &[&self.partition, &last, &ttl],
@@ -652,6 +936,7 @@ pub async fn run(
             js: js.clone(),
             instance: instance.clone(),
             partition: p as i32,
+            blame: Default::default(),
         };
         let rx = shutdown.clone();
         tasks.push(tokio::spawn(async move {

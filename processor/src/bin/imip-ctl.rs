@@ -485,8 +485,13 @@ async fn main() -> anyhow::Result<()> {
                         (Some(o), false) => format!("none (lease of {o} expired)"),
                         (None, _) => "none".to_owned(),
                     };
+                    let waiting = if p.stalled_for_secs > 0 {
+                        format!("  not advanced for {} s", p.stalled_for_secs)
+                    } else {
+                        String::new()
+                    };
                     println!(
-                        "partition {:>3}  applied {:>8}  newest {:>8}  lag {:>6}  owner {} (epoch {})",
+                        "partition {:>3}  applied {:>8}  newest {:>8}  lag {:>6}  owner {} (epoch {}){waiting}",
                         p.partition, p.applied, p.newest, p.lag, owner, p.epoch
                     );
                 }
@@ -497,6 +502,12 @@ async fn main() -> anyhow::Result<()> {
                     "lag {}, dead letters {}, quarantined {}, refused {}, unpublished events {}",
                     st.lag, st.dead_letters, st.quarantined, st.refused, st.unpublished_events
                 );
+                for reason in st.partitions.iter().filter_map(|p| p.stall_reason()) {
+                    println!(
+                        "WARNING: {reason}; stalled after {} s (IMIP_STALL_AFTER_SECS)",
+                        st.stall_after_secs
+                    );
+                }
             }
         }
         Command::Rebuild { user, json } => {
