@@ -976,3 +976,60 @@ pub async fn run(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn over(seq: i64) -> ProcessorError {
+        ProcessorError::OverBudget {
+            seq,
+            took: Duration::from_millis(3_400),
+            budget: Duration::from_millis(300),
+        }
+    }
+
+    fn not_strain() -> ProcessorError {
+        ProcessorError::Config("stand-in".into())
+    }
+
+    #[test]
+    fn a_message_over_budget_runs_alone_then_is_condemned() {
+        let mut b = Blame::default();
+        assert_eq!(b.batch_len([1, 2, 3, 4].into_iter(), 256), 4);
+        b.failed(&[1, 2, 3, 4], &over(3));
+        // The messages before it first, then it alone.
+        assert_eq!(b.batch_len([1, 2, 3, 4].into_iter(), 256), 2);
+        b.committed(2);
+        assert_eq!(b.batch_len([3, 4].into_iter(), 256), 1);
+        assert_eq!(b.condemned(3), None);
+        b.failed(&[3], &over(3));
+        assert_eq!(
+            b.condemned(3).as_deref(),
+            Some("took 3.4 s, over the 300 ms budget per message")
+        );
+        b.committed(3);
+        assert_eq!(b.condemned(3), None);
+        assert_eq!(b.batch_len([4].into_iter(), 256), 1);
+    }
+
+    #[test]
+    fn only_repeated_strain_blames_the_first_message() {
+        let mut b = Blame::default();
+        // Neither an outage nor the message's own error counts as a strike.
+        for _ in 0..10 {
+            b.failed(&[5, 6], &not_strain());
+        }
+        assert_eq!(b.batch_len([5, 6].into_iter(), 256), 2);
+        assert_eq!(b.suspect, None);
+    }
+
+    #[test]
+    fn a_suspect_waits_behind_the_batch_limit() {
+        let mut b = Blame::default();
+        b.failed(&[1, 2, 3, 4, 5], &over(5));
+        assert_eq!(b.batch_len([1, 2, 3, 4, 5].into_iter(), 2), 2);
+        assert_eq!(b.batch_len([3, 4, 5].into_iter(), 2), 2);
+        assert_eq!(b.batch_len([5].into_iter(), 2), 1);
+    }
+}
