@@ -456,7 +456,13 @@ impl Lane {
             Ok(())
         };
         loop {
-            // Messages left over from the last batch go first, without waiting.
+            // Messages left over from the last batch go first, without waiting
+            // (but not past a shutdown: they are not acknowledged, and the
+            // next owner gets them again).
+            if !waiting.is_empty() && *shutdown.borrow() {
+                relay.wait().await?;
+                return Ok(());
+            }
             if waiting.is_empty() {
                 // Wait for the first message of a batch, renewing the lease while idle.
                 let first = tokio::select! {
