@@ -84,22 +84,38 @@ pub struct Settings {
     pub batch_size: usize,
 
     /// Longest one message may take to apply, in milliseconds, before the lane
-    /// treats it as too costly: tried alone, then dead-lettered (docs/reliability.md,
-    /// "One message never stops a lane"). At most half the lease is in effect, so that a message
-    /// within its budget never outlasts its transaction.
-    #[arg(long, env = "IMIP_MESSAGE_BUDGET_MS", default_value_t = 5_000, global = true)]
+    /// treats it as too costly: tried alone, then dead-lettered
+    /// (docs/reliability.md, "One message never stops a lane"). At most half
+    /// the lease is in effect, so that a message within its budget never
+    /// outlasts its transaction.
+    #[arg(
+        long,
+        env = "IMIP_MESSAGE_BUDGET_MS",
+        default_value_t = 5_000,
+        global = true
+    )]
     pub message_budget_ms: u64,
 
     /// Longest a batch may spend applying messages, in milliseconds: past it
     /// the batch ends early, commits what it applied, and the rest goes into
     /// the next one.
-    #[arg(long, env = "IMIP_BATCH_BUDGET_MS", default_value_t = 10_000, global = true)]
+    #[arg(
+        long,
+        env = "IMIP_BATCH_BUDGET_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
     pub batch_budget_ms: u64,
 
     /// A partition with messages waiting whose applied position has not moved
     /// for this many seconds is stalled: `/readyz` fails, `imip-ctl status`
     /// warns, `imipflow_partition_stalled` is 1 (docs/operations.md).
-    #[arg(long, env = "IMIP_STALL_AFTER_SECS", default_value_t = 60, global = true)]
+    #[arg(
+        long,
+        env = "IMIP_STALL_AFTER_SECS",
+        default_value_t = 60,
+        global = true
+    )]
     pub stall_after_secs: u64,
 
     /// Most free/busy periods the UIDs of one message may materialise
