@@ -27,7 +27,7 @@ const CHECK_REUSE: Duration = Duration::from_secs(1);
 pub struct Health {
     pub cache: Arc<Cache>,
     pub connections: Arc<ConnectionCounters>,
-    pub open_connections: Arc<crate::connections::Connections>,
+    pub open_connections: Arc<imipflow_telemetry::connections::Connections>,
     pub nats: async_nats::Client,
     pub db: Db,
     pub following: Arc<Following>,
@@ -41,7 +41,7 @@ impl Health {
     pub fn new(
         cache: Arc<Cache>,
         connections: Arc<ConnectionCounters>,
-        open_connections: Arc<crate::connections::Connections>,
+        open_connections: Arc<imipflow_telemetry::connections::Connections>,
         nats: async_nats::Client,
         db: Db,
         following: Arc<Following>,

@@ -8,13 +8,12 @@
 //! Bounded against abuse (docs/hostile-input.md, "Publisher"): the request
 //! path and the user name by length and content, the window by length, an
 //! answer by its number of periods; connections by number
-//! ([`crate::connections`]), by the time a request head may take (which is
+//! ([`imipflow_telemetry::connections`]), by the time a request head may take (which is
 //! also how long a keep-alive connection may sit idle) and by the time
 //! without a byte moving.
 
 use crate::cache::{Cache, Lookup, UserFreeBusy};
 use crate::config::UnknownUsers;
-use crate::connections::{Admission, Connections, Watched};
 use crate::error::PublisherError;
 use crate::health::Health;
 use crate::store::Db;
@@ -28,6 +27,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use imipflow_schema::{BusyPeriod, MAX_ADDRESS_BYTES, VFreeBusy, normalize_address};
+use imipflow_telemetry::connections::{Admission, Connections, Watched};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

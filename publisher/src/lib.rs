@@ -9,7 +9,7 @@
 
 pub mod cache;
 pub mod config;
-pub mod connections;
+pub use imipflow_telemetry::connections;
 pub mod error;
 pub mod events;
 pub mod fds;

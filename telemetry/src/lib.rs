@@ -5,15 +5,19 @@
 //!
 //! The metric *names* belong to the binaries (`imipflow_processor::metrics`);
 //! this crate only installs the recorder and renders it, so that the processor
-//! and the publisher expose the same way.
+//! and the publisher expose the same way. [`connections`] bounds the open
+//! HTTP connections of both listeners.
 
+pub mod connections;
+
+use connections::{Admission, Connections, Watched};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::header;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
@@ -193,6 +197,13 @@ pub async fn answer<P: Probe>(
     })
 }
 
+/// Most connections the listener serves at once (scrapers and probes need a
+/// few; kept well below the usual 1,024 descriptors).
+pub const MAX_CONNECTIONS: usize = 256;
+/// A request's head must arrive within this (hyper also closes an idle
+/// keep-alive connection after it).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Binds `addr` (so that a taken port fails at start-up, not later).
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TelemetryError> {
     TcpListener::bind(addr)
@@ -211,6 +222,16 @@ pub async fn serve<P: Probe>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
+    // Scrapers and health checks need a handful of connections. The cap keeps
+    // a flood of idle ones (each a descriptor) from starving the probes: at
+    // the cap a newcomer displaces the quietest idle connection, so a health
+    // check always gets through; the header timeout closes requests that
+    // never finish (slowloris) and idle keep-alives.
+    let conns = Connections::new(MAX_CONNECTIONS);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -223,11 +244,19 @@ pub async fn serve<P: Probe>(
             },
             _ = shutdown.changed() => break,
         };
+        let slot = match conns.admit() {
+            Admission::Admitted { slot, .. } => slot,
+            // Every connection is answering a request: close the newcomer.
+            Admission::Full => continue,
+        };
         let probe = probe.clone();
+        let conn = slot.conn.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let probe = probe.clone();
+            let busy = conn.busy();
             async move {
                 let r = answer(&*probe, req.method(), req.uri().path()).await;
+                drop(busy);
                 Ok::<_, std::convert::Infallible>(r.unwrap_or_else(|| {
                     respond(
                         StatusCode::NOT_FOUND,
@@ -237,10 +266,14 @@ pub async fn serve<P: Probe>(
                 }))
             }
         });
-        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
+        let io = TokioIo::new(Watched::new(stream, slot.conn.clone()));
+        let connection = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
-            let _ = conn.await;
+            tokio::select! {
+                _ = connection => {}
+                _ = slot.conn.close.notified() => {}
+            }
+            drop(slot);
         });
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;

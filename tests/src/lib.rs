@@ -649,3 +649,17 @@ pub async fn all_events(env: &TestEnv) -> Vec<serde_json::Value> {
         .map(|m| m.json)
         .collect()
 }
+
+/// Raises this test process's soft descriptor limit to its hard limit (it
+/// opens more than a thousand sockets).
+pub fn raise_own_nofile() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}

@@ -66,20 +66,6 @@ async fn closed_by_server(s: &mut TcpStream) -> bool {
     }
 }
 
-/// Raises this test process's soft descriptor limit to its hard limit (it
-/// opens more than a thousand sockets).
-fn raise_own_nofile() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
-        lim.rlim_cur = lim.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
-    }
-}
-
 #[tokio::test]
 async fn half_sent_requests_and_idle_keep_alive_connections_are_closed() {
     let env = TestEnv::new().await;
@@ -130,7 +116,7 @@ async fn half_sent_requests_and_idle_keep_alive_connections_are_closed() {
 
 #[tokio::test]
 async fn a_flood_of_idle_connections_leaves_healthz_answering() {
-    raise_own_nofile();
+    imipflow_tests::raise_own_nofile();
     let env = TestEnv::new().await;
     // As started by hand on most systems: 1,024 descriptors, and here no way
     // to raise them (hard limit 1,024 too).
