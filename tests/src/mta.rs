@@ -7,7 +7,7 @@
 //!
 //! All are torn down by `Drop`, also when the test panics.
 
-use crate::{bin, free_port, repo_root, TestEnv};
+use crate::{TestEnv, bin, free_port, repo_root};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -227,7 +227,7 @@ impl Postfix {
     }
 
     fn write_config(&self, env: &TestEnv, edit: &dyn Fn(String) -> String) {
-        use std::os::unix::fs::{chown, PermissionsExt};
+        use std::os::unix::fs::{PermissionsExt, chown};
         let etc = &self.config_dir;
         for sub in ["etc", "spool", "data", "bin"] {
             std::fs::create_dir_all(self.dir.join(sub)).expect("create instance dirs");
@@ -529,7 +529,7 @@ fn submission_lines(master_cf: &str) -> String {
 /// readable by the `postfix` user smtpd runs as.
 fn write_sasldb(etc: &Path) {
     use std::io::Write;
-    use std::os::unix::fs::{chown, PermissionsExt};
+    use std::os::unix::fs::{PermissionsExt, chown};
     let db = etc.join("sasldb2");
     std::fs::create_dir_all(etc.join("sasl")).expect("create sasl dir");
     std::fs::write(
@@ -659,7 +659,7 @@ impl Exim {
     /// As `start`, with `edit` applied to the (localised) example transports:
     /// for tests of a misconfigured pipe.
     pub fn start_with(env: &TestEnv, edit: impl Fn(String) -> String) -> Self {
-        use std::os::unix::fs::{chown, PermissionsExt};
+        use std::os::unix::fs::{PermissionsExt, chown};
         let dir = private_dir("exim");
         let mut exim = Exim {
             config: dir.join("exim.conf"),
