@@ -10,8 +10,8 @@
 //!
 //! Skips (with a message) when Exim cannot be unpacked here.
 
-use imipflow_tests::mta::{exim_unavailable, Exim, NatsServer};
-use imipflow_tests::{imip_mail, vevent, TestEnv};
+use imipflow_tests::mta::{Exim, NatsServer, exim_unavailable};
+use imipflow_tests::{TestEnv, imip_mail, vevent};
 
 const ALICE: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";

@@ -12,8 +12,8 @@
 //!
 //! Skips (with a message) only when postfix cannot be installed here.
 
-use imipflow_tests::mta::{postfix_unavailable, NatsServer, Postfix};
-use imipflow_tests::{imip_mail, vevent, TestEnv};
+use imipflow_tests::mta::{NatsServer, Postfix, postfix_unavailable};
+use imipflow_tests::{TestEnv, imip_mail, vevent};
 use serde_json::Value;
 
 const ALICE: &str = "alice@example.org"; // local user, organizer
