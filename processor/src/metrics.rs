@@ -46,6 +46,8 @@ pub const QUARANTINED: &str = "imipflow_quarantined";
 pub const UNPUBLISHED_EVENTS: &str = "imipflow_outbox_unpublished";
 /// Scrapes whose store readings failed (counter); the gauges keep their last values.
 pub const SCRAPE_ERRORS: &str = "imipflow_scrape_errors_total";
+/// Outbox rows too large for the server's max_payload, skipped by the relay (docs/subscribers.md).
+pub const EVENTS_SKIPPED: &str = "imipflow_events_oversized_skipped_total";
 
 /// What became of one message: the `outcome` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,6 +138,10 @@ pub fn describe() {
         "Change events committed but not yet published to the events stream"
     );
     describe_counter!(SCRAPE_ERRORS, "Scrapes whose store readings failed");
+    describe_counter!(
+        EVENTS_SKIPPED,
+        "Outbox rows larger than the server's max_payload, marked published and skipped (by kind)"
+    );
     metrics::gauge!(OWNED_PARTITIONS).set(0.0);
 }
 

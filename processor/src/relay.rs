@@ -34,7 +34,7 @@
 //! a version before that, or before the server's limit was lowered) can
 //! never be published, and its sequence number cannot be split any more: it
 //! is skipped, logged as an error with its id and counted
-//! ([`EVENTS_SKIPPED`]), instead of holding the lane for ever. Subscribers
+//! ([`crate::metrics::EVENTS_SKIPPED`]), instead of holding the lane for ever. Subscribers
 //! see a gap at its sequence and resynchronise that user, as
 //! docs/subscribers.md tells them to for any gap.
 
@@ -49,10 +49,6 @@ use tokio_postgres::Client;
 
 /// How long a pipelined flush waits for all its acknowledgements.
 const PIPELINE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Outbox events skipped because they exceed the server's `max_payload`
-/// (counter, by `kind`).
-pub const EVENTS_SKIPPED: &str = "imipflow_events_oversized_skipped_total";
 
 /// How a lane's relay publishes (see the module documentation).
 #[derive(Clone, Debug)]
@@ -172,7 +168,8 @@ pub async fn flush(
                 "event larger than the NATS server's max_payload: skipped, never published; \
                  subscribers see a gap at its sequence and resynchronise the user"
             );
-            metrics::counter!(EVENTS_SKIPPED, "kind" => e.kind.clone()).increment(1);
+            metrics::counter!(crate::metrics::EVENTS_SKIPPED, "kind" => e.kind.clone())
+                .increment(1);
         }
         let events = match publisher {
             _ if events.is_empty() => events,
