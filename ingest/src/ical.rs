@@ -183,48 +183,28 @@ const DATE_PROPERTIES: [&str; 6] = [
 fn check_date_syntax(text: &str) -> Result<(), Refusal> {
     let mut depth_in_scheduling: Option<usize> = None;
     let mut depth = 0usize;
+    // The unfolded line of a date property being read; other lines are
+    // only looked at, never copied (this runs on every object).
     let mut logical = String::new();
-    let check = |line: &str, in_scheduling: bool| -> Result<(), Refusal> {
-        if !in_scheduling {
-            return Ok(());
-        }
-        let Some((name_params, value)) = split_property(line) else {
-            return Ok(());
-        };
-        let name = name_params
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_uppercase();
-        if !DATE_PROPERTIES.contains(&name.as_str()) {
-            return Ok(());
-        }
-        for token in value.split(',') {
-            let token = token.trim();
-            let start = token.split('/').next().unwrap_or("");
-            let end = token.split_once('/').map(|(_, e)| e);
-            let ok = is_date_or_date_time(start)
-                && end
-                    .is_none_or(|e| is_date_or_date_time(e) || e.starts_with(['P', 'p', '+', '-']));
-            if !ok {
-                return Err(refuse(
-                    QuarantineReason::InvalidDate,
-                    format!("{name}: unreadable value {:?}", shown(token)),
-                ));
-            }
-        }
-        Ok(())
-    };
+    let mut collecting = false;
     for raw in text.split('\n') {
         let raw = raw.strip_suffix('\r').unwrap_or(raw);
         if raw.starts_with([' ', '\t']) {
-            logical.push_str(&raw[1..]);
+            if collecting {
+                logical.push_str(&raw[1..]);
+            }
             continue;
         }
-        check(&logical, depth_in_scheduling.is_some())?;
-        logical.clear();
-        logical.push_str(raw);
+        if collecting {
+            check_date_line(&logical)?;
+            collecting = false;
+        }
+        if depth_in_scheduling.is_some() && is_date_property(raw) {
+            logical.clear();
+            logical.push_str(raw);
+            collecting = true;
+            continue;
+        }
         let t = raw.trim();
         if t.get(..6).is_some_and(|p| p.eq_ignore_ascii_case("BEGIN:")) {
             depth += 1;
@@ -242,7 +222,41 @@ fn check_date_syntax(text: &str) -> Result<(), Refusal> {
             depth = depth.saturating_sub(1);
         }
     }
-    check(&logical, depth_in_scheduling.is_some())
+    if collecting {
+        check_date_line(&logical)?;
+    }
+    Ok(())
+}
+
+/// Whether a content line is one of [`DATE_PROPERTIES`], by its name alone.
+fn is_date_property(line: &str) -> bool {
+    let name = line.split([';', ':']).next().unwrap_or("").trim_end();
+    DATE_PROPERTIES.iter().any(|p| p.eq_ignore_ascii_case(name))
+}
+
+fn check_date_line(line: &str) -> Result<(), Refusal> {
+    let Some((name_params, value)) = split_property(line) else {
+        return Ok(());
+    };
+    let name = name_params.split(';').next().unwrap_or("").trim();
+    for token in value.split(',') {
+        let token = token.trim();
+        let start = token.split('/').next().unwrap_or("");
+        let end = token.split_once('/').map(|(_, e)| e);
+        let ok = is_date_or_date_time(start)
+            && end.is_none_or(|e| is_date_or_date_time(e) || e.starts_with(['P', 'p', '+', '-']));
+        if !ok {
+            return Err(refuse(
+                QuarantineReason::InvalidDate,
+                format!(
+                    "{}: unreadable value {:?}",
+                    name.to_ascii_uppercase(),
+                    shown(token)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `NAME;PARAMS` and the value of one unfolded content line: the first colon
@@ -519,7 +533,11 @@ fn time_value(
         Some(id) => match zones.resolve(id) {
             Some(zone) => {
                 let utc = zone.to_utc(local).ok_or_else(bad)?;
-                if let Some(w) = zones.disagreement(id, local, utc) {
+                // An EXDATE or RECURRENCE-ID only names an instance, which
+                // it still matches in the zone used; checking it says nothing.
+                if !matches!(what, "EXDATE" | "RECURRENCE-ID")
+                    && let Some(w) = zones.disagreement(id, local, utc)
+                {
                     warnings.push(w);
                 }
                 Ok(Time::zoned(local, id, utc))
@@ -1014,6 +1032,65 @@ mod tests {
                 .reason,
             QuarantineReason::ValueTooLong
         );
+    }
+
+    #[test]
+    fn date_values_are_read_strictly() {
+        for bad in [
+            "19970701T13000Z",
+            "19970701T1300Z",
+            "19970701T1100000Z",
+            "1997070",
+            "19970701T",
+        ] {
+            let t = REQ.replace(
+                "DTSTART;TZID=W. Europe Standard Time:20270315T090000",
+                &format!("DTSTART:{bad}"),
+            );
+            let r = parse_object(&t, None, &Limits::default()).unwrap_err();
+            assert_eq!(r.reason, QuarantineReason::InvalidDate, "{bad}");
+        }
+        for good in ["20270315T090000Z", "20270315", "20270315t090000z"] {
+            let t = REQ.replace(
+                "DTSTART;TZID=W. Europe Standard Time:20270315T090000",
+                &format!("DTSTART:{good}"),
+            );
+            let t = t.replace("DTEND;TZID=W. Europe Standard Time:20270315T100000\r\n", "");
+            assert!(parse_object(&t, None, &Limits::default()).is_ok(), "{good}");
+        }
+        // A quoted TZID holds a colon; a period's end may be a duration.
+        let t = REQ.replace(
+            "RRULE:FREQ=WEEKLY;COUNT=5",
+            "RDATE;VALUE=PERIOD:20270401T090000Z/PT1H,20270402T090000Z/20270402T100000Z\r\nEXDATE;TZID=\"(UTC+01:00) X\":20270322T090000",
+        );
+        assert!(parse_object(&t, None, &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn standard_names() {
+        use crate::tz::standard_zone;
+        let name = |t: &str| standard_zone(t).map(|z| z.name().to_owned());
+        assert_eq!(name("Europe/Athens").as_deref(), Some("Europe/Athens"));
+        assert_eq!(
+            name("GTB Standard Time").as_deref(),
+            Some("Europe/Bucharest")
+        );
+        assert_eq!(
+            name("/freeassociation.sourceforge.net/Tzfile/Europe/Athens").as_deref(),
+            Some("Europe/Athens")
+        );
+        assert_eq!(
+            name("/softwarestudio.org/Olson_20011030_5/America/Chicago").as_deref(),
+            Some("America/Chicago")
+        );
+        for guess in [
+            "(UTC+02:00) Athens, Bucharest",
+            "FLE",
+            "Athens, Istanbul, Minsk",
+            "Customized Time Zone",
+        ] {
+            assert_eq!(name(guess), None, "{guess}");
+        }
     }
 
     #[test]
