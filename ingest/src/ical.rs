@@ -877,6 +877,16 @@ fn component(
             check_address("ATTENDEE SENT-BY", s, &uid)?;
         }
     }
+    // A series' instances are times the message gives too: a VTIMEZONE
+    // that disagrees with its name within the first year says so.
+    if !rules.is_empty()
+        && let Some(s) = &start
+        && s.kind == TimeKind::Zoned
+        && let (Some(tzid), Some(local)) = (s.tzid.as_deref(), s.naive_local())
+        && let Some(w) = zones.series_disagreement(tzid, local)
+    {
+        warnings.push(w);
+    }
     let series = Series {
         start: start
             .as_ref()

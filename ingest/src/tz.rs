@@ -20,7 +20,7 @@ use calcard::icalendar::{
     ICalendar, ICalendarComponent, ICalendarComponentType, ICalendarFrequency, ICalendarProperty,
     ICalendarValue,
 };
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use imipflow_schema::{Observance, YearlyRule, Zone, ZoneRules};
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -55,6 +55,31 @@ impl<'a> ZoneResolver<'a> {
         let zone = r.zone.clone();
         self.cache.insert(tzid.to_owned(), r);
         zone
+    }
+
+    /// The same check for the instances of a series starting at `start`:
+    /// its time of day on the 15th of each of the twelve months from its
+    /// start, which falls inside every DST window real zones have had
+    /// changed (the US 2007 change moved March and November by weeks).
+    pub fn series_disagreement(&mut self, tzid: &str, start: NaiveDateTime) -> Option<String> {
+        let zone = self.cache.get(tzid)?.zone.clone()?;
+        self.cache.get(tzid)?.unchecked_rules.as_ref()?;
+        let (mut year, mut month) = (start.year(), start.month());
+        for _ in 0..12 {
+            if let Some(local) =
+                NaiveDate::from_ymd_opt(year, month, 15).map(|d| d.and_time(start.time()))
+                && let Some(utc) = zone.to_utc(local)
+                && let Some(w) = self.disagreement(tzid, local, utc)
+            {
+                return Some(w);
+            }
+            (year, month) = if month == 12 {
+                (year + 1, 1)
+            } else {
+                (year, month + 1)
+            };
+        }
+        None
     }
 
     /// When the message's VTIMEZONE for a standard name puts `local` at

@@ -149,6 +149,26 @@ async fn outlook2003_eastern_with_pre2007_rules_uses_the_iana_zone_and_warns() {
 }
 
 #[tokio::test]
+async fn outlook2003_eastern_series_starting_in_winter_warns_about_its_march_instances() {
+    // DTSTART (7 January) is standard time under both rules; the series'
+    // March instances are not, and the warning says so.
+    expect(
+        "outlook2003-eastern-series",
+        json!([{
+            "components": [{
+                "start": zoned("2027-01-07T14:00:00Z"),
+                "rrule": ["FREQ=WEEKLY;COUNT=20;BYDAY=TH"],
+            }],
+            "timezones": { "Eastern Standard Time": { "type": "iana", "name": "America/New_York" } },
+            "warnings": [
+                "TZID \"Eastern Standard Time\": the message's VTIMEZONE puts 2027-03-15 09:00:00 at -05:00, America/New_York at -04:00; America/New_York is used"
+            ],
+        }]),
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn thunderbird_berlin_with_its_1893_observance_uses_the_iana_zone_and_warns() {
     expect(
         "thunderbird-berlin-1893",
