@@ -7,6 +7,7 @@
 
 pub mod mta;
 pub mod oracle;
+pub mod rusage;
 pub mod secure;
 pub mod servers;
 

@@ -13,8 +13,7 @@
 
 use imipflow_tests::{TestEnv, bin, imip_mail, payload_of, publish_payloads, vevent};
 use serde_json::Value;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const ALICE: &str = "alice@example.com";
 
@@ -278,99 +277,35 @@ async fn three_hundred_overrides_store_their_raw_text_once() {
     assert_eq!(one.stdout, master.stdout);
 }
 
-/// What the measuring helper reports of one child run.
-struct Run {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    max_rss_kb: i64,
-}
-
-/// Runs `imip-ctl ARGS` against `env` and measures its peak RSS. A child's
-/// `ru_maxrss` starts at the high-water mark of the process it was forked
-/// from, so the test binary is re-executed as a small helper
-/// ([`rusage_helper`]) that runs `imip-ctl` as its own child and reaps it with
-/// wait4 (as tests/tests/malformed.rs does for `imip-ingest`).
-fn measured_ctl(env: &TestEnv, extra: &[(&str, &str)], args: &[&str]) -> Run {
-    let dir = std::env::temp_dir().join(format!("imipflow-bounds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let status = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "rusage_helper",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env_clear()
-        .envs(env.vars())
-        .envs(extra.iter().copied())
-        .env("IMIPFLOW_RUSAGE_DIR", &dir)
-        .env("IMIPFLOW_RUSAGE_BIN", bin("imip-ctl"))
-        .env("IMIPFLOW_RUSAGE_ARGS", serde_json::to_string(args).unwrap())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run the rusage helper");
-    assert!(status.success(), "rusage helper failed: {status}");
-    let read = |f: &str| std::fs::read(dir.join(f)).unwrap_or_default();
-    let report = String::from_utf8(read("rusage")).unwrap();
-    let n: Vec<i64> = report
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
+/// Runs `imip-ctl ARGS` against `env` and measures its peak RSS
+/// (`imipflow_tests::rusage`: the test binary re-executed as a small helper,
+/// since a child's `ru_maxrss` starts at its parent's high-water mark).
+fn measured_ctl(
+    env: &TestEnv,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> imipflow_tests::rusage::Run {
+    let envs: Vec<(String, String)> = env
+        .vars()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
         .collect();
-    let run = Run {
-        code: n[0] as i32,
-        stdout: read("stdout"),
-        stderr: read("stderr"),
-        max_rss_kb: n[1],
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    run
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    imipflow_tests::rusage::measure(
+        &bin("imip-ctl"),
+        &args,
+        &envs,
+        b"",
+        Duration::from_secs(120),
+    )
 }
 
 /// Not a test of its own: the measuring helper of [`measured_ctl`], active
-/// only when the test binary is re-executed with `IMIPFLOW_RUSAGE_DIR` set.
+/// only when the test binary is re-executed by `imipflow_tests::rusage::measure`.
 #[test]
 fn rusage_helper() {
-    let Some(dir) = std::env::var_os("IMIPFLOW_RUSAGE_DIR") else {
-        return;
-    };
-    let dir = std::path::PathBuf::from(dir);
-    let args: Vec<String> =
-        serde_json::from_str(&std::env::var("IMIPFLOW_RUSAGE_ARGS").unwrap()).unwrap();
-    let start = Instant::now();
-    let mut child = Command::new(std::env::var_os("IMIPFLOW_RUSAGE_BIN").unwrap())
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-        .spawn()
-        .expect("spawn imip-ctl");
-    let pid = child.id() as libc::pid_t;
-    let mut killed = false;
-    let (status, usage) = loop {
-        let mut status = 0;
-        // SAFETY: rusage is plain data; wait4 fills it for our own child.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
-            break (status, usage);
-        }
-        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
-        if !killed && start.elapsed() > Duration::from_secs(120) {
-            let _ = child.kill();
-            killed = true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -libc::WTERMSIG(status)
-    };
-    std::fs::write(dir.join("rusage"), format!("{code} {}", usage.ru_maxrss)).unwrap();
-    std::process::exit(0);
+    imipflow_tests::rusage::helper();
 }
 
 /// A year of free/busy for a user with many open series (one instance a

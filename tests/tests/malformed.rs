@@ -16,8 +16,6 @@ mod harness;
 
 use chrono::{TimeZone, Utc};
 use imipflow_tests::{TestEnv, bin, repo_root};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ALICE: &str = "alice@example.com";
@@ -31,127 +29,27 @@ const MAX_RSS_KB: i64 = 64 * 1024;
 
 // ---------------------------------------------------------------- runner
 
-struct Run {
-    code: i32,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    wall: Duration,
-    cpu: Duration,
-    max_rss_kb: i64,
-}
+use imipflow_tests::rusage::Run;
 
-/// Runs `imip-ingest --print` with `args` on `input` and measures it.
-///
-/// A child's `ru_maxrss` starts at the high-water mark of the process it was
-/// forked from, so measuring from this (large) test process would report the
-/// test's own memory. The test binary is therefore re-executed as a small
-/// helper ([`rusage_helper`]) that runs `imip-ingest` as its own child, reaps it
-/// with wait4 and writes exit status, wall and CPU time and peak RSS to a file.
+/// Runs `imip-ingest --print` with `args` on `input` and measures it
+/// (`imipflow_tests::rusage`: exit status, wall and CPU time, peak RSS).
 fn ingest(args: &[&str], input: &[u8]) -> Run {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "imipflow-malformed-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
     let mut all = vec!["--print".to_owned()];
     all.extend(args.iter().map(|s| s.to_string()));
-    let mut helper = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "rusage_helper",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env_clear()
-        .env("IMIPFLOW_RUSAGE_DIR", &dir)
-        .env("IMIPFLOW_RUSAGE_BIN", bin("imip-ingest"))
-        .env("IMIPFLOW_RUSAGE_ARGS", serde_json::to_string(&all).unwrap())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn the rusage helper");
-    let mut stdin = helper.stdin.take().unwrap();
-    let data = input.to_vec();
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&data);
-    });
-    let status = helper.wait().expect("wait for the rusage helper");
-    let _ = feeder.join();
-    assert!(status.success(), "rusage helper failed: {status}");
-    let read = |f: &str| std::fs::read(dir.join(f)).unwrap_or_default();
-    let report = String::from_utf8(read("rusage")).unwrap();
-    let n: Vec<i64> = report
-        .split_whitespace()
-        .map(|x| x.parse().unwrap())
-        .collect();
-    let run = Run {
-        code: n[0] as i32,
-        stdout: read("stdout"),
-        stderr: read("stderr"),
-        wall: Duration::from_micros(n[1] as u64),
-        cpu: Duration::from_micros(n[2] as u64),
-        max_rss_kb: n[3],
-    };
-    let _ = std::fs::remove_dir_all(&dir);
-    run
+    imipflow_tests::rusage::measure(
+        &bin("imip-ingest"),
+        &all,
+        &[],
+        input,
+        Duration::from_secs(20),
+    )
 }
 
 /// Not a test of its own: the measuring helper of [`ingest`], active only when
-/// the test binary is re-executed with `IMIPFLOW_RUSAGE_DIR` set.
+/// the test binary is re-executed by `imipflow_tests::rusage::measure`.
 #[test]
 fn rusage_helper() {
-    let Some(dir) = std::env::var_os("IMIPFLOW_RUSAGE_DIR") else {
-        return;
-    };
-    let dir = std::path::PathBuf::from(dir);
-    let args: Vec<String> =
-        serde_json::from_str(&std::env::var("IMIPFLOW_RUSAGE_ARGS").unwrap()).unwrap();
-    let start = Instant::now();
-    let mut child = Command::new(std::env::var_os("IMIPFLOW_RUSAGE_BIN").unwrap())
-        .args(&args)
-        .stdin(Stdio::inherit())
-        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap())
-        .spawn()
-        .expect("spawn imip-ingest");
-    let pid = child.id() as libc::pid_t;
-    let mut killed = false;
-    let (status, usage) = loop {
-        let mut status = 0;
-        // SAFETY: rusage is plain data; wait4 fills it for our own child.
-        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
-            break (status, usage);
-        }
-        assert!(r == 0, "wait4: {}", std::io::Error::last_os_error());
-        if !killed && start.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            killed = true;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    };
-    let wall = start.elapsed();
-    let code = if libc::WIFEXITED(status) {
-        libc::WEXITSTATUS(status)
-    } else {
-        -libc::WTERMSIG(status)
-    };
-    let us = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
-    std::fs::write(
-        dir.join("rusage"),
-        format!(
-            "{code} {} {} {}",
-            wall.as_micros(),
-            us(usage.ru_utime) + us(usage.ru_stime),
-            usage.ru_maxrss
-        ),
-    )
-    .unwrap();
-    std::process::exit(0);
+    imipflow_tests::rusage::helper();
 }
 
 // ---------------------------------------------------------------- outcomes
