@@ -425,27 +425,7 @@ impl TestEnv {
     /// it accepts connections (it listens only once NATS and PostgreSQL are
     /// connected and its consumer exists).
     pub async fn start_publisher(&self, port: u16) -> Publisher {
-        let mut cmd = self.command("imip-publisher");
-        cmd.env("IMIP_PUBLISHER_LISTEN", format!("127.0.0.1:{port}"));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn imip-publisher");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("imip-publisher exited before listening: {status}");
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "imip-publisher did not listen on port {port} within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Publisher { child, port }
+        self.start_publisher_with(port, |_| {}).await
     }
 
     /// Like [`Self::start_publisher`], after `configure` had its say on the
