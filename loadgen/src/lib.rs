@@ -159,37 +159,48 @@ pub fn messages(config: &Config) -> Vec<Message> {
     let limits = Limits::default();
     let mut out = Vec::new();
     for (i, mail) in mails(config).into_iter().enumerate() {
-        let env = Envelope {
-            direction: mail.direction,
-            sender: mail.sender.clone(),
-            recipients: mail.recipients.clone(),
-        };
-        let input = Input {
-            bytes: &mail.bytes,
-            total_size: mail.bytes.len() as u64,
-            calendar_beyond_limit: false,
-        };
         let now = epoch() + Duration::seconds(i as i64);
-        for output in imipflow_ingest::plan(&input, &env, &limits, now).outputs {
-            // Generated mails are well-formed; a quarantine here would be a
-            // generator bug, and dropping it keeps the traffic deterministic.
-            if let Output::Payload { payload, json } = output {
+        // Generated mails are well-formed; a quarantine here would be a
+        // generator bug, and dropping it keeps the traffic deterministic.
+        out.extend(plan_mail(&mail, &limits, now).into_iter().flatten());
+    }
+    out
+}
+
+/// What ingest's planner makes of one mail at `now`, under `limits`: a
+/// message per payload, `None` per quarantine record.
+pub fn plan_mail(mail: &Mail, limits: &Limits, now: DateTime<Utc>) -> Vec<Option<Message>> {
+    let env = Envelope {
+        direction: mail.direction,
+        sender: mail.sender.clone(),
+        recipients: mail.recipients.clone(),
+    };
+    let input = Input {
+        bytes: &mail.bytes,
+        total_size: mail.bytes.len() as u64,
+        calendar_beyond_limit: false,
+    };
+    imipflow_ingest::plan(&input, &env, limits, now)
+        .outputs
+        .into_iter()
+        .map(|output| match output {
+            Output::Payload { payload, json } => {
                 let nats_msg_id = match mail.delivery {
                     Delivery::LateRedelivery => format!("{}~late", payload.dedupe_id),
                     _ => payload.dedupe_id.clone(),
                 };
-                out.push(Message {
+                Some(Message {
                     user: payload.user.clone(),
                     number: mail.number,
                     nats_msg_id,
                     dedupe_id: payload.dedupe_id.clone(),
                     delivery: mail.delivery,
                     json,
-                });
+                })
             }
-        }
-    }
-    out
+            Output::Quarantine(_) => None,
+        })
+        .collect()
 }
 
 /// What [`publish`] did.

@@ -8,9 +8,9 @@
 //! (`hostile_long_run`, ignored) is what docs/reliability.md records.
 
 use chrono::{DateTime, Duration, Utc};
-use imipflow_ingest::{Envelope, Limits, Output, plan::Input};
+use imipflow_ingest::Limits;
 use imipflow_loadgen::hostile::{self, ATTACKER, Attack, Mixed};
-use imipflow_loadgen::{Config, Delivery, Message};
+use imipflow_loadgen::{Config, Message};
 use imipflow_tests::TestEnv;
 use imipflow_tests::oracle::{check_event_stream, read_stream};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,42 +58,21 @@ fn plan(mixed: &[Mixed]) -> Planned {
         if m.attack.is_none() {
             clock += Duration::seconds(1);
         }
-        let env = Envelope {
-            direction: mail.direction,
-            sender: mail.sender.clone(),
-            recipients: mail.recipients.clone(),
-        };
-        let input = Input {
-            bytes: &mail.bytes,
-            total_size: mail.bytes.len() as u64,
-            calendar_beyond_limit: false,
-        };
         let limits = match m.attack {
             Some(a) if a.exhausts() => lifted(),
             _ => Limits::default(),
         };
         let label = m.attack.map_or("normal", Attack::name);
-        for output in imipflow_ingest::plan(&input, &env, &limits, clock).outputs {
-            match output {
-                Output::Payload { payload, json } => {
+        for planned in imipflow_loadgen::plan_mail(mail, &limits, clock) {
+            match planned {
+                Some(message) => {
                     *out.published.entry(label).or_default() += 1;
                     if m.attack.is_some() {
-                        out.hostile_ids.insert(payload.dedupe_id.clone());
+                        out.hostile_ids.insert(message.dedupe_id.clone());
                     }
-                    let nats_msg_id = match mail.delivery {
-                        Delivery::LateRedelivery => format!("{}~late", payload.dedupe_id),
-                        _ => payload.dedupe_id.clone(),
-                    };
-                    out.messages.push(Message {
-                        user: payload.user.clone(),
-                        number: mail.number,
-                        nats_msg_id,
-                        dedupe_id: payload.dedupe_id.clone(),
-                        delivery: mail.delivery,
-                        json,
-                    });
+                    out.messages.push(message);
                 }
-                Output::Quarantine(_) => {
+                None => {
                     assert!(m.attack.is_some(), "a normal mail was quarantined");
                     *out.quarantined.entry(label).or_default() += 1;
                 }
