@@ -5,8 +5,8 @@
 //! unreadable date-times, non-addresses, DURATION and unknown components
 //! (docs/hostile-input.md "iCalendar content").
 
-use imipflow_tests::{fixture, json_lines, subset_mismatch, TestEnv};
-use serde_json::{json, Value};
+use imipflow_tests::{TestEnv, fixture, json_lines, subset_mismatch};
+use serde_json::{Value, json};
 
 const ALICE: &str = "alice@example.com";
 

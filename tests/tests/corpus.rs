@@ -9,7 +9,7 @@
 //! alone is skipped, with a message, when no Python with `icalendar` can be
 //! had (it is installed into a venv under `target/` on first use).
 
-use imipflow_tests::{json_lines, TestEnv};
+use imipflow_tests::{TestEnv, json_lines};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
