@@ -99,6 +99,8 @@ struct Seen {
     uid: String,
     organizer: Option<String>,
     attendees: Vec<String>,
+    /// Whether the component names one instance (RECURRENCE-ID).
+    instance: bool,
 }
 
 fn seen(mail: &Mail) -> Option<Seen> {
@@ -110,6 +112,7 @@ fn seen(mail: &Mail) -> Option<Seen> {
         uid: String::new(),
         organizer: None,
         attendees: Vec::new(),
+        instance: false,
     };
     for line in text[start..end].split("\r\n") {
         let (name, value) = line.split_once(':').unwrap_or((line, ""));
@@ -119,6 +122,7 @@ fn seen(mail: &Mail) -> Option<Seen> {
         };
         match name.split(';').next().unwrap_or("") {
             "METHOD" => s.method = value.to_owned(),
+            "RECURRENCE-ID" => s.instance = true,
             "UID" if s.uid.is_empty() => s.uid = value.to_owned(),
             "ORGANIZER" if s.organizer.is_none() => s.organizer = address(),
             "ATTENDEE" => {
@@ -357,6 +361,13 @@ pub fn mix(normal: Vec<Mail>, seed: u64, percent: u32) -> Vec<Mixed> {
                 attendees: s.attendees.clone(),
             };
             let first_request = s.method == "REQUEST" && m.delivery == Delivery::First;
+            // Once its organizer cancelled the whole event, nothing of it is
+            // stored: a REQUEST for its UID from anyone is a new invitation
+            // (to the queue), not an attack on a stored one.
+            if s.method == "CANCEL" && !s.instance {
+                invites.retain(|k| !(k.user == m.user && k.uid == s.uid));
+                owned.retain(|k| !(k.user == m.user && k.uid == s.uid));
+            }
             if first_request && m.direction == Direction::Incoming {
                 if rng.u32(..100) < percent {
                     let mut copy = m.clone();

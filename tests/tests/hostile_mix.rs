@@ -44,7 +44,7 @@ struct Planned {
     published: BTreeMap<&'static str, usize>,
     /// Dedupe ids of the attacks' payloads (their message_log lines are
     /// theirs, whatever the outcome).
-    hostile_ids: BTreeSet<String>,
+    hostile_ids: BTreeMap<String, &'static str>,
 }
 
 /// Plans each mail with ingest's own pure planner (what `imip-ingest` would
@@ -68,7 +68,7 @@ fn plan(mixed: &[Mixed]) -> Planned {
                 Some(message) => {
                     *out.published.entry(label).or_default() += 1;
                     if m.attack.is_some() {
-                        out.hostile_ids.insert(message.dedupe_id.clone());
+                        out.hostile_ids.insert(message.dedupe_id.clone(), label);
                     }
                     out.messages.push(message);
                 }
@@ -95,7 +95,7 @@ async fn publish(env: &TestEnv, messages: &[Message]) {
 async fn user_rows(
     env: &TestEnv,
     users: &[String],
-    hostile_ids: &BTreeSet<String>,
+    hostile_ids: &BTreeMap<String, &'static str>,
 ) -> BTreeMap<String, Vec<String>> {
     let db = env.pg().await;
     db.batch_execute("SET TimeZone = 'UTC'").await.unwrap();
@@ -121,7 +121,7 @@ async fn user_rows(
         .await
         .unwrap()
     {
-        if !hostile_ids.contains(&r.get::<_, String>(1)) {
+        if !hostile_ids.contains_key(&r.get::<_, String>(1)) {
             out.entry(r.get(0)).or_default().push(r.get(2));
         }
     }
@@ -170,9 +170,12 @@ async fn run(seed: u64, users: usize, messages: usize, percent: u32) -> Figures 
 
     // The oracle: the normal traffic alone.
     let oracle = TestEnv::new().await;
-    publish(&oracle, &without.messages).await;
+    let oracle_started = std::time::Instant::now();
     let p = oracle.start_processor(&[]);
+    publish(&oracle, &without.messages).await;
     oracle.wait_applied().await;
+    let oracle_seconds = oracle_started.elapsed().as_secs_f64();
+    let oracle_peak = peak_rss_kib(p.pid());
     p.terminate().await;
     let want = user_rows(&oracle, &normal_users, &with.hostile_ids).await;
 
@@ -187,6 +190,37 @@ async fn run(seed: u64, users: usize, messages: usize, percent: u32) -> Figures 
     p.terminate().await;
     let got = user_rows(&env, &normal_users, &with.hostile_ids).await;
 
+    let db = env.pg().await;
+    // Every attack aimed at a normal user was recorded, and none applied.
+    let mut recorded = 0usize;
+    for r in db
+        .query(
+            "SELECT dedupe_id, outcome, coalesce(reason, '') FROM message_log WHERE user_addr = ANY($1)",
+            &[&normal_users],
+        )
+        .await
+        .unwrap()
+    {
+        let (id, outcome, reason): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        if let Some(attack) = with.hostile_ids.get(&id) {
+            recorded += 1;
+            assert!(
+                outcome == "refused" || outcome == "ignored",
+                "an attack ({attack}) on a normal user was {outcome}: {reason}"
+            );
+        }
+    }
+    let aimed = with
+        .messages
+        .iter()
+        .filter(|m| with.hostile_ids.contains_key(&m.dedupe_id) && normal_users.contains(&m.user))
+        .count();
+    assert!(aimed > 0, "no attack reached a normal user");
+    assert_eq!(
+        recorded, aimed,
+        "attacks on normal users without a message_log line"
+    );
+    let refused = recorded;
     // Every normal user exactly as without the attacks.
     for user in &normal_users {
         let (g, w) = (
@@ -220,7 +254,6 @@ async fn run(seed: u64, users: usize, messages: usize, percent: u32) -> Figures 
     }
     // Nothing dead-lettered, the attackers' mail included: each attack has a
     // defined outcome (refused, quarantined, applied within the limits).
-    let db = env.pg().await;
     let dead: Vec<String> = db
         .query("SELECT user_addr || ': ' || error FROM dead_letters", &[])
         .await
@@ -229,36 +262,6 @@ async fn run(seed: u64, users: usize, messages: usize, percent: u32) -> Figures 
         .map(|r| r.get(0))
         .collect();
     assert!(dead.is_empty(), "dead letters: {dead:?}");
-    // Every attack aimed at a normal user was recorded, and none applied.
-    let mut recorded = 0usize;
-    for r in db
-        .query(
-            "SELECT dedupe_id, outcome, coalesce(reason, '') FROM message_log WHERE user_addr = ANY($1)",
-            &[&normal_users],
-        )
-        .await
-        .unwrap()
-    {
-        let (id, outcome, reason): (String, String, String) = (r.get(0), r.get(1), r.get(2));
-        if with.hostile_ids.contains(&id) {
-            recorded += 1;
-            assert!(
-                outcome == "refused" || outcome == "ignored",
-                "an attack on a normal user was {outcome}: {reason}"
-            );
-        }
-    }
-    let aimed = with
-        .messages
-        .iter()
-        .filter(|m| with.hostile_ids.contains(&m.dedupe_id) && normal_users.contains(&m.user))
-        .count();
-    assert!(aimed > 0, "no attack reached a normal user");
-    assert_eq!(
-        recorded, aimed,
-        "attacks on normal users without a message_log line"
-    );
-    let refused = recorded;
     // The attacker's mailbox stays bounded.
     let attacker_rows: i64 = db
         .query_one(
@@ -269,8 +272,9 @@ async fn run(seed: u64, users: usize, messages: usize, percent: u32) -> Figures 
         .unwrap()
         .get(0);
     eprintln!(
-        "hostile mix: applied in {seconds:.1} s, processor peak RSS {} MiB, attacker free/busy rows {attacker_rows}, refusals for normal users {refused}",
-        peak / 1024
+        "hostile mix: applied in {seconds:.1} s (normal traffic alone: {oracle_seconds:.1} s), processor peak RSS {} MiB (alone: {} MiB), attacker free/busy rows {attacker_rows}, refusals for normal users {refused}",
+        peak / 1024,
+        oracle_peak / 1024
     );
     Figures {
         normal: without.messages.len(),
