@@ -1,28 +1,19 @@
 //! Tests of the bounds on one message and one user (`crate::limits`), of the
 //! capped window query and of the shared raw text, on the pure functions.
 
+use super::test_fixtures::{ctx_with, payload_of, z};
 use super::*;
 use crate::limits::{Limits, MessageBudget, Usage, freebusy_rows, quota};
 use crate::model::{Ctx, Disposition, Outcome, Period, UidState};
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use imipflow_schema::{
-    Component, ComponentKind, Direction, Method, Party, Payload, RecurrenceId, Time, Transparency,
+    Component, ComponentKind, Method, Party, Payload, RecurrenceId, Time, Transparency,
 };
 
 const U: &str = "alice@example.org";
 
-fn z(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
 fn ctx() -> Ctx {
-    Ctx {
-        default_tz: chrono_tz::UTC,
-        now: z("2027-03-01T00:00:00Z"),
-        horizon: Duration::days(366),
-        max_instances: 5000,
-        managers: vec![],
-    }
+    ctx_with(5000, &[])
 }
 
 fn limits() -> Limits {
@@ -63,21 +54,8 @@ fn event(uid: &str, start: &str, rule: Option<&str>) -> Component {
 
 fn payload(method: Method, components: Vec<Component>) -> Payload {
     Payload {
-        version: imipflow_schema::PAYLOAD_VERSION,
-        method,
-        user: U.into(),
-        direction: Direction::Outgoing,
-        sender: U.into(),
-        recipients: vec![],
-        message_id: None,
-        dedupe_id: "d".into(),
-        object_index: 0,
-        object_count: 1,
-        ingested_at: z("2027-03-01T00:00:00Z"),
-        components,
-        timezones: Default::default(),
-        warnings: vec![],
         raw: "BEGIN:VCALENDAR\r\n".repeat(1000),
+        ..payload_of(U, method, components)
     }
 }
 

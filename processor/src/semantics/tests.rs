@@ -1,11 +1,12 @@
 //! Tests of the method semantics: every rule of SPEC §2, with exact UTC instants.
 
+use super::test_fixtures::{att, ctx_with, payload_of, z};
 use super::*;
 use crate::model::{AnswerStamp, Change, Ctx, Disposition, FbType, Period, UidState};
-use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use imipflow_schema::{
-    Attendee, Component, ComponentKind, Direction, Method, Observance, PartStat, Party, Payload,
-    Range, RecurrenceId, Status, Time, Transparency, YearlyRule, Zone, ZoneRules,
+    Component, ComponentKind, Direction, Method, Observance, PartStat, Party, Payload, Range,
+    RecurrenceId, Status, Time, Transparency, YearlyRule, Zone, ZoneRules,
 };
 use std::collections::BTreeMap;
 
@@ -18,10 +19,6 @@ const UID: &str = "ev1";
 
 // ---- builders -------------------------------------------------------------
 
-fn z(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
 fn n(s: &str) -> NaiveDateTime {
     NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S").unwrap()
 }
@@ -31,13 +28,7 @@ fn d(s: &str) -> NaiveDate {
 }
 
 fn ctx() -> Ctx {
-    Ctx {
-        default_tz: chrono_tz::UTC,
-        now: z("2027-03-01T00:00:00Z"),
-        horizon: Duration::days(366),
-        max_instances: 1000,
-        managers: vec![MANAGER.into()],
-    }
+    ctx_with(1000, &[MANAGER])
 }
 
 fn ctx_tz(tz: chrono_tz::Tz) -> Ctx {
@@ -108,19 +99,6 @@ fn party(address: &str) -> Party {
     Party {
         address: address.into(),
         cn: None,
-        sent_by: None,
-    }
-}
-
-fn att(address: &str, partstat: PartStat) -> Attendee {
-    Attendee {
-        address: address.into(),
-        cn: None,
-        partstat,
-        role: "REQ-PARTICIPANT".into(),
-        rsvp: false,
-        delegated_to: vec![],
-        delegated_from: vec![],
         sent_by: None,
     }
 }
@@ -197,21 +175,11 @@ fn this_and_future(mut c: Component) -> Component {
 
 fn payload(method: Method, components: Vec<Component>) -> Payload {
     Payload {
-        version: imipflow_schema::PAYLOAD_VERSION,
-        method,
-        user: U.into(),
-        direction: Direction::Outgoing,
-        sender: U.into(),
         recipients: vec![BOB.into()],
         message_id: Some("m1@example.org".into()),
         dedupe_id: "dedupe".into(),
-        object_index: 0,
-        object_count: 1,
-        ingested_at: z("2027-03-01T00:00:00Z"),
-        components,
         timezones: zones(),
-        warnings: vec![],
-        raw: "BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n".into(),
+        ..payload_of(U, method, components)
     }
 }
 

@@ -4,9 +4,10 @@
 //! changes only its sender's own answer, and a delegate is accepted only when
 //! the delegation is stored or shown by both of its lines.
 
+use super::test_fixtures::{att, ctx_with, z};
 use super::*;
 use crate::model::{Ctx, Disposition, Pending, QueueChange, StoredObject, UidState};
-use chrono::{DateTime, Duration, Utc};
+use chrono::Duration;
 use imipflow_schema::{
     Attendee, Component, ComponentKind, Direction, Method, PartStat, Party, Payload, Time,
     Transparency,
@@ -20,18 +21,8 @@ const DAVE: &str = "dave@example.org";
 const MALLORY: &str = "mallory@example.net";
 const UID: &str = "m1";
 
-fn z(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
 fn ctx() -> Ctx {
-    Ctx {
-        default_tz: chrono_tz::UTC,
-        now: z("2027-03-01T00:00:00Z"),
-        horizon: Duration::days(366),
-        max_instances: 1000,
-        managers: vec![],
-    }
+    ctx_with(1000, &[])
 }
 
 fn party(address: &str, sent_by: Option<&str>) -> Party {
@@ -39,19 +30,6 @@ fn party(address: &str, sent_by: Option<&str>) -> Party {
         address: address.into(),
         cn: None,
         sent_by: sent_by.map(str::to_owned),
-    }
-}
-
-fn att(address: &str, partstat: PartStat) -> Attendee {
-    Attendee {
-        address: address.into(),
-        cn: None,
-        partstat,
-        role: "REQ-PARTICIPANT".into(),
-        rsvp: false,
-        delegated_to: vec![],
-        delegated_from: vec![],
-        sent_by: None,
     }
 }
 
