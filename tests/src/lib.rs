@@ -459,6 +459,21 @@ impl TestEnv {
         Publisher { child, port }
     }
 
+    /// `user`'s `message_log` rows, in stream order: (method, outcome).
+    pub async fn message_log_of(&self, user: &str) -> Vec<(String, String)> {
+        self.pg()
+            .await
+            .query(
+                "SELECT method, outcome FROM message_log WHERE user_addr = $1 ORDER BY stream_seq",
+                &[&user],
+            )
+            .await
+            .expect("message_log")
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+
     /// `imip-ctl ARGS --json`, parsed; panics on failure.
     pub async fn ctl_json(&self, args: &[&str]) -> serde_json::Value {
         let mut all: Vec<&str> = args.to_vec();

@@ -217,21 +217,6 @@ fn managed_meeting(message_id: &str, envelope_from: &str) -> Vec<u8> {
 
 const MANAGED_SLOT: &str = "2027-03-12T09:00:00Z 2027-03-12T10:00:00Z BUSY";
 
-/// Bob's message_log rows: (method, outcome).
-async fn bob_log(env: &TestEnv) -> Vec<(String, String)> {
-    env.pg()
-        .await
-        .query(
-            "SELECT method, outcome FROM message_log WHERE user_addr = $1 ORDER BY stream_seq",
-            &[&BOB],
-        )
-        .await
-        .expect("message_log")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
 /// An outsider on port 25 claiming the manager's address (in any case) is
 /// refused at MAIL: swaks sees the 550, nothing is queued or piped, and Bob's
 /// calendar is untouched. (Before `acl_imip`, the forged REQUEST was
@@ -289,7 +274,11 @@ async fn a_forged_manager_sender_on_port_25_is_refused() {
     );
     env.wait_applied().await;
     assert_eq!(env.stream_messages("messages").await.len(), 1);
-    assert_eq!(bob_log(&env).await.len(), 1, "Carol's message only");
+    assert_eq!(
+        env.message_log_of(BOB).await.len(),
+        1,
+        "Carol's message only"
+    );
     assert!(env.busy_lines(BOB, FROM, TO).await.is_empty());
     assert_eq!(queue_len(&env, BOB).await, 1);
 }
@@ -347,7 +336,7 @@ async fn the_managers_submission_is_applied_as_the_users_own() {
         .await;
     assert_eq!(object["organizer"], BOB, "{object}");
     assert_eq!(
-        bob_log(&env).await,
+        env.message_log_of(BOB).await,
         vec![("REQUEST".to_owned(), "applied".to_owned())]
     );
 }

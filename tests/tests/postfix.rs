@@ -295,21 +295,6 @@ fn manager_processor(env: &TestEnv) -> imipflow_tests::Processor {
     env.start_processor(&[("IMIP_MANAGER_ADDRESSES", MANAGER)])
 }
 
-/// Bob's message_log rows: (method, outcome).
-async fn bob_log(env: &TestEnv) -> Vec<(String, String)> {
-    env.pg()
-        .await
-        .query(
-            "SELECT method, outcome FROM message_log WHERE user_addr = $1 ORDER BY stream_seq",
-            &[&BOB],
-        )
-        .await
-        .expect("message_log")
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
-}
-
 /// An outsider on port 25 claiming the manager's address (in any case) is
 /// refused by Postfix: swaks sees the 5xx, no copy reaches imip-ingest, and
 /// Bob's calendar is untouched. (Before deploy/ refused it, the forged
@@ -366,7 +351,11 @@ async fn a_forged_manager_sender_on_port_25_is_refused() {
         pf.maillog()
     );
     assert_eq!(env.stream_messages("messages").await.len(), 1);
-    assert_eq!(bob_log(&env).await.len(), 1, "Carol's message only");
+    assert_eq!(
+        env.message_log_of(BOB).await.len(),
+        1,
+        "Carol's message only"
+    );
     assert!(env.busy_lines(BOB, FROM, TO).await.is_empty());
     let q = queue(&env, BOB).await;
     assert_eq!(q.len(), 1, "{q:?}");
@@ -428,7 +417,7 @@ async fn the_managers_submission_is_applied_as_the_users_own() {
         .await;
     assert_eq!(object["organizer"], BOB, "{object}");
     assert_eq!(
-        bob_log(&env).await,
+        env.message_log_of(BOB).await,
         vec![("REQUEST".to_owned(), "applied".to_owned())]
     );
 }
