@@ -870,3 +870,24 @@ impl Drop for Exim {
         }
     }
 }
+
+/// What the calendar manager sends to Bob on his behalf (he made the meeting
+/// in its web page): his own REQUEST, which, from the manager's address,
+/// imipflow applies as if Bob had sent it (the Postfix and Exim tests).
+pub fn managed_meeting(message_id: &str, envelope_from: &str) -> Vec<u8> {
+    let meeting = crate::vevent(&[
+        "UID:bob-planning@example.org",
+        "SEQUENCE:0",
+        "DTSTAMP:20270101T000000Z",
+        "DTSTART:20270312T090000Z",
+        "DTEND:20270312T100000Z",
+        "SUMMARY:Planning",
+        "ORGANIZER:mailto:bob@example.org",
+        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:bob@example.org",
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:dave@example.com",
+    ]);
+    crate::imip_mail("REQUEST", envelope_from, message_id, &[meeting])
+}
+
+/// Bob's busy time once [`managed_meeting`] is applied.
+pub const MANAGED_SLOT: &str = "2027-03-12T09:00:00Z 2027-03-12T10:00:00Z BUSY";

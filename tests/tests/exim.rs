@@ -11,6 +11,7 @@
 //! Skips (with a message) when Exim cannot be unpacked here.
 
 use imipflow_tests::mta::{Exim, NatsServer, exim_unavailable};
+use imipflow_tests::mta::{MANAGED_SLOT, managed_meeting};
 use imipflow_tests::{TestEnv, imip_mail, vevent};
 
 const ALICE: &str = "alice@example.org";
@@ -197,25 +198,6 @@ async fn a_broken_pipe_command_fails_the_copy_without_bouncing() {
     assert!(exim.log_lines(&["<= <>"]).is_empty(), "{log}");
     assert!(exim.queue().trim().is_empty(), "{}", exim.queue());
 }
-
-/// What the calendar manager sends to Bob on his behalf: his own REQUEST,
-/// which, from the manager's address, imipflow applies as if Bob had sent it.
-fn managed_meeting(message_id: &str, envelope_from: &str) -> Vec<u8> {
-    let meeting = vevent(&[
-        "UID:bob-planning@example.org",
-        "SEQUENCE:0",
-        "DTSTAMP:20270101T000000Z",
-        "DTSTART:20270312T090000Z",
-        "DTEND:20270312T100000Z",
-        "SUMMARY:Planning",
-        "ORGANIZER:mailto:bob@example.org",
-        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:bob@example.org",
-        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:dave@example.com",
-    ]);
-    imip_mail("REQUEST", envelope_from, message_id, &[meeting])
-}
-
-const MANAGED_SLOT: &str = "2027-03-12T09:00:00Z 2027-03-12T10:00:00Z BUSY";
 
 /// An outsider on port 25 claiming the manager's address (in any case) is
 /// refused at MAIL: swaks sees the 550, nothing is queued or piped, and Bob's

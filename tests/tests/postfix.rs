@@ -12,6 +12,7 @@
 //!
 //! Skips (with a message) only when postfix cannot be installed here.
 
+use imipflow_tests::mta::{MANAGED_SLOT, managed_meeting};
 use imipflow_tests::mta::{NatsServer, Postfix, postfix_unavailable};
 use imipflow_tests::{TestEnv, imip_mail, vevent};
 use serde_json::Value;
@@ -270,26 +271,6 @@ async fn a_broken_pipe_command_drops_the_copy_without_bouncing() {
     assert!(!log.contains("non-delivery notification"), "{log}");
     assert_eq!(pf.log_lines(&["from=<>"]).len(), 0, "{log}");
 }
-
-/// What the calendar manager sends to Bob on his behalf (he made the meeting
-/// in its web page): his own REQUEST, which, from the manager's address,
-/// imipflow applies as if Bob had sent it.
-fn managed_meeting(message_id: &str, envelope_from: &str) -> Vec<u8> {
-    let meeting = vevent(&[
-        "UID:bob-planning@example.org",
-        "SEQUENCE:0",
-        "DTSTAMP:20270101T000000Z",
-        "DTSTART:20270312T090000Z",
-        "DTEND:20270312T100000Z",
-        "SUMMARY:Planning",
-        "ORGANIZER:mailto:bob@example.org",
-        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:bob@example.org",
-        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:dave@example.com",
-    ]);
-    imip_mail("REQUEST", envelope_from, message_id, &[meeting])
-}
-
-const MANAGED_SLOT: &str = "2027-03-12T09:00:00Z 2027-03-12T10:00:00Z BUSY";
 
 fn manager_processor(env: &TestEnv) -> imipflow_tests::Processor {
     env.start_processor(&[("IMIP_MANAGER_ADDRESSES", MANAGER)])
