@@ -6,9 +6,9 @@
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use imipflow_ingest::{Envelope, Limits, ical, mime, plan};
-use imipflow_processor::model::{Ctx, UidState};
-use imipflow_processor::semantics;
 use imipflow_schema::{Direction, Payload};
+use imipflow_semantics::method as semantics;
+use imipflow_semantics::model::{Ctx, UidState};
 use std::collections::BTreeMap;
 
 fn now() -> DateTime<Utc> {

@@ -14,6 +14,8 @@ pub enum ProcessorError {
     Migration(#[from] refinery::Error),
     #[error("{0}")]
     Payload(String),
+    #[error("{0}")]
+    Semantics(#[from] imipflow_semantics::SemanticsError),
     #[error("NATS: {0}")]
     Nats(String),
     /// Applying one message took longer than its budget (`IMIP_MESSAGE_BUDGET_MS`):
@@ -93,7 +95,8 @@ impl ProcessorError {
             ProcessorError::OverBudget { .. } => Fault::Strain,
             ProcessorError::Config(_)
             | ProcessorError::Migration(_)
-            | ProcessorError::Payload(_) => Fault::Message,
+            | ProcessorError::Payload(_)
+            | ProcessorError::Semantics(_) => Fault::Message,
         }
     }
 }

@@ -8,18 +8,19 @@ pub mod config;
 pub mod connect;
 pub mod ctl;
 pub mod error;
-pub mod events;
 pub mod health;
-pub mod limits;
 pub mod metrics;
 pub mod migrate;
-pub mod model;
 pub mod quarantine;
 pub mod relay;
-pub mod semantics;
 pub mod store;
 pub mod streams;
 pub mod worker;
+
+// The pure parts live in imipflow-semantics; re-exported under the names
+// the processor's modules have always used.
+pub use imipflow_semantics::method as semantics;
+pub use imipflow_semantics::{events, limits, model};
 
 pub use config::Settings;
 pub use error::ProcessorError;

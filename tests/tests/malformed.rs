@@ -1761,8 +1761,8 @@ fn bomb_payload(rule: &str) -> imipflow_schema::Payload {
 /// instance limit) and answering free/busy windows near and very far away.
 #[test]
 fn recurrence_bombs_are_bounded_in_the_pure_semantics() {
-    use imipflow_processor::semantics;
-    let ctx = imipflow_processor::model::Ctx {
+    use imipflow_semantics::method as semantics;
+    let ctx = imipflow_semantics::model::Ctx {
         default_tz: chrono_tz::Europe::Berlin,
         now: Utc.with_ymd_and_hms(2027, 3, 1, 12, 0, 0).unwrap(),
         horizon: chrono::Duration::days(366),

@@ -16,7 +16,7 @@
 //! and `max_payload` (namespace and address lengths are counted at their
 //! maximum), so two runs of the same messages emit the same events.
 
-use crate::error::ProcessorError;
+use crate::error::SemanticsError;
 use crate::model::{Change, Period};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -223,7 +223,7 @@ pub fn fit(
     user: &str,
     changes: Vec<Change>,
     max_payload: usize,
-) -> Result<Vec<Event>, ProcessorError> {
+) -> Result<Vec<Event>, SemanticsError> {
     let limit = max_payload.saturating_sub(HEADROOM);
     let frame = Frame::new(namespace, user);
     let mut out = Vec::with_capacity(changes.len());
@@ -238,7 +238,7 @@ pub fn fit(
             continue;
         }
         let too_large = |what: &str, bytes: usize| {
-            ProcessorError::Payload(format!(
+            SemanticsError::TooLarge(format!(
                 "{what} needs {bytes} bytes in one event, more than the {max_payload} \
                  the NATS server accepts (max_payload, less {HEADROOM} bytes of headroom)"
             ))
@@ -530,7 +530,7 @@ mod tests {
             recurrence_id: None,
         };
         let e = fit(NS, USER, vec![huge], 65_536).unwrap_err();
-        assert!(!e.is_transient());
+        assert!(matches!(e, crate::SemanticsError::TooLarge(_)));
         assert!(e.to_string().contains("max_payload"), "{e}");
         // One period with a UID that leaves no room for it.
         let e = fit(
