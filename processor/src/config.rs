@@ -181,6 +181,28 @@ pub struct Settings {
     /// followed by `:pid`; default: the host name.
     #[arg(long, env = "IMIP_INSTANCE", global = true)]
     pub instance: Option<String>,
+
+    /// The table layout `imip-processor migrate` leaves: `plain` tables, or
+    /// `list`, the partition-keyed tables as native PostgreSQL LIST
+    /// partitions with one child per partition (docs/scaling.md).
+    #[arg(
+        long,
+        env = "IMIP_DB_LAYOUT",
+        value_enum,
+        default_value = "plain",
+        global = true
+    )]
+    pub db_layout: DbLayout,
+}
+
+/// How `migrate` lays out the partition-keyed tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DbLayout {
+    /// One table each (what a Citus deployment distributes by `partition`).
+    Plain,
+    /// `PARTITION BY LIST (partition)`, one child `<table>_p<N>` per
+    /// partition: the single-node stand-in for shards.
+    List,
 }
 
 impl Settings {

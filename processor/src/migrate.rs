@@ -1,10 +1,12 @@
 //! `imip-processor migrate`: database, schema and streams, idempotently, and
 //! safely when several processors start at once.
 
-use crate::config::Settings;
+use crate::config::{DbLayout, Settings};
 use crate::error::ProcessorError;
 use crate::streams;
 use tokio_postgres::Client;
+
+pub mod list_layout;
 
 mod embedded {
     refinery::embed_migrations!("../schema/migrations");
@@ -86,6 +88,9 @@ pub async fn run(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
              changing it would reorder users' messages",
             settings.partitions
         )));
+    }
+    if settings.db_layout == DbLayout::List {
+        log.extend(list_layout::apply(&mut client, MIGRATION_LOCK, settings.partitions).await?);
     }
     let nats = connect_nats(settings).await?;
     let js = async_nats::jetstream::new(nats);

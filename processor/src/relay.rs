@@ -184,8 +184,8 @@ pub async fn flush(
         db.execute(
             "UPDATE outbox SET published_at = now()
              FROM unnest($1::text[], $2::bigint[]) AS x(u, s)
-             WHERE outbox.user_addr = x.u AND outbox.user_seq = x.s",
-            &[&users, &seqs],
+             WHERE outbox.partition = $3 AND outbox.user_addr = x.u AND outbox.user_seq = x.s",
+            &[&users, &seqs, &partition],
         )
         .await?;
         total += events.len() + oversized.len();

@@ -9,6 +9,11 @@
 //! Every read is bounded by a LIMIT: a snapshot reads at most the periods the
 //! cache keeps for one user (a count over `LIMIT n + 1` rows finds out first,
 //! without fetching them), a window at most one answer's periods plus one.
+//!
+//! Every read names the user's partition (the shard key, docs/scaling.md),
+//! computed with the deployment's partition count, which [`Db::open`] reads
+//! from the `deployment` table: the processor's lanes and ingest route by
+//! that count, and the publisher must find the rows where they wrote them.
 
 use crate::cache::{Loaded, Snapshot};
 use crate::error::PublisherError;
@@ -23,18 +28,22 @@ use tokio_postgres::{Client, IsolationLevel};
 /// transaction.
 pub struct Db {
     target: Database,
+    partitions: u32,
     connections: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
 }
 
 impl Db {
-    /// Opens the first connection now, so that a wrong URL fails at start.
+    /// Opens the first connection now, so that a wrong URL or a database
+    /// `imip-processor migrate` has not prepared fails at start.
     pub async fn open(target: Database, connections: usize) -> Result<Self, PublisherError> {
         let first = target.connect().await?;
+        let partitions = partitions(&first).await?;
         let mut slots: Vec<Mutex<Option<Client>>> = vec![Mutex::new(Some(first))];
         slots.extend((1..connections.max(1)).map(|_| Mutex::new(None)));
         Ok(Db {
             target,
+            partitions,
             connections: slots,
             next: AtomicUsize::new(0),
         })
@@ -61,8 +70,8 @@ impl Db {
     /// The user's busy periods and the event sequence they reflect, or
     /// [`Loaded::Large`] when they have more than `max_periods`.
     pub async fn load(&self, user: &str, max_periods: usize) -> Result<Loaded, PublisherError> {
-        self.with(async |c| load_on(c, user, max_periods).await)
-            .await
+        let at = self.at(user);
+        self.with(async |c| load_on(c, at, max_periods).await).await
     }
 
     /// The user's event sequence and their periods intersecting [from, to),
@@ -75,8 +84,16 @@ impl Db {
         to: DateTime<Utc>,
         limit: usize,
     ) -> Result<(i64, Vec<BusyPeriod>), PublisherError> {
-        self.with(async |c| window_on(c, user, from, to, limit).await)
+        let at = self.at(user);
+        self.with(async |c| window_on(c, at, from, to, limit).await)
             .await
+    }
+
+    fn at<'u>(&self, user: &'u str) -> At<'u> {
+        At {
+            partition: imipflow_schema::partition(user, self.partitions) as i32,
+            user,
+        }
     }
 
     /// `SELECT 1` on one of the connections: does PostgreSQL answer?
@@ -89,6 +106,38 @@ impl Db {
     }
 }
 
+/// The deployment's partition count (`deployment`, key `partitions`).
+async fn partitions(client: &Client) -> Result<u32, PublisherError> {
+    let row = client
+        .query_opt("SELECT value FROM deployment WHERE key = 'partitions'", &[])
+        .await
+        .map_err(|e| not_migrated(&e).unwrap_or(PublisherError::Db(e)))?
+        .ok_or_else(|| {
+            PublisherError::Config(
+                "the database has no partition count (run imip-processor migrate)".into(),
+            )
+        })?;
+    let value: String = row.get(0);
+    value.parse().map_err(|_| {
+        PublisherError::Config(format!(
+            "the deployment's partition count is not a number: {value:?}"
+        ))
+    })
+}
+
+fn not_migrated(e: &tokio_postgres::Error) -> Option<PublisherError> {
+    (e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)).then(|| {
+        PublisherError::Config("the database is not migrated (run imip-processor migrate)".into())
+    })
+}
+
+/// A user and the partition their rows are in.
+#[derive(Clone, Copy)]
+struct At<'u> {
+    partition: i32,
+    user: &'u str,
+}
+
 fn period(r: &tokio_postgres::Row) -> BusyPeriod {
     BusyPeriod {
         start: r.get::<_, DateTime<Utc>>(0),
@@ -99,11 +148,11 @@ fn period(r: &tokio_postgres::Row) -> BusyPeriod {
     }
 }
 
-async fn last_seq(tx: &tokio_postgres::Transaction<'_>, user: &str) -> Result<i64, PublisherError> {
+async fn last_seq(tx: &tokio_postgres::Transaction<'_>, at: At<'_>) -> Result<i64, PublisherError> {
     Ok(tx
         .query_opt(
-            "SELECT last_seq FROM user_events WHERE user_addr = $1",
-            &[&user],
+            "SELECT last_seq FROM user_events WHERE partition = $1 AND user_addr = $2",
+            &[&at.partition, &at.user],
         )
         .await?
         .map(|r| r.get(0))
@@ -112,7 +161,7 @@ async fn last_seq(tx: &tokio_postgres::Transaction<'_>, user: &str) -> Result<i6
 
 async fn load_on(
     client: &mut Client,
-    user: &str,
+    at: At<'_>,
     max_periods: usize,
 ) -> Result<Loaded, PublisherError> {
     let tx = client
@@ -121,13 +170,13 @@ async fn load_on(
         .read_only(true)
         .start()
         .await?;
-    let sequence = last_seq(&tx, user).await?;
+    let sequence = last_seq(&tx, at).await?;
     let over = i64::try_from(max_periods).unwrap_or(i64::MAX - 1) + 1;
     let count: i64 = tx
         .query_one(
             "SELECT count(*) FROM (SELECT 1 FROM freebusy
-             WHERE user_addr = $1 AND NOT isempty(period) LIMIT $2) s",
-            &[&user, &over],
+             WHERE partition = $1 AND user_addr = $2 AND NOT isempty(period) LIMIT $3) s",
+            &[&at.partition, &at.user, &over],
         )
         .await?
         .get(0);
@@ -138,8 +187,8 @@ async fn load_on(
     let rows = tx
         .query(
             "SELECT lower(period), upper(period), fbtype, uid, recurrence_id FROM freebusy
-             WHERE user_addr = $1 AND NOT isempty(period) LIMIT $2",
-            &[&user, &over],
+             WHERE partition = $1 AND user_addr = $2 AND NOT isempty(period) LIMIT $3",
+            &[&at.partition, &at.user, &over],
         )
         .await?;
     tx.commit().await?;
@@ -149,7 +198,7 @@ async fn load_on(
 
 async fn window_on(
     client: &mut Client,
-    user: &str,
+    at: At<'_>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     limit: usize,
@@ -160,16 +209,17 @@ async fn window_on(
         .read_only(true)
         .start()
         .await?;
-    let sequence = last_seq(&tx, user).await?;
+    let sequence = last_seq(&tx, at).await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    // `freebusy_user_period` (GiST on user and period) finds the window; the
+    // `freebusy_user_period` (GiST on partition, user and period) finds the window; the
     // sort keeps only `limit` rows at a time (a top-N heap sort).
     let rows = tx
         .query(
             "SELECT lower(period), upper(period), fbtype, uid, recurrence_id FROM freebusy
-             WHERE user_addr = $1 AND period && tstzrange($2, $3) AND NOT isempty(period)
-             ORDER BY lower(period) LIMIT $4",
-            &[&user, &from, &to, &limit],
+             WHERE partition = $1 AND user_addr = $2 AND period && tstzrange($3, $4)
+               AND NOT isempty(period)
+             ORDER BY lower(period) LIMIT $5",
+            &[&at.partition, &at.user, &from, &to, &limit],
         )
         .await?;
     tx.commit().await?;
