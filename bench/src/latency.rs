@@ -472,9 +472,7 @@ pub(crate) async fn publish_start(
             &p.subject_user_key,
         )
     });
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", p.dedupe_id.as_str());
-    js.publish_with_headers(subject, headers, p.json.clone().into())
+    imipflow_nats::publish_deduped(js, subject, &p.dedupe_id, p.json.clone().into())
         .await
         .context("publish failed")
 }
@@ -623,23 +621,29 @@ pub(crate) async fn baseline_sample(
     let t = Instant::now();
     // Into the events stream (its subjects take any kind), not the messages
     // stream: the processor must not see these.
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", format!("{subject}-in").as_str());
-    js.publish_with_headers(subject.clone(), headers, p.json.clone().into())
-        .await?
-        .await
-        .context("baseline publish")?;
+    imipflow_nats::publish_deduped(
+        js,
+        subject.clone(),
+        &format!("{subject}-in"),
+        p.json.clone().into(),
+    )
+    .await?
+    .await
+    .context("baseline publish")?;
     let body: serde_json::Value = serde_json::from_slice(&p.json)?;
     let id = BASELINE_ROW.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     db.execute(insert, &[&id, &body])
         .await
         .context("baseline insert")?;
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert("Nats-Msg-Id", format!("{subject}-out").as_str());
-    js.publish_with_headers(subject, headers, p.json.clone().into())
-        .await?
-        .await
-        .context("baseline publish")?;
+    imipflow_nats::publish_deduped(
+        js,
+        subject.clone(),
+        &format!("{subject}-out"),
+        p.json.clone().into(),
+    )
+    .await?
+    .await
+    .context("baseline publish")?;
     Ok(t.elapsed())
 }
 

@@ -199,7 +199,7 @@ impl Bench<'_> {
     }
 
     fn plain_connect_publish_once(&self, k: usize) -> anyhow::Result<Duration> {
-        use imipflow_ingest::publish::wire;
+        use imipflow_nats::wire;
         let id = format!("bench{}-plain-connect-publish-{k}", self.pid);
         let message = wire::Message {
             subject: &self.publish_subject,
@@ -218,11 +218,7 @@ impl Bench<'_> {
     }
 
     fn connect_publish_once(&self, k: usize) -> anyhow::Result<Duration> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("bench{}-connect-publish-{k}", self.pid).as_str(),
-        );
+        let id = format!("bench{}-connect-publish-{k}", self.pid);
         let payload = self.publish_payload.clone();
         self.rt.block_on(async {
             let start = Instant::now();
@@ -233,10 +229,14 @@ impl Bench<'_> {
                 .await
                 .context("cannot connect")?;
             let js = async_nats::jetstream::new(client.clone());
-            let ack = js
-                .publish_with_headers(self.publish_subject.clone(), headers, payload.into())
-                .await
-                .context("publish failed")?;
+            let ack = imipflow_nats::publish_deduped(
+                &js,
+                self.publish_subject.clone(),
+                &id,
+                payload.into(),
+            )
+            .await
+            .context("publish failed")?;
             tokio::time::timeout(Duration::from_secs(10), ack)
                 .await
                 .context("no acknowledgement within 10 s")?
@@ -252,19 +252,18 @@ impl Bench<'_> {
     }
 
     fn publish_once(&self, k: usize) -> anyhow::Result<Duration> {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("bench{}-publish-{k}", self.pid).as_str(),
-        );
+        let id = format!("bench{}-publish-{k}", self.pid);
         let payload = self.publish_payload.clone();
         self.rt.block_on(async {
             let start = Instant::now();
-            let ack = self
-                .js
-                .publish_with_headers(self.publish_subject.clone(), headers, payload.into())
-                .await
-                .context("publish failed")?;
+            let ack = imipflow_nats::publish_deduped(
+                self.js,
+                self.publish_subject.clone(),
+                &id,
+                payload.into(),
+            )
+            .await
+            .context("publish failed")?;
             tokio::time::timeout(Duration::from_secs(10), ack)
                 .await
                 .context("no acknowledgement within 10 s")?

@@ -622,11 +622,9 @@ async fn publish(
     for m in msgs {
         let p = partition(&m.user, partitions);
         let subject = ns.message_subject(p, &user_key(&m.user));
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", m.msg_id.as_str());
         acks.push((
             p,
-            js.publish_with_headers(subject, headers, m.json.clone().into())
+            imipflow_nats::publish_deduped(js, subject, &m.msg_id, m.json.clone().into())
                 .await
                 .context("publish")?,
         ));

@@ -13,11 +13,10 @@
 
 use crate::error::IngestError;
 use crate::plan::{Output, Plan};
-use async_nats::HeaderMap;
 use imipflow_schema::{Namespace, partition, user_key};
 use std::time::Duration;
 
-pub mod wire;
+pub use imipflow_nats::{wire, wire_login};
 
 pub struct Target<'a> {
     pub url: &'a str,
@@ -100,37 +99,6 @@ fn plain_login(target: &Target<'_>) -> Result<Option<wire::Login>, IngestError> 
     wire_login(target.auth).map_err(refused)
 }
 
-/// The [`wire`] login that `auth` asks for, or `None` when it needs
-/// async-nats (TLS, nkey, credentials file); reads password and token files.
-/// Credentials in the URL are the wire client's own business. Also used by
-/// the processor's outbox relay.
-pub fn wire_login(
-    auth: &imipflow_config::NatsAuth,
-) -> Result<Option<wire::Login>, imipflow_config::ConfigError> {
-    if auth.tls_wanted() || auth.nats_nkey_file.is_some() || auth.nats_creds_file.is_some() {
-        return Ok(None);
-    }
-    if let Some(user) = &auth.nats_user {
-        let password = match (&auth.nats_password, &auth.nats_password_file) {
-            (Some(p), _) => p.expose().to_owned(),
-            (None, Some(path)) => {
-                imipflow_config::nats::read_secret("IMIP_NATS_PASSWORD_FILE", path)?
-            }
-            (None, None) => return Ok(None),
-        };
-        return Ok(Some(wire::Login::UserPassword(user.clone(), password)));
-    }
-    let token = match (&auth.nats_token, &auth.nats_token_file) {
-        (Some(t), _) => Some(t.expose().to_owned()),
-        (None, Some(path)) => Some(imipflow_config::nats::read_secret(
-            "IMIP_NATS_TOKEN_FILE",
-            path,
-        )?),
-        (None, None) => None,
-    };
-    Ok(Some(token.map_or(wire::Login::None, wire::Login::Token)))
-}
-
 /// The same through async-nats, for what [`wire`] does not speak.
 pub async fn publish_async(plan: &Plan, target: &Target<'_>) -> Result<(), IngestError> {
     let connect_err = |reason: String| IngestError::Connect {
@@ -150,19 +118,17 @@ pub async fn publish_async(plan: &Plan, target: &Target<'_>) -> Result<(), Inges
     let mut pending = Vec::with_capacity(plan.outputs.len());
     for output in &plan.outputs {
         let subject = subject(output, target.namespace, target.partitions);
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", output.dedupe_id());
-        let ack = js
-            .publish_with_headers(
-                subject.clone(),
-                headers,
-                output.to_json().into_owned().into(),
-            )
-            .await
-            .map_err(|e| IngestError::Publish {
-                subject: subject.clone(),
-                reason: e.to_string(),
-            })?;
+        let ack = imipflow_nats::publish_deduped(
+            &js,
+            subject.clone(),
+            output.dedupe_id(),
+            output.to_json().into_owned().into(),
+        )
+        .await
+        .map_err(|e| IngestError::Publish {
+            subject: subject.clone(),
+            reason: e.to_string(),
+        })?;
         pending.push((subject, ack));
     }
     for (subject, ack) in pending {

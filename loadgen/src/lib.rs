@@ -225,12 +225,14 @@ pub async fn publish(
     let mut report = PublishReport::default();
     let mut acks = std::collections::VecDeque::new();
     for m in messages {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", m.nats_msg_id.as_str());
-        let ack = js
-            .publish_with_headers(m.subject(ns, partitions), headers, m.json.clone().into())
-            .await
-            .map_err(|e| LoadgenError::Nats(e.to_string()))?;
+        let ack = imipflow_nats::publish_deduped(
+            js,
+            m.subject(ns, partitions),
+            &m.nats_msg_id,
+            m.json.clone().into(),
+        )
+        .await
+        .map_err(|e| LoadgenError::Nats(e.to_string()))?;
         acks.push_back(ack);
         if acks.len() >= 256 {
             let ack = acks.pop_front().expect("non-empty");

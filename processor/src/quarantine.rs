@@ -176,16 +176,14 @@ pub async fn release(
     let ns = settings.namespace()?;
     let mut acks = Vec::new();
     for o in &plan.outputs {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", o.dedupe_id());
-        let ack = js
-            .publish_with_headers(
-                imipflow_ingest::publish::subject(o, &ns, settings.partitions),
-                headers,
-                o.to_json().into_owned().into(),
-            )
-            .await
-            .map_err(ProcessorError::nats)?;
+        let ack = imipflow_nats::publish_deduped(
+            js,
+            imipflow_ingest::publish::subject(o, &ns, settings.partitions),
+            o.dedupe_id(),
+            o.to_json().into_owned().into(),
+        )
+        .await
+        .map_err(ProcessorError::nats)?;
         acks.push(ack);
     }
     for ack in acks {

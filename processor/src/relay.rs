@@ -40,9 +40,8 @@
 
 use crate::config::Settings;
 use crate::error::ProcessorError;
-use async_nats::HeaderMap;
 use async_nats::jetstream;
-use imipflow_ingest::publish::wire;
+use imipflow_nats::wire;
 use imipflow_schema::{Namespace, user_key};
 use std::time::Duration;
 use tokio_postgres::Client;
@@ -63,8 +62,8 @@ impl Publisher {
     /// stream.
     pub async fn choose(settings: &Settings, js: &jetstream::Context, ns: &Namespace) -> Self {
         let pipelined = async {
-            let login = imipflow_ingest::publish::wire_login(&settings.nats_auth)
-                .map_err(|e| e.to_string())?;
+            let login =
+                imipflow_nats::wire_login(&settings.nats_auth).map_err(|e| e.to_string())?;
             let Some(login) = login else {
                 return Err("TLS, nkey or credentials file configured".to_owned());
             };
@@ -246,12 +245,10 @@ async fn serial(js: &jetstream::Context, events: Vec<Event>) -> Result<Vec<Event
             .filter_map(|q| q.get(round))
             .map(|&i| &events[i])
         {
-            let mut headers = HeaderMap::new();
-            headers.insert("Nats-Msg-Id", e.id.as_str());
-            let ack = js
-                .publish_with_headers(e.subject.clone(), headers, e.body.clone().into())
-                .await
-                .map_err(ProcessorError::nats)?;
+            let ack =
+                imipflow_nats::publish_deduped(js, e.subject.clone(), &e.id, e.body.clone().into())
+                    .await
+                    .map_err(ProcessorError::nats)?;
             acks.push(ack);
         }
         for ack in acks {
