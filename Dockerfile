@@ -23,9 +23,12 @@ COPY bench bench
 COPY telemetry telemetry
 COPY config config
 COPY loadgen loadgen
+COPY semantics semantics
+COPY nats nats
+COPY ctl ctl
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bins -p imipflow-processor -p imipflow-publisher \
+    cargo build --release --locked --bins -p imipflow-processor -p imipflow-ctl -p imipflow-publisher \
     && cargo rustc --locked --profile ingest -p imipflow-ingest --bin imip-ingest --target-dir target/static -- \
        -C target-feature=+crt-static -C relocation-model=static \
     && mkdir -p /out \

@@ -13,7 +13,7 @@
 
 use crate::config::Settings;
 use crate::error::ProcessorError;
-use crate::{ctl, metrics, migrate};
+use crate::{metrics, migrate, status};
 use async_nats::connection::State;
 use imipflow_schema::Namespace;
 use std::time::Duration;
@@ -103,7 +103,7 @@ impl Probe {
             }
         }
         let status = self
-            .with_db(async |db| ctl::scrape_status(db, &js, &self.settings).await)
+            .with_db(async |db| status::scrape_status(db, &js, &self.settings).await)
             .await
             .map_err(|e| format!("partition status: {e}"))?;
         let stalled: Vec<String> = status
@@ -120,7 +120,7 @@ impl Probe {
     async fn readings(&self) -> Result<metrics::StoreReadings, ProcessorError> {
         let js = async_nats::jetstream::new(self.nats.clone());
         let status = self
-            .with_db(async |db| ctl::scrape_status(db, &js, &self.settings).await)
+            .with_db(async |db| status::scrape_status(db, &js, &self.settings).await)
             .await?;
         Ok(metrics::StoreReadings {
             partitions: status

@@ -1,4 +1,5 @@
-//! `imip-processor` and `imip-ctl`: the long-running side of imipflow.
+//! `imip-processor`: the long-running side of imipflow (the operator CLI,
+//! `imip-ctl`, is the crate imipflow-ctl).
 //!
 //! [`config`] gathers settings; [`migrate`] creates the database, applies the
 //! migrations that live in `schema/`, and creates the JetStream streams.
@@ -6,13 +7,12 @@
 pub mod batch;
 pub mod config;
 pub mod connect;
-pub mod ctl;
 pub mod error;
 pub mod health;
 pub mod metrics;
 pub mod migrate;
-pub mod quarantine;
 pub mod relay;
+pub mod status;
 pub mod store;
 pub mod streams;
 pub mod worker;

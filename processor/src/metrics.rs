@@ -195,7 +195,7 @@ pub struct StoreReadings {
     pub unpublished_events: u64,
 }
 
-/// One partition's readings (`ctl::PartitionStatus`, less what no gauge shows).
+/// One partition's readings (`status::PartitionStatus`, less what no gauge shows).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionReading {
     pub partition: u32,

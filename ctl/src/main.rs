@@ -1,14 +1,14 @@
 //! `imip-ctl`: read and operate the store (SPEC §1.3). Human-readable output by
-//! default, `--json` for scripts; the queries are in `imipflow_processor::ctl`.
+//! default, `--json` for scripts; the commands are in the library (`imipflow_ctl`).
 
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
+use imipflow_ctl::{quarantine, query, rebuild, replay};
 use imipflow_processor::relay::Publisher;
-use imipflow_processor::{
-    Settings, connect::connect, connect::connect_nats, ctl, quarantine, worker,
-};
+use imipflow_processor::status;
+use imipflow_processor::{Settings, connect::connect, connect::connect_nats, worker};
 use imipflow_schema::{normalize_address, user_key};
 use serde_json::json;
 
@@ -170,8 +170,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let user = user_arg(&user)?;
             let mut db = connect(&s).await?;
-            let ctl::FreeBusy { periods, truncated } =
-                ctl::freebusy(&mut db, &s, &user, from, to).await?;
+            let query::FreeBusy { periods, truncated } =
+                query::freebusy(&mut db, &s, &user, from, to).await?;
             if truncated {
                 eprintln!(
                     "imip-ctl: answer truncated to the first {} periods (IMIP_MAX_QUERY_PERIODS); \
@@ -223,7 +223,7 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let user = user_arg(&user)?;
             let db = connect(&s).await?;
-            let objs = ctl::objects(&db, &user, Some(&uid)).await?;
+            let objs = query::objects(&db, &user, Some(&uid)).await?;
             let Some((_, o)) = objs
                 .into_iter()
                 .find(|(_, o)| o.recurrence_id == recurrence_id)
@@ -252,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Objects { user, json } => {
             let user = user_arg(&user)?;
             let db = connect(&s).await?;
-            let objs = ctl::objects(&db, &user, None).await?;
+            let objs = query::objects(&db, &user, None).await?;
             let docs: Vec<_> = objs
                 .iter()
                 .map(|(uid, o)| {
@@ -475,7 +475,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Status { json } => {
             let db = connect(&s).await?;
             let js = async_nats::jetstream::new(connect_nats(&s).await?);
-            let st = ctl::status(&db, &js, &s).await?;
+            let st = status::status(&db, &js, &s).await?;
             if json {
                 println!("{}", serde_json::to_string(&st)?);
             } else {
@@ -514,7 +514,7 @@ async fn main() -> anyhow::Result<()> {
             let user = user_arg(&user)?;
             let mut db = connect(&s).await?;
             let bar = progress(json, "rebuild");
-            let report = ctl::rebuild(&mut db, &s, &user, |done, total| {
+            let report = rebuild::rebuild(&mut db, &s, &user, |done, total| {
                 bar.set_length(total);
                 bar.set_position(done);
             })
@@ -664,7 +664,7 @@ async fn flush_events(db: &tokio_postgres::Client, s: &Settings, user: &str) -> 
 }
 
 /// `imip-ctl replay`: reads the range from the messages stream and re-applies
-/// each message with `ctl::replay_one` (see there for the rules).
+/// each message with `replay::replay_one` (see there for the rules).
 async fn replay(
     s: &Settings,
     from: u64,
@@ -679,7 +679,7 @@ async fn replay(
     let last = stream.info().await?.state.last_sequence;
     let to = to.unwrap_or(last).min(last);
     let from = from.max(1);
-    let mut counts: std::collections::BTreeMap<ctl::ReplayOutcome, u64> = Default::default();
+    let mut counts: std::collections::BTreeMap<replay::ReplayOutcome, u64> = Default::default();
     let mut touched: std::collections::BTreeSet<i32> = Default::default();
     let bar = progress(json, "replay");
     if from <= to {
@@ -721,15 +721,15 @@ async fn replay(
                 .and_then(|rest| rest.split('.').next())
                 .and_then(|p| p.parse().ok())
                 .with_context(|| format!("message {seq}: unexpected subject {}", m.subject))?;
-            let outcome = ctl::replay_one(&mut db, s, partition, seq as i64, &m.payload).await?;
+            let outcome = replay::replay_one(&mut db, s, partition, seq as i64, &m.payload).await?;
             *counts.entry(outcome).or_default() += 1;
             if !matches!(
                 outcome,
-                ctl::ReplayOutcome::Duplicate | ctl::ReplayOutcome::Pending
+                replay::ReplayOutcome::Duplicate | replay::ReplayOutcome::Pending
             ) {
                 touched.insert(partition);
             }
-            if !json && !matches!(outcome, ctl::ReplayOutcome::Duplicate) {
+            if !json && !matches!(outcome, replay::ReplayOutcome::Duplicate) {
                 bar.suspend(|| println!("seq {seq} (partition {partition}): {}", outcome.as_str()));
             }
             bar.set_position(seq - from + 1);

@@ -9,11 +9,11 @@
 //! then deletes the record. It releases nothing when the record only holds an
 //! excerpt (`truncated`), or when the data is still refused.
 
-use crate::config::Settings;
-use crate::error::ProcessorError;
 use async_nats::jetstream;
 use futures::StreamExt;
 use imipflow_ingest::{Envelope, Limits, Output, plan::Input};
+use imipflow_processor::ProcessorError;
+use imipflow_processor::config::Settings;
 use imipflow_schema::QuarantineRecord;
 use std::time::Duration;
 

@@ -1,0 +1,33 @@
+//! `imip-ctl`, the operator's command line, as a library: one module per
+//! group of commands, each returning typed rows; `main.rs` parses the
+//! arguments and prints. Everything that writes goes through the lanes' own
+//! load / apply / write (`imipflow_processor::store`) while holding the
+//! user's partition row, so a command is serialised with the lane.
+
+pub mod quarantine;
+pub mod query;
+pub mod rebuild;
+pub mod replay;
+
+pub use imipflow_processor::ProcessorError;
+
+/// Locks the user's partition row for the rest of `tx`: the lane's fencing
+/// update of the same row waits until `tx` ends, so whatever `tx` does is
+/// serialised with the lane (before or after a whole batch, never inside one).
+pub async fn lock_partition(
+    tx: &tokio_postgres::Transaction<'_>,
+    partition: i32,
+) -> Result<i64, ProcessorError> {
+    tx.execute(
+        "INSERT INTO partitions (partition) VALUES ($1) ON CONFLICT DO NOTHING",
+        &[&partition],
+    )
+    .await?;
+    Ok(tx
+        .query_one(
+            "SELECT last_sequence FROM partitions WHERE partition = $1 FOR UPDATE",
+            &[&partition],
+        )
+        .await?
+        .get(0))
+}

@@ -1,0 +1,260 @@
+//! The deployment's status: every partition's lane, lag, dead letters and
+//! stalls, and the instances that scrape them; read by `/readyz`, the gauges
+//! and `imip-ctl status`.
+
+use crate::config::Settings;
+use crate::error::ProcessorError;
+use chrono::{DateTime, Utc};
+
+/// One partition in `imip-ctl status` and in the lag metrics.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionStatus {
+    pub partition: u32,
+    /// Stream position the lane has applied.
+    pub applied: u64,
+    /// Stream position of the partition's newest message.
+    pub newest: u64,
+    /// `newest - applied`: messages (of this partition) not applied yet.
+    pub lag: u64,
+    /// Instance holding (or last holding) the lease: `<IMIP_INSTANCE or host>:<pid>`.
+    pub owner: Option<String>,
+    pub epoch: i64,
+    /// Whether the owner's lease is current (a live instance owns the lane).
+    pub leased: bool,
+    pub lease_until: Option<DateTime<Utc>>,
+    /// When the applied position last moved (none yet: never since V5).
+    pub progress_at: Option<DateTime<Utc>>,
+    /// How long the lane has had messages waiting without its applied
+    /// position moving, in seconds: since the later of `progress_at` and the
+    /// arrival of the oldest waiting message; 0 when nothing waits.
+    pub stalled_for_secs: u64,
+    /// `stalled_for_secs` reached `IMIP_STALL_AFTER_SECS`.
+    pub stalled: bool,
+}
+
+impl PartitionStatus {
+    /// Why the partition counts as stalled, for `/readyz` and `imip-ctl
+    /// status`; none when it does not.
+    pub fn stall_reason(&self) -> Option<String> {
+        if !self.stalled {
+            return None;
+        }
+        let owner = match (&self.owner, self.leased) {
+            (Some(o), true) => format!("owned by {o}"),
+            _ => "no live owner".to_owned(),
+        };
+        Some(format!(
+            "partition {} stalled: {} message(s) waiting, applied position {} unchanged for {} s ({owner})",
+            self.partition, self.lag, self.applied, self.stalled_for_secs
+        ))
+    }
+}
+
+/// Everything `imip-ctl status` reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Status {
+    pub partitions: Vec<PartitionStatus>,
+    pub lag: u64,
+    pub dead_letters: u64,
+    pub quarantined: u64,
+    /// Messages refused by the trust rules (SPEC §2 "Trust"), from `message_log`
+    /// (not counted for a metrics scrape: it reads the whole log).
+    pub refused: u64,
+    /// Change events committed but not yet published by a lane's relay.
+    pub unpublished_events: u64,
+    /// Live instances and how many partitions each owns.
+    pub instances: Vec<InstanceStatus>,
+    /// `IMIP_STALL_AFTER_SECS`: a partition waiting this long is stalled.
+    pub stall_after_secs: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InstanceStatus {
+    pub instance: String,
+    pub partitions: usize,
+}
+
+/// Lanes, owners, lag, dead letters, quarantine: from PostgreSQL and the streams.
+pub async fn status(
+    db: &tokio_postgres::Client,
+    js: &async_nats::jetstream::Context,
+    settings: &Settings,
+) -> Result<Status, ProcessorError> {
+    status_of(db, js, settings, true).await
+}
+
+/// [`status`] without the reads that grow with the message log, for the
+/// processor's `/metrics` (scraped every few seconds).
+pub async fn scrape_status(
+    db: &tokio_postgres::Client,
+    js: &async_nats::jetstream::Context,
+    settings: &Settings,
+) -> Result<Status, ProcessorError> {
+    status_of(db, js, settings, false).await
+}
+
+async fn status_of(
+    db: &tokio_postgres::Client,
+    js: &async_nats::jetstream::Context,
+    settings: &Settings,
+    count_refused: bool,
+) -> Result<Status, ProcessorError> {
+    let ns = settings.namespace()?;
+    let rows = db
+        .query(
+            "SELECT partition, last_sequence, owner, epoch,
+                    coalesce(lease_until > clock_timestamp(), false), lease_until,
+                    progress_at, clock_timestamp()
+             FROM partitions ORDER BY partition",
+            &[],
+        )
+        .await?;
+    // The database's clock, which wrote progress_at (a partition without a
+    // row has none: read it apart).
+    let now: DateTime<Utc> = match rows.first() {
+        Some(r) => r.get(7),
+        None => db.query_one("SELECT clock_timestamp()", &[]).await?.get(0),
+    };
+    let dead_letters: i64 = db
+        .query_one(
+            "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let refused: i64 = if count_refused {
+        db.query_one(
+            "SELECT count(*) FROM message_log WHERE outcome = 'refused'",
+            &[],
+        )
+        .await?
+        .get(0)
+    } else {
+        0
+    };
+    // Served by the partial index outbox_unpublished: cheap while the relay keeps up.
+    let unpublished: i64 = db
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE published_at IS NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    let stream = js
+        .get_stream(ns.messages_stream())
+        .await
+        .map_err(ProcessorError::nats)?;
+    // The partitions' newest positions, asked for all at once.
+    let newest = futures::future::join_all((0..settings.partitions).map(|p| {
+        let stream = &stream;
+        let filter = ns.partition_filter(p);
+        async move {
+            stream
+                .get_last_raw_message_by_subject(&filter)
+                .await
+                .map(|m| m.sequence)
+                .unwrap_or(0)
+        }
+    }))
+    .await;
+    let mut partitions = Vec::new();
+    for (p, newest) in newest.into_iter().enumerate() {
+        let row = rows.iter().find(|r| r.get::<_, i32>(0) == p as i32);
+        let applied = row.map(|r| r.get::<_, i64>(1)).unwrap_or(0).max(0) as u64;
+        let progress_at: Option<DateTime<Utc>> = row.and_then(|r| r.get(6));
+        partitions.push(PartitionStatus {
+            partition: p as u32,
+            applied,
+            newest,
+            lag: newest.saturating_sub(applied),
+            owner: row.and_then(|r| r.get(2)),
+            epoch: row.map(|r| r.get(3)).unwrap_or(0),
+            leased: row.map(|r| r.get(4)).unwrap_or(false),
+            lease_until: row.and_then(|r| r.get(5)),
+            progress_at,
+            stalled_for_secs: 0,
+            stalled: false,
+        });
+    }
+    stalls(&stream, &ns, &mut partitions, now, settings.stall_after()).await;
+    let mut quarantine = js
+        .get_stream(ns.quarantine_stream())
+        .await
+        .map_err(ProcessorError::nats)?;
+    let quarantined = quarantine
+        .info()
+        .await
+        .map_err(ProcessorError::nats)?
+        .state
+        .messages;
+    let mut instances: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in partitions.iter().filter(|p| p.leased) {
+        if let Some(o) = &p.owner {
+            *instances.entry(o.clone()).or_default() += 1;
+        }
+    }
+    Ok(Status {
+        lag: partitions.iter().map(|p| p.lag).sum(),
+        partitions,
+        dead_letters: dead_letters.max(0) as u64,
+        quarantined,
+        refused: refused.max(0) as u64,
+        unpublished_events: unpublished.max(0) as u64,
+        instances: instances
+            .into_iter()
+            .map(|(instance, partitions)| InstanceStatus {
+                instance,
+                partitions,
+            })
+            .collect(),
+        stall_after_secs: settings.stall_after().as_secs(),
+    })
+}
+
+/// Fills in how long each partition with messages waiting has not advanced
+/// (docs/operations.md, "Stalled partitions"): since the later of its
+/// `progress_at` and the arrival of its oldest waiting message, so that
+/// neither a lane working through a backlog (it advances) nor one that just
+/// received a message after a quiet night (it has not waited) counts. The
+/// oldest waiting message is read only where the position has not moved for
+/// a second; both times are taken against the database's clock.
+async fn stalls(
+    stream: &async_nats::jetstream::stream::Stream,
+    ns: &imipflow_schema::Namespace,
+    partitions: &mut [PartitionStatus],
+    now: DateTime<Utc>,
+    after: std::time::Duration,
+) {
+    let since = |t: DateTime<Utc>| (now - t).num_seconds().max(0) as u64;
+    let suspects: Vec<usize> = partitions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.lag > 0 && p.progress_at.is_none_or(|t| since(t) >= 1))
+        .map(|(i, _)| i)
+        .collect();
+    let arrived = futures::future::join_all(suspects.iter().map(|&i| {
+        let p = &partitions[i];
+        let filter = ns.partition_filter(p.partition);
+        let from = p.applied + 1;
+        async move {
+            let m = stream
+                .get_first_raw_message_by_subject(&filter, from)
+                .await
+                .ok()?;
+            DateTime::<Utc>::from_timestamp(m.time.unix_timestamp(), m.time.nanosecond())
+        }
+    }))
+    .await;
+    for (i, arrived) in suspects.into_iter().zip(arrived) {
+        let p = &mut partitions[i];
+        // Unreadable (the message expired meanwhile): judged by progress alone.
+        let waiting = arrived.map_or(u64::MAX, since);
+        let unmoved = p.progress_at.map_or(u64::MAX, since);
+        let secs = waiting.min(unmoved);
+        if secs == u64::MAX {
+            continue;
+        }
+        p.stalled_for_secs = secs;
+        p.stalled = secs >= after.as_secs();
+    }
+}
