@@ -1,0 +1,631 @@
+//! The pure batch step of a lane: what a batch of stream messages does to the
+//! state one pipelined read loaded ([`Loaded`]), as typed rows to write
+//! ([`Writes`]) and one [`Handled`] outcome per message.
+//!
+//! Every rule of the write side is here once, for every writer: the lane's
+//! batches, its fallback (a batch of one), `imip-ctl replay` and
+//! `dlq replay` (a batch of one) and `imip-ctl rebuild` ([`rematerialise`]).
+//! Messages are taken one at a time ([`Applier::message`]) so that the lane's
+//! I/O loop can keep its lease alive and check its budgets between them;
+//! later messages see the state earlier ones left, in memory.
+//!
+//! The rules: a message already in the message log (or earlier in the batch)
+//! is a duplicate; each of its UIDs goes through [`crate::method::apply`]; a
+//! message over a limit is refused whole, as is one over its user's quota
+//! ([`crate::limits`]); a pending request replaces the queued one only when
+//! it is not older (SEQUENCE, then DTSTAMP); the free/busy change is the
+//! difference of *stored* periods; events are cut to fit the broker
+//! ([`crate::events::fit`]) and numbered gap-free per user in message order,
+//! after the loaded last sequence; a message whose events cannot fit is
+//! dead-lettered with no effect.
+
+mod rebuild;
+mod rows;
+#[cfg(test)]
+mod tests;
+
+pub use rebuild::{Rematerialised, rematerialise};
+pub use rows::{
+    DeadLetter, LogRow, ObjectKey, ObjectRow, OutboxRow, QueueEntry, TextRow, Writes, queue_entry,
+    recurrence_key, text_digest, texts_of,
+};
+
+use crate::events;
+use crate::limits::{Limits, MessageBudget, Usage};
+use crate::model::{
+    Change, Ctx, Disposition, Outcome, Pending, Period, QueueChange, StoredObject, UidState,
+};
+use chrono::{DateTime, Utc};
+use imipflow_schema::{PAYLOAD_VERSION, Payload};
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// SHA-256 of a raw text, its key in `object_texts`.
+pub type Digest = Vec<u8>;
+
+/// One (user, UID): the key of everything stored per UID.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UidKey {
+    pub user: String,
+    pub uid: String,
+}
+
+impl UidKey {
+    pub fn new(user: &str, uid: &str) -> UidKey {
+        UidKey {
+            user: user.to_owned(),
+            uid: uid.to_owned(),
+        }
+    }
+}
+
+/// What one pipelined read returned for a batch's keys.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// (user, dedupe id) of the batch's messages already in `message_log`.
+    pub logged: HashSet<(String, String)>,
+    /// The stored rows of each (user, UID) that has any.
+    pub uids: HashMap<UidKey, StoredUid>,
+    /// Each user's row counts (`user_usage`), for the quotas.
+    pub usage: HashMap<String, Usage>,
+    /// Each user's last event sequence (`user_events`).
+    pub last_seq: HashMap<String, i64>,
+}
+
+/// The stored rows of one (user, UID).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredUid {
+    /// The readable objects, by recurrence key, with their raw texts.
+    pub objects: Vec<StoredObject>,
+    /// Whether a stored object could not be read: then all the UID's object
+    /// and attendee rows are replaced when it is saved.
+    pub unreadable: bool,
+    /// Object rows, readable or not (what the quota counts).
+    pub rows: usize,
+    /// Digests the object rows refer to, readable or not.
+    pub referenced: BTreeSet<Digest>,
+    /// Digests of its rows in `object_texts`.
+    pub texts: BTreeSet<Digest>,
+    /// Its rows in `freebusy`.
+    pub busy: BTreeSet<Period>,
+    /// `open_series.materialised_until`, if it has a row.
+    pub open_until: Option<DateTime<Utc>>,
+    /// The pending request (`request_queue`), if any.
+    pub pending: Option<Pending>,
+}
+
+impl StoredUid {
+    /// Whether it has any object or free/busy row.
+    pub fn is_stored(&self) -> bool {
+        self.rows > 0 || !self.busy.is_empty()
+    }
+}
+
+/// What a batch is applied under, besides the state.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// The semantics' context; `now` is replaced by each payload's ingest time.
+    pub semantics: Ctx,
+    pub limits: Limits,
+    /// The namespace events are numbered and named in.
+    pub namespace: String,
+    /// Largest NATS message an event may make (`events::fit`).
+    pub max_payload: usize,
+    /// The `time` of the events the batch emits.
+    pub event_time: DateTime<Utc>,
+}
+
+/// One stream message as the lane read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Msg<'a> {
+    pub seq: i64,
+    pub bytes: &'a [u8],
+}
+
+/// A message and its payload, or why it cannot be read.
+#[derive(Debug, Clone)]
+pub struct Parsed<'a> {
+    pub msg: Msg<'a>,
+    pub payload: Result<Payload, String>,
+}
+
+/// Reads and checks a payload; the error is what its dead letter says.
+pub fn parse(msg: Msg<'_>) -> Parsed<'_> {
+    let payload = match Payload::from_json(msg.bytes) {
+        Err(e) => Err(format!("unreadable payload: {e}")),
+        Ok(p) if p.version != PAYLOAD_VERSION => Err(format!(
+            "payload version {} (this processor knows {PAYLOAD_VERSION})",
+            p.version
+        )),
+        Ok(p) => Ok(p),
+    };
+    Parsed { msg, payload }
+}
+
+/// The user a dead letter is filed under: the payload's, if it has one.
+pub fn user_hint(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// What the read for a batch asks for, each key once, in message order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keys {
+    /// (user, dedupe id) of every readable message.
+    pub logged: Vec<(String, String)>,
+    pub uids: Vec<UidKey>,
+    pub users: Vec<String>,
+}
+
+/// The keys [`Loaded`] must hold for `batch`.
+pub fn keys(batch: &[Parsed<'_>]) -> Keys {
+    let mut k = Keys::default();
+    let mut seen: HashSet<UidKey> = HashSet::new();
+    for p in batch.iter().filter_map(|m| m.payload.as_ref().ok()) {
+        k.logged.push((p.user.clone(), p.dedupe_id.clone()));
+        if !k.users.contains(&p.user) {
+            k.users.push(p.user.clone());
+        }
+        for c in &p.components {
+            let key = UidKey::new(&p.user, &c.uid);
+            if seen.insert(key.clone()) {
+                k.uids.push(key);
+            }
+        }
+    }
+    k
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Decided and logged: applied, stale, ignored or refused.
+    Done(Disposition),
+    /// In the message log already (or earlier in the batch): nothing done.
+    Duplicate,
+    /// Not applicable at all: a dead letter with this error, no effect.
+    DeadLettered(String),
+}
+
+/// One message's verdict, by stream sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    pub seq: i64,
+    pub verdict: Verdict,
+}
+
+/// Applies `batch` to `loaded` in one go (the lane applies message by
+/// message through [`Applier`]).
+pub fn apply(loaded: &Loaded, batch: &[Msg<'_>], rules: &Rules) -> Writes {
+    let mut a = Applier::new(loaded, rules);
+    for m in batch {
+        a.message(&parse(*m));
+    }
+    a.finish()
+}
+
+/// A (user, UID) as the batch has left it so far.
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    objects: Vec<StoredObject>,
+    busy: BTreeSet<Period>,
+    rows: usize,
+    open_until: Option<DateTime<Utc>>,
+    pending: Option<Pending>,
+    /// Whether its objects, free/busy and open_series were rewritten.
+    saved: bool,
+    queue: Option<QueueWrite>,
+}
+
+#[derive(Debug, Clone)]
+enum QueueWrite {
+    Delete,
+    Upsert(QueueEntry),
+}
+
+/// What one UID of a message does, decided before anything is kept.
+enum Effect {
+    /// Nothing (not applied, or an older request than the pending one).
+    Keep,
+    /// The request becomes the pending one.
+    Enqueue(QueueEntry),
+    /// The UID's new objects and periods.
+    Save(Outcome),
+}
+
+/// A message's effects before they are kept.
+struct Decision {
+    disposition: Disposition,
+    /// Each UID with the objects taken out of its slot, and its effect.
+    effects: Vec<(String, UidState, Effect)>,
+    /// What it changes its user's row counts by.
+    usage: Usage,
+}
+
+/// Applies messages one at a time to the loaded state; [`Applier::finish`]
+/// gives the rows that bring the database to where the messages left it.
+pub struct Applier<'a> {
+    loaded: &'a Loaded,
+    rules: &'a Rules,
+    logged: HashSet<(String, String)>,
+    slots: HashMap<UidKey, Slot>,
+    /// Keys in the order messages first touched them (the rows' order).
+    order: Vec<UidKey>,
+    usage: HashMap<String, Usage>,
+    usage_delta: Vec<(String, Usage)>,
+    last_seq: Vec<(String, i64)>,
+    writes: Writes,
+}
+
+impl<'a> Applier<'a> {
+    pub fn new(loaded: &'a Loaded, rules: &'a Rules) -> Self {
+        Applier {
+            loaded,
+            rules,
+            logged: loaded.logged.clone(),
+            slots: HashMap::new(),
+            order: Vec::new(),
+            usage: loaded.usage.clone(),
+            usage_delta: Vec::new(),
+            last_seq: Vec::new(),
+            writes: Writes::default(),
+        }
+    }
+
+    /// Applies one message after those before it.
+    pub fn message(&mut self, m: &Parsed<'_>) {
+        let seq = m.msg.seq;
+        let payload = match &m.payload {
+            Ok(p) => p,
+            Err(e) => return self.dead_letter(m.msg, e),
+        };
+        let id = (payload.user.clone(), payload.dedupe_id.clone());
+        if self.logged.contains(&id) {
+            return self.handled(seq, Verdict::Duplicate);
+        }
+        let ctx = Ctx {
+            now: payload.ingested_at,
+            ..self.rules.semantics.clone()
+        };
+        let Decision {
+            disposition,
+            effects,
+            usage,
+        } = self.decide(payload, &ctx);
+        let changes = self.changes(&payload.user, &effects);
+        let fitted = events::fit(
+            &self.rules.namespace,
+            &payload.user,
+            changes,
+            self.rules.max_payload,
+        );
+        let events = match fitted {
+            Ok(events) => events,
+            Err(e) => {
+                self.restore(&payload.user, effects);
+                return self.dead_letter(m.msg, &e.to_string());
+            }
+        };
+        self.keep(&payload.user, effects);
+        self.count(&payload.user, usage);
+        self.number(&payload.user, events);
+        self.logged.insert(id);
+        self.writes.log.push(LogRow {
+            user: payload.user.clone(),
+            dedupe_id: payload.dedupe_id.clone(),
+            seq,
+            method: payload.method.as_str().to_owned(),
+            disposition: disposition.clone(),
+        });
+        self.handled(seq, Verdict::Done(disposition));
+    }
+
+    /// Files `msg` as a dead letter without applying it (unreadable, its
+    /// events cannot fit, or the lane condemned it).
+    pub fn dead_letter(&mut self, msg: Msg<'_>, error: &str) {
+        self.writes.dead_letters.push(DeadLetter {
+            user: user_hint(msg.bytes),
+            seq: msg.seq,
+            payload: msg.bytes.to_vec(),
+            error: error.to_owned(),
+        });
+        self.handled(msg.seq, Verdict::DeadLettered(error.to_owned()));
+    }
+
+    fn handled(&mut self, seq: i64, verdict: Verdict) {
+        self.writes.outcomes.push(Handled { seq, verdict });
+    }
+
+    /// The slot of `key`, from the loaded rows on first use.
+    fn slot(&mut self, user: &str, uid: &str) -> &mut Slot {
+        let key = UidKey::new(user, uid);
+        if !self.slots.contains_key(&key) {
+            let slot = match self.loaded.uids.get(&key) {
+                Some(s) => Slot {
+                    objects: s.objects.clone(),
+                    busy: s.busy.clone(),
+                    rows: s.rows,
+                    open_until: s.open_until,
+                    pending: s.pending.clone(),
+                    saved: false,
+                    queue: None,
+                },
+                None => Slot::default(),
+            };
+            self.order.push(key.clone());
+            self.slots.insert(key.clone(), slot);
+        }
+        self.slots.get_mut(&key).expect("slot just inserted")
+    }
+
+    /// Every UID of the message in memory, then the limits: a message over
+    /// one is refused whole. The UIDs' objects are taken out of their slots
+    /// (put back by `keep` or `restore`).
+    fn decide(&mut self, payload: &Payload, ctx: &Ctx) -> Decision {
+        let user = payload.user.as_str();
+        let mut uids: Vec<&str> = Vec::new();
+        for c in &payload.components {
+            if !uids.contains(&c.uid.as_str()) {
+                uids.push(&c.uid);
+            }
+        }
+        let mut budget = MessageBudget::new(&self.rules.limits);
+        let mut decided = Vec::with_capacity(uids.len());
+        let mut refusal = None;
+        for uid in uids {
+            let slot = self.slot(user, uid);
+            let state = UidState {
+                objects: std::mem::take(&mut slot.objects),
+                pending: slot.pending.clone(),
+            };
+            let outcome = crate::method::apply(&state, payload, uid, ctx);
+            let charged = budget.charge(&outcome);
+            decided.push((uid.to_owned(), state, outcome));
+            if let Err(r) = charged {
+                refusal = Some(r);
+                break;
+            }
+        }
+        let mut usage = Usage::default();
+        if refusal.is_none() {
+            match self.quota(user, &decided) {
+                Ok(delta) => usage = delta,
+                Err(r) => refusal = Some(r),
+            }
+        }
+        if let Some(r) = refusal {
+            let effects = decided
+                .into_iter()
+                .map(|(uid, state, _)| (uid, state, Effect::Keep))
+                .collect();
+            return Decision {
+                disposition: r,
+                effects,
+                usage: Usage::default(),
+            };
+        }
+        let mut disposition = Disposition::Applied;
+        let effects = decided
+            .into_iter()
+            .map(|(uid, state, outcome)| {
+                let effect = self.effect(payload, &uid, outcome, &mut disposition);
+                (uid, state, effect)
+            })
+            .collect();
+        Decision {
+            disposition,
+            effects,
+            usage,
+        }
+    }
+
+    /// The user's quota against what the applied UIDs change: the change
+    /// when it passes.
+    fn quota(
+        &self,
+        user: &str,
+        decided: &[(String, UidState, Outcome)],
+    ) -> Result<Usage, Disposition> {
+        let mut delta = Usage::default();
+        for (uid, _, o) in decided {
+            if o.disposition == Disposition::Applied && !o.enqueue {
+                let slot = &self.slots[&UidKey::new(user, uid)];
+                let before = Usage {
+                    objects: slot.rows as i64,
+                    freebusy: slot.busy.len() as i64,
+                };
+                delta += Usage::change(
+                    before,
+                    o.state.objects.len(),
+                    crate::limits::freebusy_rows(&o.periods),
+                );
+            }
+        }
+        if !delta.is_zero() {
+            let before = self.usage.get(user).copied().unwrap_or_default();
+            crate::limits::quota(before, delta, &self.rules.limits)?;
+        }
+        Ok(delta)
+    }
+
+    /// Counts a kept message's rows in its user's usage.
+    fn count(&mut self, user: &str, delta: Usage) {
+        if delta.is_zero() {
+            return;
+        }
+        *self.usage.entry(user.to_owned()).or_default() += delta;
+        match self.usage_delta.iter_mut().find(|(u, _)| u == user) {
+            Some((_, d)) => *d += delta,
+            None => self.usage_delta.push((user.to_owned(), delta)),
+        }
+    }
+
+    /// What an outcome does to its UID; the message's disposition is that of
+    /// its first UID not applied, if any.
+    fn effect(
+        &self,
+        payload: &Payload,
+        uid: &str,
+        outcome: Outcome,
+        disposition: &mut Disposition,
+    ) -> Effect {
+        if outcome.disposition != Disposition::Applied {
+            if *disposition == Disposition::Applied {
+                *disposition = outcome.disposition;
+            }
+            return Effect::Keep;
+        }
+        if !outcome.enqueue {
+            return Effect::Save(outcome);
+        }
+        // A pending request changes only the queue, never the calendar; and
+        // only when it is not older than the one pending.
+        let Some(entry) = queue_entry(payload, uid) else {
+            return Effect::Keep;
+        };
+        let pending = &self.slots[&UidKey::new(&payload.user, uid)].pending;
+        let stamp = |d: Option<DateTime<Utc>>| d.unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let newer = pending.as_ref().is_none_or(|q| {
+            (q.sequence, stamp(q.dtstamp)) <= (entry.sequence, stamp(entry.dtstamp))
+        });
+        if newer {
+            Effect::Enqueue(entry)
+        } else {
+            Effect::Keep
+        }
+    }
+
+    /// The message's changes, UID by UID: the semantics' object changes,
+    /// the difference of stored free/busy periods, the queue's.
+    fn changes(&self, user: &str, effects: &[(String, UidState, Effect)]) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for (uid, _, effect) in effects {
+            let slot = &self.slots[&UidKey::new(user, uid)];
+            match effect {
+                Effect::Keep => {}
+                Effect::Enqueue(_) => changes.push(Change::QueueChanged {
+                    uid: uid.clone(),
+                    change: QueueChange::Added,
+                }),
+                Effect::Save(o) => {
+                    changes.extend(
+                        o.changes
+                            .iter()
+                            .filter(|c| !matches!(c, Change::FreeBusyChanged { .. }))
+                            .cloned(),
+                    );
+                    let after: BTreeSet<Period> = o.periods.iter().copied().collect();
+                    let added: Vec<Period> = after.difference(&slot.busy).copied().collect();
+                    let removed: Vec<Period> = slot.busy.difference(&after).copied().collect();
+                    if !added.is_empty() || !removed.is_empty() {
+                        changes.push(Change::FreeBusyChanged {
+                            uid: uid.clone(),
+                            added,
+                            removed,
+                        });
+                    }
+                    if o.dequeue && slot.pending.is_some() {
+                        changes.push(Change::QueueChanged {
+                            uid: uid.clone(),
+                            change: QueueChange::Removed,
+                        });
+                    }
+                }
+            }
+        }
+        changes
+    }
+
+    /// Puts the taken objects back: the message changes nothing.
+    fn restore(&mut self, user: &str, effects: Vec<(String, UidState, Effect)>) {
+        for (uid, state, _) in effects {
+            self.slot(user, &uid).objects = state.objects;
+        }
+    }
+
+    /// Keeps what the message decided.
+    fn keep(&mut self, user: &str, effects: Vec<(String, UidState, Effect)>) {
+        for (uid, state, effect) in effects {
+            let slot = self.slot(user, &uid);
+            match effect {
+                Effect::Keep => slot.objects = state.objects,
+                Effect::Enqueue(entry) => {
+                    slot.objects = state.objects;
+                    slot.pending = Some(Pending {
+                        organizer: entry.organizer.clone(),
+                        sequence: entry.sequence,
+                        dtstamp: entry.dtstamp,
+                    });
+                    slot.queue = Some(QueueWrite::Upsert(entry));
+                }
+                Effect::Save(o) => {
+                    let mut objects = o.state.objects;
+                    // As the objects table gives them back (by recurrence key).
+                    objects.sort_by_cached_key(|o| recurrence_key(o.recurrence_id));
+                    slot.rows = objects.len();
+                    slot.objects = objects;
+                    slot.busy = o.periods.into_iter().collect();
+                    slot.saved = true;
+                    slot.open_until = if o.open_ended { o.complete_until } else { None };
+                    if o.dequeue && slot.pending.take().is_some() {
+                        slot.queue = Some(QueueWrite::Delete);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Numbers the message's events after the user's last one.
+    fn number(&mut self, user: &str, events: Vec<events::Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let i = match self.last_seq.iter().position(|(u, _)| u == user) {
+            Some(i) => i,
+            None => {
+                let last = self.loaded.last_seq.get(user).copied().unwrap_or(0);
+                self.last_seq.push((user.to_owned(), last));
+                self.last_seq.len() - 1
+            }
+        };
+        let ns = self.rules.namespace.as_str();
+        for event in events {
+            let seq = self.last_seq[i].1 + 1;
+            self.last_seq[i].1 = seq;
+            self.writes.outbox.push(OutboxRow {
+                user: user.to_owned(),
+                seq,
+                event_id: events::event_id(ns, user, seq),
+                kind: event.change.kind(),
+                body: events::cloud_event(ns, user, seq, self.rules.event_time, &event),
+            });
+        }
+    }
+
+    /// The rows that bring the database from the loaded state to the
+    /// batch's, and every message's verdict.
+    pub fn finish(mut self) -> Writes {
+        let empty = StoredUid::default();
+        for key in &self.order {
+            let slot = &self.slots[key];
+            let loaded = self.loaded.uids.get(key).unwrap_or(&empty);
+            if slot.saved {
+                self.writes
+                    .uid_rows(key, loaded, &slot.objects, &slot.busy, slot.open_until);
+            }
+            match &slot.queue {
+                Some(QueueWrite::Delete) => self.writes.queue_removed.push(key.clone()),
+                Some(QueueWrite::Upsert(e)) => self.writes.queue.push((key.clone(), e.clone())),
+                None => {}
+            }
+        }
+        self.writes.usage = self
+            .usage_delta
+            .into_iter()
+            .filter(|(_, d)| !d.is_zero())
+            .collect();
+        self.writes.last_seq = self.last_seq;
+        self.writes
+    }
+}
