@@ -50,44 +50,12 @@ enum ConfigAction {
 async fn main() -> anyhow::Result<()> {
     imipflow_telemetry::init_logging("info,async_nats=warn")?;
     let layered = imipflow_config::layered::parse_or_exit::<Cli>(Settings::augment_args);
-    let cli = layered.cli;
-    match cli.command {
+    match &layered.cli.command {
         Command::Config {
             action: ConfigAction::Check { json },
-        } => {
-            let problems = cli.settings.problems();
-            let warnings = cli.settings.warnings();
-            if json {
-                let doc = serde_json::json!({
-                    "file": layered.file,
-                    "valid": problems.is_empty(),
-                    "problems": problems,
-                    "warnings": warnings,
-                    "settings": layered.entries,
-                });
-                println!("{doc}");
-            } else {
-                match &layered.file {
-                    Some(f) => println!("config file: {}", f.display()),
-                    None => println!("config file: none"),
-                }
-                print!("{}", imipflow_config::layered::render(&layered.entries));
-                for p in &problems {
-                    eprintln!("invalid: {p}");
-                }
-                for w in &warnings {
-                    eprintln!("warning: {w}");
-                }
-                if problems.is_empty() {
-                    println!("config: valid");
-                }
-            }
-            if !problems.is_empty() {
-                std::process::exit(78);
-            }
-        }
+        } => config_check(&layered, *json),
         Command::Migrate => {
-            let log = migrate::run(&cli.settings)
+            let log = migrate::run(&layered.cli.settings)
                 .await
                 .context("migrate failed")?;
             for line in log {
@@ -99,53 +67,100 @@ async fn main() -> anyhow::Result<()> {
             if !yes {
                 anyhow::bail!("reset destroys the namespace's streams and database; pass --yes");
             }
-            for line in migrate::reset(&cli.settings)
+            for line in migrate::reset(&layered.cli.settings)
                 .await
                 .context("reset failed")?
             {
                 println!("{line}");
             }
         }
-        Command::Run => {
-            let (tx, rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                let mut term =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                        .expect("SIGTERM handler");
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-                tracing::info!("shutting down: finishing the current batches, releasing leases");
-                let _ = tx.send(true);
-            });
-            // The listener is up before the lanes, so that /healthz answers
-            // from the start and /readyz says why the processor is not ready
-            // (e.g. not migrated yet) while the lanes keep retrying.
-            if let Some(addr) = imipflow_telemetry::parse_listen(&cli.settings.metrics_listen)? {
-                imipflow_telemetry::install_recorder()?;
-                imipflow_processor::metrics::describe();
-                // A taken port does not stop the processor: applying mail
-                // matters more than its metrics, and several processors on
-                // one host with default settings still work (the first one
-                // serves the port). The error says which setting to change.
-                match imipflow_telemetry::bind(addr).await {
-                    Ok(listener) => {
-                        tracing::info!(listen = %listener.local_addr()?, "metrics, /healthz, /readyz");
-                        let probe =
-                            std::sync::Arc::new(health::Probe::new(cli.settings.clone()).await?);
-                        tokio::spawn(imipflow_telemetry::serve(listener, probe, rx.clone()));
-                    }
-                    Err(e) => tracing::error!(
-                        error = %e,
-                        "no /metrics, /healthz, /readyz: set IMIP_METRICS_LISTEN to a free address (empty disables)"
-                    ),
-                }
-            }
-            imipflow_processor::worker::run(cli.settings, rx)
-                .await
-                .context("run failed")?;
+        Command::Run => run(layered.cli.settings).await?,
+    }
+    Ok(())
+}
+
+/// `config check`: every setting with its source, problems and warnings;
+/// exits 78 (EX_CONFIG) when a setting is invalid.
+fn config_check(layered: &imipflow_config::layered::Layered<Cli>, json: bool) {
+    let settings = &layered.cli.settings;
+    let problems = settings.problems();
+    let warnings = settings.warnings();
+    if json {
+        let doc = serde_json::json!({
+            "file": layered.file,
+            "valid": problems.is_empty(),
+            "problems": problems,
+            "warnings": warnings,
+            "settings": layered.entries,
+        });
+        println!("{doc}");
+    } else {
+        match &layered.file {
+            Some(f) => println!("config file: {}", f.display()),
+            None => println!("config file: none"),
         }
+        print!("{}", imipflow_config::layered::render(&layered.entries));
+        for p in &problems {
+            eprintln!("invalid: {p}");
+        }
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        if problems.is_empty() {
+            println!("config: valid");
+        }
+    }
+    if !problems.is_empty() {
+        std::process::exit(78);
+    }
+}
+
+/// `run`: the health listener, then the lanes until SIGTERM or Ctrl-C.
+async fn run(settings: Settings) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down: finishing the current batches, releasing leases");
+        let _ = tx.send(true);
+    });
+    // The listener is up before the lanes, so that /healthz answers from the
+    // start and /readyz says why the processor is not ready (e.g. not
+    // migrated yet) while the lanes keep retrying.
+    serve_health(&settings, rx.clone()).await?;
+    imipflow_processor::worker::run(settings, rx)
+        .await
+        .context("run failed")
+}
+
+/// `/metrics`, `/healthz` and `/readyz` on `IMIP_METRICS_LISTEN` (empty: none).
+async fn serve_health(
+    settings: &Settings,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let Some(addr) = imipflow_telemetry::parse_listen(&settings.metrics_listen)? else {
+        return Ok(());
+    };
+    imipflow_telemetry::install_recorder()?;
+    imipflow_processor::metrics::describe();
+    // A taken port does not stop the processor: applying mail matters more
+    // than its metrics, and several processors on one host with default
+    // settings still work (the first one serves the port). The error says
+    // which setting to change.
+    match imipflow_telemetry::bind(addr).await {
+        Ok(listener) => {
+            tracing::info!(listen = %listener.local_addr()?, "metrics, /healthz, /readyz");
+            let probe = std::sync::Arc::new(health::Probe::new(settings.clone()).await?);
+            tokio::spawn(imipflow_telemetry::serve(listener, probe, shutdown));
+        }
+        Err(e) => tracing::error!(
+            error = %e,
+            "no /metrics, /healthz, /readyz: set IMIP_METRICS_LISTEN to a free address (empty disables)"
+        ),
     }
     Ok(())
 }
