@@ -4,11 +4,11 @@
 //! [`config`] gathers settings; [`migrate`] creates the database, applies the
 //! migrations that live in `schema/`, and creates the JetStream streams.
 
-pub mod batch;
 pub mod config;
 pub mod connect;
 pub mod error;
 pub mod health;
+pub mod lane;
 pub mod metrics;
 pub mod migrate;
 pub mod relay;

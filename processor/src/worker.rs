@@ -17,17 +17,17 @@
 //! alone and then dead-lettered (`Blame`).
 
 use crate::config::Settings;
-use crate::error::Fault;
 use crate::error::ProcessorError;
+use crate::lane::{Blame, Pace};
 use crate::migrate::connect;
 use crate::store::StatementCache;
-use crate::{semantics, store};
 use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, DeliverPolicy, pull},
 };
 use futures::{FutureExt, StreamExt};
-use imipflow_schema::{Namespace, PAYLOAD_VERSION, Payload};
+use imipflow_schema::Namespace;
+use imipflow_semantics::apply::Msg;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -46,188 +46,12 @@ pub struct Lane {
     blame: Arc<Mutex<Blame>>,
 }
 
-/// How often the same message may begin batches that fail with strain
-/// (`Fault::Strain`) before it is blamed: then it is tried alone, and failing
-/// alone as well it is dead-lettered with the error.
-const STRIKES: u32 = 3;
-
-/// What a lane remembers about messages that made its batches fail.
-#[derive(Debug, Default)]
-struct Blame {
-    /// First message of the batches that failed with strain, and how many
-    /// did in a row.
-    strikes: Option<(i64, u32)>,
-    /// The message under suspicion, by stream sequence.
-    suspect: Option<(i64, Suspect)>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Suspect {
-    /// It failed a batch with others: the next batch stops before it, and
-    /// the one after holds it alone, so that its own cost is measured.
-    Alone,
-    /// It failed alone too: dead-lettered with this reason without being
-    /// applied again (which could cost the lane as much once more).
-    Condemned(String),
-}
-
-impl Blame {
-    /// How many of the waiting messages (their sequences, in order) the next
-    /// batch takes: at most `max`, and a suspect alone.
-    fn batch_len(&self, waiting: impl Iterator<Item = i64>, max: usize) -> usize {
-        let mut n = 0;
-        for seq in waiting.take(max.max(1)) {
-            if self.suspect.as_ref().is_some_and(|(s, _)| *s == seq) {
-                return n.max(1);
-            }
-            n += 1;
-        }
-        n
-    }
-
-    /// The reason `seq` is dead-lettered without being applied, if it is.
-    fn condemned(&self, seq: i64) -> Option<String> {
-        match &self.suspect {
-            Some((s, Suspect::Condemned(reason))) if *s == seq => Some(reason.clone()),
-            _ => None,
-        }
-    }
-
-    /// A batch of `batch` (sequences, in order) was rolled back with `e`.
-    fn failed(&mut self, batch: &[i64], e: &ProcessorError) {
-        let alone = batch.len() == 1;
-        match e {
-            ProcessorError::OverBudget { seq, .. } => {
-                let verdict = if alone {
-                    Suspect::Condemned(e.to_string())
-                } else {
-                    Suspect::Alone
-                };
-                self.suspect = Some((*seq, verdict));
-            }
-            e if e.fault() == Fault::Strain => {
-                let Some(&first) = batch.first() else { return };
-                let n = match self.strikes {
-                    Some((s, n)) if s == first => n + 1,
-                    _ => 1,
-                };
-                self.strikes = Some((first, n));
-                if n >= STRIKES {
-                    let verdict = if alone {
-                        Suspect::Condemned(format!("failed {n} times in a row: {e}"))
-                    } else {
-                        Suspect::Alone
-                    };
-                    self.suspect = Some((first, verdict));
-                }
-            }
-            // An outage says nothing about the message; neither does it break
-            // a run of strikes.
-            _ => {}
-        }
-    }
-
-    /// Messages up to `last` were committed.
-    fn committed(&mut self, last: i64) {
-        self.strikes = None;
-        if self.suspect.as_ref().is_some_and(|(s, _)| *s <= last) {
-            self.suspect = None;
-        }
-    }
-}
-
-/// A batch's clock. The lane sends nothing while it applies messages in
-/// memory, and PostgreSQL ends a transaction idle for a lease (the guard
-/// against paused workers, see `Lane::run`); so before each message, once a
-/// third of the lease passed since the lane's last statement, it re-asserts
-/// its lease in the transaction (one UPDATE of its own, already locked,
-/// partition row). With a message at most half a lease
-/// (`Settings::message_budget`), the transaction never idles a whole lease.
-/// Normal batches take well under a third of a lease and never send it.
-///
-/// Chosen over applying on a blocking thread with a keep-alive beside it:
-/// that would move the batch's whole in-memory state between threads for
-/// every batch, while a message too costly is caught by its budget anyway.
-pub struct Pace {
-    partition: i32,
-    owner: String,
-    epoch: i64,
-    ttl: f64,
-    every: Duration,
-    /// When the lane last sent a statement in this transaction (as far as
-    /// the pace knows: the fence, or its own keep-alive).
-    last: Instant,
-    started: Instant,
-    message_budget: Duration,
-    batch_budget: Duration,
-}
-
-impl Pace {
-    /// Starts the clock right after the batch's fencing statement.
-    fn new(settings: &Settings, partition: i32, owner: &str, epoch: i64) -> Self {
-        let now = Instant::now();
-        Pace {
-            partition,
-            owner: owner.to_owned(),
-            epoch,
-            ttl: settings.lease_ms as f64 / 1000.0,
-            every: Duration::from_millis(settings.lease_ms / 3),
-            last: now,
-            started: now,
-            message_budget: settings.message_budget(),
-            batch_budget: settings.batch_budget(),
-        }
-    }
-
-    /// Before a message: keeps the transaction alive if a third of the lease
-    /// passed since the last statement.
-    pub async fn keep_alive(&mut self, tx: &Transaction<'_>) -> Result<(), ProcessorError> {
-        if self.last.elapsed() < self.every {
-            return Ok(());
-        }
-        let n = tx
-            .execute(
-                "UPDATE partitions SET lease_until = clock_timestamp() + make_interval(secs => $4)
-                 WHERE partition = $1 AND owner = $2 AND epoch = $3",
-                &[&self.partition, &self.owner, &self.epoch, &self.ttl],
-            )
-            .await?;
-        if n != 1 {
-            return Err(ProcessorError::Config(
-                "lease lost during a batch (fenced)".into(),
-            ));
-        }
-        self.last = Instant::now();
-        Ok(())
-    }
-
-    /// After message `seq`, begun at `began`: an error when it took longer
-    /// than its budget (the caller rolls the batch back).
-    pub fn message_done(&self, seq: i64, began: Instant) -> Result<(), ProcessorError> {
-        let took = began.elapsed();
-        if took > self.message_budget {
-            return Err(ProcessorError::OverBudget {
-                seq,
-                took,
-                budget: self.message_budget,
-            });
-        }
-        Ok(())
-    }
-
-    /// Whether the batch spent its budget: it takes no further message and
-    /// commits what it applied.
-    pub fn batch_spent(&self) -> bool {
-        self.started.elapsed() > self.batch_budget
-    }
-}
-
-/// A message read from the stream.
 /// Session settings of the connections that run a lane's key-probing
 /// statements: nested loops only (see `Lane::run`).
 const KEY_PROBES: &str = "SET enable_hashjoin = off; SET enable_mergejoin = off";
 
-struct Msg {
+/// A message read from the stream.
+struct Delivered {
     seq: i64,
     /// The delivered message's buffer, shared rather than copied.
     payload: bytes::Bytes,
@@ -455,6 +279,12 @@ impl Lane {
             }
             Ok(())
         };
+        // IMIP_APPLY_PER_MESSAGE=1: every batch one message (`lane::per_message`).
+        let batch_size = if crate::lane::per_message() {
+            1
+        } else {
+            self.settings.batch_size
+        };
         loop {
             // Messages left over from the last batch go first, without waiting
             // (but not past a shutdown: they are not acknowledged, and the
@@ -508,12 +338,12 @@ impl Lane {
             }
             let n = self
                 .blame()
-                .batch_len(waiting.iter().map(|(_, s)| *s), self.settings.batch_size);
-            let fresh: Vec<Msg> = waiting
+                .batch_len(waiting.iter().map(|(_, s)| *s), batch_size);
+            let fresh: Vec<Delivered> = waiting
                 .iter()
                 .take(n)
                 .filter(|(_, s)| *s > last)
-                .map(|(m, seq)| Msg {
+                .map(|(m, seq)| Delivered {
                     seq: *seq,
                     payload: m.payload.clone(),
                 })
@@ -575,7 +405,7 @@ impl Lane {
         db: &mut Client,
         cache: &StatementCache,
         epoch: i64,
-        batch: &[Msg],
+        batch: &[Delivered],
     ) -> Result<i64, ProcessorError> {
         let started = std::time::Instant::now();
         let result = self.apply_batch_inner(db, cache, epoch, batch).await;
@@ -594,7 +424,7 @@ impl Lane {
         db: &mut Client,
         cache: &StatementCache,
         epoch: i64,
-        batch: &[Msg],
+        batch: &[Delivered],
     ) -> Result<i64, ProcessorError> {
         let ttl = self.settings.lease_ms as f64 / 1000.0;
         let mut tx = db.transaction().await?;
@@ -614,18 +444,18 @@ impl Lane {
         };
         let mut pace = Pace::new(&self.settings, self.partition, &self.instance, epoch);
         let stored_last: i64 = row.get(0);
-        let todo: Vec<&Msg> = batch.iter().filter(|m| m.seq > stored_last).collect();
+        let todo: Vec<Msg> = batch
+            .iter()
+            .filter(|m| m.seq > stored_last)
+            .map(|m| Msg {
+                seq: m.seq,
+                bytes: &m.payload,
+            })
+            .collect();
         if todo.is_empty() {
             tx.rollback().await?;
             return Ok(stored_last);
         }
-        // How many of `todo` this batch applies (a prefix: all, unless it
-        // spent its budget).
-        let mut taken = todo.len();
-        // Fast path: the whole batch applied in memory and written with a few
-        // multi-row statements (see batch.rs). If that fails, start over with
-        // one savepoint per message so that only the failing ones go to the
-        // dead-letter table.
         let apply = Apply {
             cache,
             settings: &self.settings,
@@ -634,83 +464,7 @@ impl Lane {
             // The limit in the server's INFO (events::fit cuts events to it).
             max_payload: self.js.client().max_payload(),
         };
-        let condemned = self.blame().condemned(todo[0].seq);
-        let mut fast = tx.savepoint("batch").await?;
-        let failed = if let Some(reason) = condemned {
-            // Failed alone before (`Blame`): never applied again, since that
-            // could cost the lane as much once more.
-            let m = todo[0];
-            let user = crate::batch::user_hint(&m.payload);
-            tracing::warn!(partition = self.partition, seq = m.seq, user = %user, error = %reason, "message dead-lettered");
-            crate::metrics::dead_lettered(&m.payload);
-            store::dead_letter(
-                &fast,
-                cache,
-                &user,
-                self.partition,
-                m.seq,
-                &m.payload,
-                &reason,
-            )
-            .await?;
-            taken = 1;
-            false
-        } else if crate::batch::per_message() {
-            let mut failed = false;
-            for (i, m) in todo.iter().enumerate() {
-                if i > 0 && pace.batch_spent() {
-                    taken = i;
-                    break;
-                }
-                pace.keep_alive(&fast).await?;
-                let began = Instant::now();
-                match apply.payload(&mut fast, m.seq, &m.payload).await {
-                    Ok(()) => pace.message_done(m.seq, began)?,
-                    // The connection, not the message: retry the whole batch.
-                    Err(e) if e.is_transient() => return Err(e),
-                    Err(_) => {
-                        failed = true;
-                        break;
-                    }
-                }
-            }
-            failed
-        } else {
-            let inputs: Vec<crate::batch::Input> = todo
-                .iter()
-                .map(|m| crate::batch::Input {
-                    seq: m.seq,
-                    bytes: &m.payload,
-                })
-                .collect();
-            match crate::batch::apply(&fast, &apply, &inputs, &mut pace).await {
-                Ok(n) => {
-                    taken = n;
-                    false
-                }
-                Err(e) if e.is_transient() => return Err(e),
-                Err(e) => {
-                    tracing::warn!(partition = self.partition, error = %e, "batch failed; applying message by message");
-                    true
-                }
-            }
-        };
-        if failed {
-            fast.rollback().await?;
-            taken = todo.len();
-            for (i, m) in todo.iter().enumerate() {
-                if i > 0 && pace.batch_spent() {
-                    taken = i;
-                    break;
-                }
-                pace.keep_alive(&tx).await?;
-                let began = Instant::now();
-                apply.message(&mut tx, m.seq, &m.payload).await?;
-                pace.message_done(m.seq, began)?;
-            }
-        } else {
-            fast.commit().await?;
-        }
+        let taken = self.apply_all(&mut tx, &apply, &todo, &mut pace).await?;
         let last = todo[taken - 1].seq;
         // progress_at: when the applied position last moved, what stall
         // detection compares with (docs/operations.md, "Stalled partitions").
@@ -723,6 +477,49 @@ impl Lane {
         .await?;
         tx.commit().await?;
         Ok(last)
+    }
+
+    /// Applies `todo` in `tx`: as one batch under a savepoint, or, when that
+    /// fails for a reason of a message's own, message by message under a
+    /// savepoint each, so that only the failing ones are dead-lettered.
+    /// Returns how many of `todo` it applied (a prefix).
+    async fn apply_all(
+        &self,
+        tx: &mut Transaction<'_>,
+        apply: &Apply<'_>,
+        todo: &[Msg<'_>],
+        pace: &mut Pace,
+    ) -> Result<usize, ProcessorError> {
+        let condemned = self.blame().condemned(todo[0].seq);
+        let fast = tx.savepoint("batch").await?;
+        if let Some(reason) = condemned {
+            // Failed alone before (`Blame`): never applied again, since that
+            // could cost the lane as much once more.
+            apply.dead_letter(&fast, todo[0], &reason).await?;
+            fast.commit().await?;
+            return Ok(1);
+        }
+        match apply.batch(&fast, todo, Some(pace)).await {
+            Ok((taken, _)) => {
+                fast.commit().await?;
+                return Ok(taken);
+            }
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                tracing::warn!(partition = self.partition, error = %e, "batch failed; applying message by message");
+                fast.rollback().await?;
+            }
+        }
+        for (i, m) in todo.iter().enumerate() {
+            if i > 0 && pace.batch_spent() {
+                return Ok(i);
+            }
+            pace.keep_alive(tx).await?;
+            let began = Instant::now();
+            apply.message(tx, m.seq, m.bytes).await?;
+            pace.message_done(m.seq, began)?;
+        }
+        Ok(todo.len())
     }
 }
 
@@ -754,174 +551,8 @@ impl Drop for Relay {
     }
 }
 
-/// What applying a message needs besides the transaction it runs in.
-pub struct Apply<'a> {
-    pub cache: &'a StatementCache,
-    pub settings: &'a Settings,
-    pub ns: &'a Namespace,
-    pub partition: i32,
-    /// Largest NATS message an event may make (`events::fit`).
-    pub max_payload: usize,
-}
-
-impl Apply<'_> {
-    /// Applies one message under a savepoint: if applying fails, its partial
-    /// effects are undone and it goes to the dead-letter table, and the lane
-    /// continues.
-    pub async fn message(
-        &self,
-        tx: &mut tokio_postgres::Transaction<'_>,
-        seq: i64,
-        bytes: &[u8],
-    ) -> Result<(), ProcessorError> {
-        let user_hint = serde_json::from_slice::<serde_json::Value>(bytes)
-            .ok()
-            .and_then(|v| v.get("user").and_then(|u| u.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| "unknown".to_owned());
-        let mut sp = tx.savepoint("message").await?;
-        match self.payload(&mut sp, seq, bytes).await {
-            Ok(()) => sp.commit().await?,
-            // Never dead-letter for a fault of the infrastructure: the caller
-            // rolls the batch back and retries it after a backoff.
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => {
-                sp.rollback().await?;
-                tracing::warn!(partition = self.partition, seq, user = %user_hint, error = %e, "message dead-lettered");
-                crate::metrics::dead_lettered(bytes);
-                store::dead_letter(
-                    tx,
-                    self.cache,
-                    &user_hint,
-                    self.partition,
-                    seq,
-                    bytes,
-                    &e.to_string(),
-                )
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Applies one payload: every UID it carries, the events, the log line.
-    async fn payload(
-        &self,
-        tx: &mut tokio_postgres::Transaction<'_>,
-        seq: i64,
-        bytes: &[u8],
-    ) -> Result<(), ProcessorError> {
-        let (cache, settings, ns, partition) = (self.cache, self.settings, self.ns, self.partition);
-        let started = std::time::Instant::now();
-        let payload = Payload::from_json(bytes)
-            .map_err(|e| ProcessorError::Payload(format!("unreadable payload: {e}")))?;
-        if payload.version != PAYLOAD_VERSION {
-            return Err(ProcessorError::Payload(format!(
-                "payload version {} (this processor knows {PAYLOAD_VERSION})",
-                payload.version
-            )));
-        }
-        let user = payload.user.as_str();
-        if store::already_applied(tx, cache, user, &payload.dedupe_id).await? {
-            crate::metrics::message_duplicate(partition, seq, &payload);
-            return Ok(());
-        }
-        let ctx = settings.ctx(payload.ingested_at)?;
-        let mut uids: Vec<&str> = Vec::new();
-        for c in &payload.components {
-            if !uids.contains(&c.uid.as_str()) {
-                uids.push(&c.uid);
-            }
-        }
-        let mut disposition = crate::model::Disposition::Applied;
-        let mut changes = Vec::new();
-        // Every UID in memory first, then the writes: a message over a limit
-        // is refused whole (limits.rs, as batch::apply does).
-        let limits = settings.limits();
-        let mut budget = crate::limits::MessageBudget::new(&limits);
-        let mut outcomes = Vec::new();
-        let mut over = None;
-        for uid in uids {
-            let state = store::load_state(tx, cache, user, uid).await?;
-            let outcome = semantics::apply(&state, &payload, uid, &ctx);
-            if let Err(refusal) = budget.charge(&outcome) {
-                over = Some(refusal);
-                break;
-            }
-            outcomes.push((uid, outcome));
-        }
-        if let Some(refusal) = over {
-            disposition = refusal;
-        } else if outcomes
-            .iter()
-            .any(|(_, o)| o.disposition == crate::model::Disposition::Applied)
-        {
-            // The quota needs what the writes changed; they are undone when it refuses.
-            let sp = tx.savepoint("quota").await?;
-            let mut usage = crate::limits::Usage::default();
-            for (uid, outcome) in outcomes {
-                if outcome.disposition == crate::model::Disposition::Applied && outcome.enqueue {
-                    // A pending request changes only the queue, never the calendar.
-                    changes.extend(store::enqueue(&sp, cache, &payload, uid).await?);
-                } else if outcome.disposition == crate::model::Disposition::Applied {
-                    let stored = store::save_outcome(&sp, cache, user, uid, &outcome).await?;
-                    usage += stored.usage;
-                    // Object changes come from the semantics; the free/busy change from
-                    // what the store actually replaced (see store::save_outcome).
-                    changes.extend(
-                        outcome
-                            .changes
-                            .into_iter()
-                            .filter(|c| !matches!(c, crate::model::Change::FreeBusyChanged { .. })),
-                    );
-                    changes.extend(stored.changes);
-                } else if disposition == crate::model::Disposition::Applied {
-                    disposition = outcome.disposition;
-                }
-            }
-            let quota = if usage.is_zero() {
-                Ok(())
-            } else {
-                crate::limits::quota(store::load_usage(&sp, cache, user).await?, usage, &limits)
-            };
-            match quota {
-                Ok(()) => {
-                    store::add_usage(&sp, cache, user, usage).await?;
-                    sp.commit().await?;
-                }
-                Err(refusal) => {
-                    sp.rollback().await?;
-                    changes.clear();
-                    disposition = refusal;
-                }
-            }
-        } else if let Some((_, o)) = outcomes.into_iter().next() {
-            disposition = o.disposition;
-        }
-        store::append_events(
-            tx,
-            cache,
-            ns.as_str(),
-            partition,
-            user,
-            &changes,
-            chrono::Utc::now(),
-            self.max_payload,
-        )
-        .await?;
-        store::log_message(
-            tx,
-            cache,
-            user,
-            &payload.dedupe_id,
-            seq,
-            payload.method.as_str(),
-            &disposition,
-        )
-        .await?;
-        crate::metrics::message_done(partition, seq, &payload, &disposition, started);
-        Ok(())
-    }
-}
+// imip-ctl's replay names it here.
+pub use crate::lane::Apply;
 
 /// Starts one lane per partition and waits for shutdown.
 pub async fn run(
@@ -981,61 +612,4 @@ pub async fn run(
         let _ = t.await;
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn over(seq: i64) -> ProcessorError {
-        ProcessorError::OverBudget {
-            seq,
-            took: Duration::from_millis(3_400),
-            budget: Duration::from_millis(300),
-        }
-    }
-
-    fn not_strain() -> ProcessorError {
-        ProcessorError::Config("stand-in".into())
-    }
-
-    #[test]
-    fn a_message_over_budget_runs_alone_then_is_condemned() {
-        let mut b = Blame::default();
-        assert_eq!(b.batch_len([1, 2, 3, 4].into_iter(), 256), 4);
-        b.failed(&[1, 2, 3, 4], &over(3));
-        // The messages before it first, then it alone.
-        assert_eq!(b.batch_len([1, 2, 3, 4].into_iter(), 256), 2);
-        b.committed(2);
-        assert_eq!(b.batch_len([3, 4].into_iter(), 256), 1);
-        assert_eq!(b.condemned(3), None);
-        b.failed(&[3], &over(3));
-        assert_eq!(
-            b.condemned(3).as_deref(),
-            Some("took 3.4 s, over the 300 ms budget per message")
-        );
-        b.committed(3);
-        assert_eq!(b.condemned(3), None);
-        assert_eq!(b.batch_len([4].into_iter(), 256), 1);
-    }
-
-    #[test]
-    fn only_repeated_strain_blames_the_first_message() {
-        let mut b = Blame::default();
-        // Neither an outage nor the message's own error counts as a strike.
-        for _ in 0..10 {
-            b.failed(&[5, 6], &not_strain());
-        }
-        assert_eq!(b.batch_len([5, 6].into_iter(), 256), 2);
-        assert_eq!(b.suspect, None);
-    }
-
-    #[test]
-    fn a_suspect_waits_behind_the_batch_limit() {
-        let mut b = Blame::default();
-        b.failed(&[1, 2, 3, 4, 5], &over(5));
-        assert_eq!(b.batch_len([1, 2, 3, 4, 5].into_iter(), 2), 2);
-        assert_eq!(b.batch_len([3, 4, 5].into_iter(), 2), 2);
-        assert_eq!(b.batch_len([5].into_iter(), 2), 1);
-    }
 }

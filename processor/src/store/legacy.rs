@@ -1,4 +1,5 @@
-//! PostgreSQL reads and writes of the processor, one user per statement.
+//! The per-message statements of the write path before `load`/`write`, kept
+//! only until imip-ctl's rebuild and replay move over (then deleted).
 //!
 //! Thin on purpose: the decisions are in `semantics`; this module loads a UID's
 //! state, writes an `Outcome`, and keeps the lane's bookkeeping (message log,
@@ -13,49 +14,11 @@ use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
 use tokio_postgres::types::Json;
 
-pub type Result<T> = std::result::Result<T, tokio_postgres::Error>;
-
-/// Prepared statements of one connection, by SQL text. Preparing once per
-/// connection instead of once per call halves the round trips of every
-/// statement (tokio-postgres would otherwise parse each one anew).
-#[derive(Default)]
-pub struct StatementCache {
-    statements:
-        std::sync::Mutex<std::collections::HashMap<&'static str, tokio_postgres::Statement>>,
-}
-
-impl StatementCache {
-    pub async fn get(
-        &self,
-        tx: &Transaction<'_>,
-        sql: &'static str,
-    ) -> Result<tokio_postgres::Statement> {
-        if let Some(s) = self.statements.lock().expect("cache lock").get(sql) {
-            return Ok(s.clone());
-        }
-        let prepared = tx.prepare(sql).await?;
-        self.statements
-            .lock()
-            .expect("cache lock")
-            .insert(sql, prepared.clone());
-        Ok(prepared)
-    }
-}
-
-pub fn recurrence_key(r: Option<DateTime<Utc>>) -> String {
-    r.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
-}
+use super::{Result, StatementCache, disposition_columns, recurrence_key, texts_of};
 
 /// The raw texts of one UID (`object_texts`), read once and shared by the
 /// objects that refer to them.
 const LOAD_TEXTS: &str = "SELECT digest, raw FROM object_texts WHERE user_addr = $1 AND uid = $2";
-
-/// The key of a raw text in `object_texts`: its SHA-256.
-pub fn text_digest(raw: &str) -> Vec<u8> {
-    use sha2::Digest;
-    sha2::Sha256::digest(raw.as_bytes()).to_vec()
-}
 
 /// Raw texts by digest, as loaded.
 #[derive(Default)]
@@ -87,30 +50,6 @@ impl Texts {
             o.raw = raw.clone();
         }
     }
-}
-
-/// A raw text with its digest, as `object_texts` stores it.
-pub type DigestedText<'a> = (Vec<u8>, &'a Raw);
-
-/// The digest of each object's raw text, and each distinct text once (the
-/// rows `object_texts` needs). Hashed once per shared text.
-pub fn texts_of(objects: &[StoredObject]) -> (Vec<Vec<u8>>, Vec<DigestedText<'_>>) {
-    let mut distinct: Vec<DigestedText<'_>> = Vec::new();
-    let digests = objects
-        .iter()
-        .map(|o| {
-            if let Some((d, _)) = distinct
-                .iter()
-                .find(|(_, r)| r.same_allocation(&o.raw) || **r == o.raw)
-            {
-                return d.clone();
-            }
-            let d = text_digest(&o.raw);
-            distinct.push((d.clone(), &o.raw));
-            d
-        })
-        .collect();
-    (digests, distinct)
 }
 
 /// The user's row counts for the quotas (`user_usage`).
@@ -223,16 +162,6 @@ pub async fn already_applied(
         )
         .await?
         .is_some())
-}
-
-/// `message_log.outcome` and `.reason` of a disposition.
-pub fn disposition_columns(disposition: &Disposition) -> (&'static str, Option<&str>) {
-    match disposition {
-        Disposition::Applied => ("applied", None),
-        Disposition::Stale(r) => ("stale", Some(r.as_str())),
-        Disposition::Ignored(r) => ("ignored", Some(r.as_str())),
-        Disposition::Refused(r) => ("refused", Some(r.as_str())),
-    }
 }
 
 pub async fn log_message(
