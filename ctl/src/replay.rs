@@ -3,6 +3,8 @@
 
 use crate::lock_partition;
 use imipflow_processor::ProcessorError;
+use imipflow_processor::apply::Verdict;
+use imipflow_processor::model::Disposition;
 use imipflow_processor::{config::Settings, store};
 
 /// What became of one message in `imip-ctl replay`.
@@ -36,11 +38,12 @@ impl ReplayOutcome {
     }
 }
 
-/// Re-applies one stream message the way the lane does, in its own
-/// transaction holding the partition row lock (serialised with the lane),
-/// without moving the partition's position. Idempotent: a message already in
-/// `message_log` changes nothing; one that is not (dead-lettered before, or
-/// its log lost with a restored database) goes through newer-wins again.
+/// Re-applies one stream message the way the lane does (a batch of one:
+/// `store::load`, `apply`, `store::write`), in its own transaction holding
+/// the partition row lock (serialised with the lane), without moving the
+/// partition's position. Idempotent: a message already in `message_log`
+/// changes nothing; one that is not (dead-lettered before, or its log lost
+/// with a restored database) goes through newer-wins again.
 pub async fn replay_one(
     db: &mut tokio_postgres::Client,
     settings: &Settings,
@@ -49,13 +52,6 @@ pub async fn replay_one(
     payload: &[u8],
 ) -> Result<ReplayOutcome, ProcessorError> {
     let ns = settings.namespace()?;
-    let ids = serde_json::from_slice::<serde_json::Value>(payload).ok();
-    let user = ids
-        .as_ref()
-        .and_then(|v| v["user"].as_str().map(str::to_owned));
-    let dedupe = ids
-        .as_ref()
-        .and_then(|v| v["dedupe_id"].as_str().map(str::to_owned));
     let mut tx = db.transaction().await?;
     let applied_up_to = lock_partition(&tx, partition).await?;
     if seq > applied_up_to {
@@ -63,36 +59,21 @@ pub async fn replay_one(
         return Ok(ReplayOutcome::Pending);
     }
     let cache = store::StatementCache::default();
-    if let (Some(u), Some(d)) = (&user, &dedupe)
-        && store::already_applied(&tx, &cache, u, d).await?
-    {
-        tx.rollback().await?;
-        return Ok(ReplayOutcome::Duplicate);
-    }
-    let apply = imipflow_processor::worker::Apply {
+    let apply = imipflow_processor::lane::Apply {
         cache: &cache,
         settings,
         ns: &ns,
         partition,
         max_payload: imipflow_processor::events::DEFAULT_MAX_PAYLOAD,
     };
-    apply.message(&mut tx, seq, payload).await?;
-    let logged = match (&user, &dedupe) {
-        (Some(u), Some(d)) => tx
-            .query_opt(
-                "SELECT outcome FROM message_log WHERE user_addr = $1 AND dedupe_id = $2",
-                &[u, d],
-            )
-            .await?
-            .map(|r| r.get::<_, String>(0)),
-        _ => None,
+    let outcome = match apply.message(&mut tx, seq, payload).await? {
+        Verdict::Duplicate => ReplayOutcome::Duplicate,
+        Verdict::DeadLettered(_) => ReplayOutcome::DeadLettered,
+        Verdict::Done(Disposition::Applied) => ReplayOutcome::Applied,
+        Verdict::Done(Disposition::Stale(_)) => ReplayOutcome::Stale,
+        Verdict::Done(Disposition::Ignored(_)) => ReplayOutcome::Ignored,
+        Verdict::Done(Disposition::Refused(_)) => ReplayOutcome::Refused,
     };
     tx.commit().await?;
-    Ok(match logged.as_deref() {
-        Some("applied") => ReplayOutcome::Applied,
-        Some("stale") => ReplayOutcome::Stale,
-        Some("ignored") => ReplayOutcome::Ignored,
-        Some("refused") => ReplayOutcome::Refused,
-        _ => ReplayOutcome::DeadLettered,
-    })
+    Ok(outcome)
 }

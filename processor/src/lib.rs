@@ -20,7 +20,7 @@ pub mod worker;
 // The pure parts live in imipflow-semantics; re-exported under the names
 // the processor's modules have always used.
 pub use imipflow_semantics::method as semantics;
-pub use imipflow_semantics::{events, limits, model};
+pub use imipflow_semantics::{apply, events, limits, model};
 
 pub use config::Settings;
 pub use error::ProcessorError;

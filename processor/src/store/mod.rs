@@ -77,3 +77,26 @@ pub fn disposition_columns(disposition: &Disposition) -> (&'static str, Option<&
         Disposition::Refused(r) => ("refused", Some(r.as_str())),
     }
 }
+
+/// The stored objects and pending request of one UID, for a reader outside
+/// the write path (`imip-ctl freebusy` expanding an open series).
+pub async fn load_uid(
+    tx: &Transaction<'_>,
+    cache: &StatementCache,
+    partition: i32,
+    user: &str,
+    uid: &str,
+) -> Result<crate::model::UidState> {
+    use imipflow_semantics::apply::{Keys, UidKey};
+    let key = UidKey::new(user, uid);
+    let keys = Keys {
+        uids: vec![key.clone()],
+        ..Keys::default()
+    };
+    let mut loaded = load(tx, cache, partition, &keys).await?;
+    let stored = loaded.uids.remove(&key).unwrap_or_default();
+    Ok(crate::model::UidState {
+        objects: stored.objects,
+        pending: stored.pending,
+    })
+}

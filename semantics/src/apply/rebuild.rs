@@ -37,7 +37,11 @@ pub fn rematerialise(
     let total = keys.len() as u64;
     progress(0, total);
     let mut out = Rematerialised {
-        uids: keys.len(),
+        // A UID with nothing but raw texts left is only cleaned up.
+        uids: keys
+            .iter()
+            .filter(|k| loaded.uids[**k].is_stored() || loaded.uids[**k].open_until.is_some())
+            .count(),
         ..Default::default()
     };
     let mut changes = Vec::new();
