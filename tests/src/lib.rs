@@ -83,6 +83,29 @@ impl TestEnv {
         env
     }
 
+    /// Like [`Self::new`] with `partitions` lanes and `IMIP_DB_LAYOUT=layout`
+    /// for `migrate` (`list`: the tables LIST-partitioned by partition).
+    pub async fn with_layout(layout: &str, partitions: u32) -> Self {
+        let mut env = Self::unmigrated();
+        env.partitions = partitions;
+        let mut cmd = env.command("imip-processor");
+        cmd.env("IMIP_DB_LAYOUT", layout);
+        let out = env.run_with(cmd, &["migrate"], b"").await;
+        assert!(
+            out.status.success(),
+            "imip-processor migrate (layout {layout}) failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        env
+    }
+
+    /// The partition (shard key) of `user`'s rows: where ingest routes their
+    /// messages and the lanes write them. Raw SQL that inserts rows gives it.
+    pub fn partition_of(&self, user: &str) -> i32 {
+        imipflow_schema::partition(user, self.partitions) as i32
+    }
+
     /// Names only; nothing created yet.
     pub fn unmigrated() -> Self {
         let nanos = std::time::SystemTime::now()

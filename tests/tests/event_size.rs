@@ -418,15 +418,20 @@ async fn an_oversized_outbox_row_does_not_block_the_relay() {
     });
     assert!(body.to_string().len() > 65_536);
     db.execute(
-        "INSERT INTO user_events (user_addr, last_seq) VALUES ($1, 1)",
-        &[&CAROL],
+        "INSERT INTO user_events (partition, user_addr, last_seq) VALUES ($1, $2, 1)",
+        &[&env.partition_of(CAROL), &CAROL],
     )
     .await
     .unwrap();
     db.execute(
         "INSERT INTO outbox (user_addr, user_seq, partition, event_id, kind, body)
-         VALUES ($1, 1, 0, $2, 'freebusy.changed', $3)",
-        &[&CAROL, &id, &tokio_postgres::types::Json(&body)],
+         VALUES ($1, 1, $2, $3, 'freebusy.changed', $4)",
+        &[
+            &CAROL,
+            &env.partition_of(CAROL),
+            &id,
+            &tokio_postgres::types::Json(&body),
+        ],
     )
     .await
     .unwrap();

@@ -236,18 +236,18 @@ async fn unknown_users_are_not_cached_and_absurd_names_are_refused() {
 async fn many_periods(env: &TestEnv, user: &str, n: i64) {
     let db = env.pg().await;
     db.execute(
-        "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
-         SELECT $1, 'bomb', t, tstzrange(t, t + interval '5 minutes'), 'BUSY', t
+        "INSERT INTO freebusy (partition, user_addr, uid, instance, period, fbtype, recurrence_id)
+         SELECT $3, $1, 'bomb', t, tstzrange(t, t + interval '5 minutes'), 'BUSY', t
          FROM (SELECT date_trunc('day', now()) - interval '7 days' + i * interval '10 minutes' AS t
                FROM generate_series(0::bigint, $2::bigint - 1) AS i) s",
-        &[&user, &n],
+        &[&user, &n, &env.partition_of(user)],
     )
     .await
     .unwrap();
     db.execute(
-        "INSERT INTO user_events (user_addr, last_seq) VALUES ($1, 1)
-         ON CONFLICT (user_addr) DO UPDATE SET last_seq = 1",
-        &[&user],
+        "INSERT INTO user_events (partition, user_addr, last_seq) VALUES ($2, $1, 1)
+         ON CONFLICT (partition, user_addr) DO UPDATE SET last_seq = 1",
+        &[&user, &env.partition_of(user)],
     )
     .await
     .unwrap();
