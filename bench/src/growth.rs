@@ -185,15 +185,25 @@ async fn measure(
         bail!("template event has {n} free/busy rows, expected 1");
     }
 
+    // The queries imip-ctl freebusy runs, within the user's partition (the
+    // function migration V6 keeps in the database, equal to the lanes').
+    let part: i32 = db
+        .query_one(
+            "SELECT imipflow_partition($1, value::integer) FROM deployment WHERE key = 'partitions'",
+            &[&USER],
+        )
+        .await?
+        .get(0);
     let query = db
         .prepare(
             "SELECT lower(period), upper(period), fbtype, uid, recurrence_id FROM freebusy
-             WHERE user_addr = $1 AND period && tstzrange($2, $3, '[)')",
+             WHERE partition = $4 AND user_addr = $1 AND period && tstzrange($2, $3, '[)')",
         )
         .await?;
     let open = db
         .prepare(
-            "SELECT uid, materialised_until FROM open_series WHERE user_addr = $1 AND materialised_until < $2",
+            "SELECT uid, materialised_until FROM open_series
+             WHERE partition = $3 AND user_addr = $1 AND materialised_until < $2",
         )
         .await?;
     let ping = db.prepare("SELECT 1").await?;
@@ -235,8 +245,8 @@ async fn measure(
         };
         for _ in 0..args.queries {
             let t = Instant::now();
-            let rows = db.query(&query, &[&USER, &from, &to]).await?;
-            let _ = db.query(&open, &[&USER, &to]).await?;
+            let rows = db.query(&query, &[&USER, &from, &to, &part]).await?;
+            let _ = db.query(&open, &[&USER, &to, &part]).await?;
             r.query.push(t.elapsed());
             r.in_window = rows.len() as i64;
             let t = Instant::now();
@@ -331,21 +341,21 @@ async fn bulk_load(
     let last = end - spacing;
     let sql = format!(
         "BEGIN;
-         INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence, dtstamp,
+         INSERT INTO objects (partition, user_addr, uid, recurrence_key, recurrence_id, sequence, dtstamp,
                               status, summary, organizer, dtstart, dtend, data)
-         SELECT o.user_addr, 'growth-' || k || '@bench.example', o.recurrence_key, o.recurrence_id,
+         SELECT o.partition, o.user_addr, 'growth-' || k || '@bench.example', o.recurrence_key, o.recurrence_id,
                 o.sequence, o.dtstamp, o.status, o.summary, o.organizer,
                 o.dtstart - k * interval '{step}', o.dtend - k * interval '{step}', o.data
            FROM objects o, generate_series({from}, {to} - 1) k
           WHERE o.user_addr = '{USER}' AND o.uid = '{template}';
-         INSERT INTO attendees (user_addr, uid, recurrence_key, address, partstat, role,
+         INSERT INTO attendees (partition, user_addr, uid, recurrence_key, address, partstat, role,
                                 answer_sequence, answer_dtstamp)
-         SELECT a.user_addr, 'growth-' || k || '@bench.example', a.recurrence_key, a.address,
+         SELECT a.partition, a.user_addr, 'growth-' || k || '@bench.example', a.recurrence_key, a.address,
                 a.partstat, a.role, a.answer_sequence, a.answer_dtstamp
            FROM attendees a, generate_series({from}, {to} - 1) k
           WHERE a.user_addr = '{USER}' AND a.uid = '{template}';
-         INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
-         SELECT f.user_addr, 'growth-' || k || '@bench.example', f.instance - k * interval '{step}',
+         INSERT INTO freebusy (partition, user_addr, uid, instance, period, fbtype, recurrence_id)
+         SELECT f.partition, f.user_addr, 'growth-' || k || '@bench.example', f.instance - k * interval '{step}',
                 tstzrange(lower(f.period) - k * interval '{step}', upper(f.period) - k * interval '{step}', '[)'),
                 f.fbtype, f.recurrence_id
            FROM freebusy f, generate_series({from}, {to} - 1) k

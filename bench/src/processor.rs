@@ -1005,14 +1005,14 @@ async fn plain_sql(
             .any(|k| !seen.insert(k));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (_, batches) in lanes {
+    for (lane, batches) in lanes {
         let (rows, msgs, url) = (rows.clone(), msgs.clone(), sandbox.database_url.clone());
         tasks.push(tokio::spawn(async move {
             let mut db = pg(&url).await?;
             let st = prepare(&db, upsert).await?;
             let mut n = 0;
             for b in batches {
-                write_batch(&mut db, &st, &rows, &msgs, &b).await?;
+                write_batch(&mut db, &st, &rows, &msgs, lane as i32, &b).await?;
                 n += b.len();
             }
             anyhow::Ok(n)
@@ -1033,6 +1033,7 @@ async fn write_batch(
     st: &[tokio_postgres::Statement],
     rows: &Rows,
     msgs: &[(String, Vec<String>, String)],
+    lane: i32,
     batch: &[(usize, std::ops::Range<usize>)],
 ) -> anyhow::Result<()> {
     // The last write of a key within the batch wins (an upsert may not touch a row twice).
@@ -1134,22 +1135,28 @@ async fn write_batch(
     tx.execute(
         &st[0],
         &[
-            &o.0, &o.1, &o.2, &o.3, &o.4, &o.5, &o.6, &o.7, &o.8, &o.9, &o.10, &o.11,
+            &o.0, &o.1, &o.2, &o.3, &o.4, &o.5, &o.6, &o.7, &o.8, &o.9, &o.10, &o.11, &lane,
         ],
     )
     .await?;
-    tx.execute(&st[1], &[&a.0, &a.1, &a.2, &a.3, &a.4, &a.5, &a.6, &a.7])
+    tx.execute(
+        &st[1],
+        &[&a.0, &a.1, &a.2, &a.3, &a.4, &a.5, &a.6, &a.7, &lane],
+    )
+    .await?;
+    tx.execute(&st[2], &[&f.0, &f.1, &f.2, &f.3, &f.4, &f.5, &f.6, &lane])
         .await?;
-    tx.execute(&st[2], &[&f.0, &f.1, &f.2, &f.3, &f.4, &f.5, &f.6])
-        .await?;
-    tx.execute(&st[3], &[&log.0, &log.1, &log.2, &log.3, &log.4, &log.5])
-        .await?;
+    tx.execute(
+        &st[3],
+        &[&log.0, &log.1, &log.2, &log.3, &log.4, &log.5, &lane],
+    )
+    .await?;
     tx.execute(
         &st[4],
         &[&out.0, &out.1, &out.2, &out.3, &out.4, &out_bodies],
     )
     .await?;
-    tx.execute(&st[5], &[&users, &seqs]).await?;
+    tx.execute(&st[5], &[&users, &seqs, &lane]).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -1165,38 +1172,39 @@ async fn prepare(
     let sql = [
         format!(
             "INSERT INTO objects (user_addr, uid, recurrence_key, recurrence_id, sequence, dtstamp, status,
-                                  summary, organizer, dtstart, dtend, data)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
+                                  summary, organizer, dtstart, dtend, data, partition)
+             SELECT *, $13::int FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[],
                                   $6::timestamptz[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
                                   $11::timestamptz[], $12::jsonb[]) {}",
-            on("ON CONFLICT (user_addr, uid, recurrence_key) DO UPDATE SET data = EXCLUDED.data,
+            on("ON CONFLICT (partition, user_addr, uid, recurrence_key) DO UPDATE SET data = EXCLUDED.data,
                  sequence = EXCLUDED.sequence, dtstamp = EXCLUDED.dtstamp, status = EXCLUDED.status,
                  summary = EXCLUDED.summary, dtstart = EXCLUDED.dtstart, dtend = EXCLUDED.dtend")
         ),
         format!(
             "INSERT INTO attendees (user_addr, uid, recurrence_key, address, partstat, role, answer_sequence,
-                                    answer_dtstamp)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+                                    answer_dtstamp, partition)
+             SELECT *, $9::int FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
                                   $7::bigint[], $8::timestamptz[]) {}",
-            on("ON CONFLICT (user_addr, uid, recurrence_key, address) DO UPDATE SET partstat = EXCLUDED.partstat,
+            on("ON CONFLICT (partition, user_addr, uid, recurrence_key, address) DO UPDATE SET partstat = EXCLUDED.partstat,
                  answer_sequence = EXCLUDED.answer_sequence, answer_dtstamp = EXCLUDED.answer_dtstamp")
         ),
         format!(
-            "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id)
-             SELECT u, i, n, tstzrange(s, e, '[)'), t, r
+            "INSERT INTO freebusy (user_addr, uid, instance, period, fbtype, recurrence_id, partition)
+             SELECT u, i, n, tstzrange(s, e, '[)'), t, r, $8::int
              FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
                          $6::text[], $7::timestamptz[]) AS x(u, i, n, s, e, t, r) {}",
-            on("ON CONFLICT (user_addr, uid, instance) DO UPDATE SET period = EXCLUDED.period, fbtype = EXCLUDED.fbtype")
+            on("ON CONFLICT (partition, user_addr, uid, instance) DO UPDATE SET period = EXCLUDED.period, fbtype = EXCLUDED.fbtype")
         ),
-        "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
-         ON CONFLICT (user_addr, dedupe_id) DO NOTHING"
+        "INSERT INTO message_log (user_addr, dedupe_id, stream_seq, method, outcome, reason, partition)
+         SELECT *, $7::int FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])
+         ON CONFLICT (partition, user_addr, dedupe_id) DO NOTHING"
             .to_owned(),
         "INSERT INTO outbox (user_addr, user_seq, partition, event_id, kind, body)
          SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::text[], $6::jsonb[])"
             .to_owned(),
-        "INSERT INTO user_events (user_addr, last_seq) SELECT * FROM unnest($1::text[], $2::bigint[])
-         ON CONFLICT (user_addr) DO UPDATE SET last_seq = EXCLUDED.last_seq"
+        "INSERT INTO user_events (user_addr, last_seq, partition)
+         SELECT *, $3::int FROM unnest($1::text[], $2::bigint[])
+         ON CONFLICT (partition, user_addr) DO UPDATE SET last_seq = EXCLUDED.last_seq"
             .to_owned(),
     ];
     let mut out = Vec::new();
