@@ -1,6 +1,8 @@
 //! The per-user reads behind `imip-ctl freebusy` and `objects`.
 //! Output formatting lives in the binary (VFREEBUSY text in
-//! `imipflow_schema::freebusy`); these return typed rows.
+//! `imipflow_schema::freebusy`); these return typed rows. Each names the
+//! user's partition (the shard key, docs/scaling.md), found with
+//! [`partition_of`].
 
 use chrono::{DateTime, Utc};
 use imipflow_processor::ProcessorError;
@@ -20,6 +22,30 @@ pub struct FreeBusy {
     pub truncated: bool,
 }
 
+/// The partition of `user`'s rows: the pinned partition function with the
+/// count this deployment was created with (the `deployment` table, which the
+/// lanes and `migrate` agree on), not the `IMIP_PARTITIONS` of this command.
+pub async fn partition_of(
+    db: &impl tokio_postgres::GenericClient,
+    user: &str,
+) -> Result<i32, ProcessorError> {
+    let value: String = db
+        .query_opt("SELECT value FROM deployment WHERE key = 'partitions'", &[])
+        .await?
+        .ok_or_else(|| {
+            ProcessorError::Config(
+                "the database has no partition count (run imip-processor migrate)".into(),
+            )
+        })?
+        .get(0);
+    let partitions: u32 = value.parse().map_err(|_| {
+        ProcessorError::Config(format!(
+            "the deployment's partition count is not a number: {value:?}"
+        ))
+    })?;
+    Ok(imipflow_schema::partition(user, partitions) as i32)
+}
+
 /// Busy periods of `user` intersecting [from, to): the materialised rows, plus
 /// instances of open-ended series past their materialised horizon. At most
 /// `IMIP_MAX_QUERY_PERIODS`, the first ones by start: the rows are read in
@@ -35,12 +61,13 @@ pub async fn freebusy(
     to: DateTime<Utc>,
 ) -> Result<FreeBusy, ProcessorError> {
     let cap = settings.max_query_periods.max(1);
+    let partition = partition_of(&*db, user).await?;
     let rows = db
         .query(
             "SELECT lower(period), upper(period), fbtype, uid, recurrence_id FROM freebusy
-             WHERE user_addr = $1 AND period && tstzrange($2, $3, '[)')
+             WHERE partition = $5 AND user_addr = $1 AND period && tstzrange($2, $3, '[)')
              ORDER BY lower(period), uid, instance LIMIT $4",
-            &[&user, &from, &to, &(cap as i64 + 1)],
+            &[&user, &from, &to, &(cap as i64 + 1), &partition],
         )
         .await?;
     let mut out: Vec<BusyPeriod> = rows
@@ -65,8 +92,9 @@ pub async fn freebusy(
     cut(&mut out, &mut truncated);
     let open = db
         .query(
-            "SELECT uid, materialised_until FROM open_series WHERE user_addr = $1 AND materialised_until < $2",
-            &[&user, &to],
+            "SELECT uid, materialised_until FROM open_series
+             WHERE partition = $3 AND user_addr = $1 AND materialised_until < $2",
+            &[&user, &to, &partition],
         )
         .await?;
     if !open.is_empty() {
@@ -132,18 +160,21 @@ pub async fn objects(
     user: &str,
     uid: Option<&str>,
 ) -> Result<Vec<(String, StoredObject)>, ProcessorError> {
+    let partition = partition_of(db, user).await?;
     let rows = db
         .query(
-            "SELECT uid, data, text_digest FROM objects WHERE user_addr = $1 AND ($2::text IS NULL OR uid = $2)
+            "SELECT uid, data, text_digest FROM objects
+             WHERE partition = $3 AND user_addr = $1 AND ($2::text IS NULL OR uid = $2)
              ORDER BY dtstart NULLS LAST, uid, recurrence_key",
-            &[&user, &uid],
+            &[&user, &uid, &partition],
         )
         .await?;
     // Each raw text once (object_texts), shared by the objects that refer to it.
     let texts: std::collections::HashMap<(String, Vec<u8>), imipflow_processor::model::Raw> = db
         .query(
-            "SELECT uid, digest, raw FROM object_texts WHERE user_addr = $1 AND ($2::text IS NULL OR uid = $2)",
-            &[&user, &uid],
+            "SELECT uid, digest, raw FROM object_texts
+             WHERE partition = $3 AND user_addr = $1 AND ($2::text IS NULL OR uid = $2)",
+            &[&user, &uid, &partition],
         )
         .await?
         .into_iter()
