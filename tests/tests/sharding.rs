@@ -355,6 +355,144 @@ async fn migration_v6_refuses_rows_without_a_partition_count() {
     assert_eq!(objects, V5_USERS.len() as i64, "nothing changed");
 }
 
+/// `name` of the pre-V6 release in `IMIPFLOW_BASE_BIN_DIR`, pointed at `env`.
+fn base_command(dir: &std::path::Path, env: &TestEnv, name: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(dir.join(name));
+    cmd.envs(env.vars());
+    cmd.env_remove("IMIP_CONFIG");
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// The same move on a database that the binaries of the release before V6
+/// filled (build them from commit 77a797f and name their directory in
+/// `IMIPFLOW_BASE_BIN_DIR`; without it this test says so and checks
+/// nothing): real rows of every table, then the new `migrate` straight into
+/// the LIST layout.
+#[tokio::test]
+async fn migration_v6_moves_what_the_v5_binaries_wrote() {
+    let Some(dir) = std::env::var_os("IMIPFLOW_BASE_BIN_DIR").map(std::path::PathBuf::from) else {
+        eprintln!("IMIPFLOW_BASE_BIN_DIR not set: nothing checked");
+        return;
+    };
+    let env = TestEnv::unmigrated();
+    let out = env
+        .run_with(
+            base_command(&dir, &env, "imip-processor"),
+            &["migrate"],
+            b"",
+        )
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ingest = async |args: &[&str], mail: &[u8]| {
+        let out = env
+            .run_with(base_command(&dir, &env, "imip-ingest"), args, mail)
+            .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for (i, u) in V5_USERS.iter().enumerate() {
+        let single = imip_mail(
+            "REQUEST",
+            u,
+            &format!("s{i}@v5"),
+            &[vevent(&[
+                &format!("UID:single{i}@v5"),
+                "SEQUENCE:0",
+                "DTSTAMP:20270101T000000Z",
+                "DTSTART:20270301T100000Z",
+                "DTEND:20270301T110000Z",
+                &format!("ORGANIZER:mailto:{u}"),
+                "ATTENDEE:mailto:guest@example.net",
+            ])],
+        );
+        ingest(&["--sender", u], &single).await;
+        let weekly = imip_mail(
+            "REQUEST",
+            u,
+            &format!("w{i}@v5"),
+            &[vevent(&[
+                &format!("UID:weekly{i}@v5"),
+                "SEQUENCE:0",
+                "DTSTAMP:20270101T000000Z",
+                "DTSTART:20270302T100000Z",
+                "DTEND:20270302T110000Z",
+                "RRULE:FREQ=WEEKLY",
+                &format!("ORGANIZER:mailto:{u}"),
+            ])],
+        );
+        ingest(&["--sender", u], &weekly).await;
+        let invite = imip_mail(
+            "REQUEST",
+            "boss@elsewhere.example",
+            &format!("i{i}@v5"),
+            &[vevent(&[
+                &format!("UID:invite{i}@v5"),
+                "SEQUENCE:0",
+                "DTSTAMP:20270101T000000Z",
+                "DTSTART:20270303T100000Z",
+                "DTEND:20270303T110000Z",
+                "ORGANIZER:mailto:boss@elsewhere.example",
+                &format!("ATTENDEE:mailto:{u}"),
+            ])],
+        );
+        let args = [
+            "--sender",
+            "boss@elsewhere.example",
+            "--direction",
+            "incoming",
+            "--recipient",
+            u,
+        ];
+        ingest(&args, &invite).await;
+    }
+    // A payload no processor can apply: a dead letter.
+    imipflow_tests::publish_payloads(
+        &env,
+        &[serde_json::json!({"user": V5_USERS[1], "dedupe_id": "broken@v5", "method": 7})],
+    )
+    .await;
+    let mut cmd = base_command(&dir, &env, "imip-processor");
+    cmd.arg("run")
+        .env("IMIP_LEASE_MS", "5000")
+        .stdin(std::process::Stdio::null());
+    let mut old = cmd.spawn().unwrap();
+    env.wait_applied().await;
+    old.kill().await.unwrap();
+
+    let db = env.pg().await;
+    let mut before = BTreeMap::new();
+    for t in TABLES {
+        let rows = db
+            .query(&format!("SELECT user_addr FROM {t} ORDER BY 1"), &[])
+            .await
+            .unwrap();
+        let users: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        assert!(!users.is_empty(), "{t}: the V5 binaries wrote no row");
+        before.insert(t, users);
+    }
+    let out = migrate(&env, "list").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (t, rows) in rows_by_table(&db).await {
+        let users: Vec<String> = rows.iter().map(|(u, _)| u.clone()).collect();
+        assert_eq!(users, before[t], "{t}: rows lost or added");
+        for (u, p) in rows {
+            assert_eq!(p, env.partition_of(&u), "{t}: partition of {u}");
+        }
+    }
+}
+
 // ------------------------------------------------------- partition-local
 
 #[path = "sharding/local.rs"]
