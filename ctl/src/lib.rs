@@ -1,9 +1,12 @@
 //! `imip-ctl`, the operator's command line, as a library: one module per
-//! group of commands, each returning typed rows; `main.rs` parses the
-//! arguments and prints. Everything that writes goes through the lanes' own
+//! group of commands, each returning typed rows, and [`cmd`], one function
+//! per command that runs it and prints the answer ([`output`]); `main.rs`
+//! only parses the arguments. Everything that writes goes through the lanes' own
 //! load / apply / write (`imipflow_processor::store`) while holding the
 //! user's partition row, so a command is serialised with the lane.
 
+pub mod cmd;
+pub mod output;
 pub mod quarantine;
 pub mod query;
 pub mod rebuild;

@@ -66,6 +66,16 @@ impl Namespace {
         format!("{}.msg.{}.{}", self.0, partition, user_key)
     }
 
+    /// The partition a subject of the messages stream is routed to (the
+    /// token after `msg`, see [`Self::message_subject`]); `None` for a
+    /// subject of another namespace or stream.
+    pub fn message_partition(&self, subject: &str) -> Option<u32> {
+        let rest = subject
+            .strip_prefix(self.0.as_str())?
+            .strip_prefix(".msg.")?;
+        rest.split('.').next()?.parse().ok()
+    }
+
     /// Filter subject of one partition's lane.
     pub fn partition_filter(&self, partition: u32) -> String {
         format!("{}.msg.{}.>", self.0, partition)
@@ -103,6 +113,12 @@ impl Namespace {
     /// `imip.events.freebusy.changed.*` one kind.
     pub fn event_subject(&self, kind: &str, user_key: &str) -> String {
         format!("{}.events.{}.{}", self.0, kind, user_key)
+    }
+
+    /// Filter subject of every event about one user, whatever its kind
+    /// (`<namespace>.events.*.*.<user-key>`, see [`Self::event_subject`]).
+    pub fn user_events_filter(&self, user_key: &str) -> String {
+        format!("{}.events.*.*.{}", self.0, user_key)
     }
 }
 
@@ -215,6 +231,10 @@ mod tests {
             ns.event_subject("freebusy.changed", "a@b"),
             "t1.events.freebusy.changed.a@b"
         );
+        assert_eq!(ns.user_events_filter("a@b"), "t1.events.*.*.a@b");
+        assert_eq!(ns.message_partition("t1.msg.3.a@b"), Some(3));
+        assert_eq!(ns.message_partition("t2.msg.3.a@b"), None);
+        assert_eq!(ns.message_partition("t1.events.freebusy.changed.a@b"), None);
     }
 
     #[test]

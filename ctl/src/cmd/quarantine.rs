@@ -1,0 +1,106 @@
+//! `imip-ctl quarantine list|show|release|delete`: the records of
+//! [`crate::quarantine`] printed one per line, one in full, or as `--json`.
+
+use crate::output::json_line;
+use crate::quarantine::{self, Entry};
+use imipflow_processor::Settings;
+use serde_json::json;
+
+use super::jetstream;
+
+/// `imip-ctl quarantine list [--json]`: every record, oldest first.
+pub async fn list(s: &Settings, json: bool) -> anyhow::Result<()> {
+    let js = jetstream(s).await?;
+    for e in quarantine::list(&js, s).await? {
+        let r = &e.record;
+        if json {
+            json_line(&json!({"id": e.id, "reason": r.reason, "detail": r.detail,
+                   "users": r.users, "sender": r.sender, "direction": r.direction,
+                   "message_id": r.message_id, "ingested_at": r.ingested_at,
+                   "size": r.size, "truncated": r.truncated}))?;
+        } else {
+            println!(
+                "{:>6}  {}  {:<26} {} ({}){}: {}",
+                e.id,
+                r.ingested_at.format("%Y-%m-%dT%H:%M:%SZ"),
+                r.reason.as_str(),
+                r.sender,
+                r.users.join(","),
+                if r.truncated { " [excerpt]" } else { "" },
+                r.detail
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `imip-ctl quarantine show ID [--json]`: one record with the refused data.
+pub async fn show(s: &Settings, id: u64, json: bool) -> anyhow::Result<()> {
+    let js = jetstream(s).await?;
+    let e = quarantine::show(&js, s, id).await?;
+    if json {
+        return json_line(&json!({"id": e.id, "subject": e.subject, "record": e.record}));
+    }
+    print_record(&e);
+    Ok(())
+}
+
+fn print_record(e: &Entry) {
+    let r = &e.record;
+    println!("id:          {}", e.id);
+    println!("reason:      {} ({})", r.reason, r.detail);
+    println!("direction:   {:?}", r.direction);
+    println!("sender:      {}", r.sender);
+    println!("recipients:  {}", r.recipients.join(", "));
+    println!("users:       {}", r.users.join(", "));
+    println!("message id:  {}", r.message_id.as_deref().unwrap_or("-"));
+    println!("ingested at: {}", r.ingested_at);
+    println!(
+        "size:        {} bytes{}",
+        r.size,
+        if r.truncated {
+            " (excerpt below, truncated: cannot be released)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "object:      {}",
+        r.object_index
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "whole message".into())
+    );
+    println!("--");
+    print!("{}", r.excerpt);
+    if !r.excerpt.ends_with('\n') {
+        println!();
+    }
+}
+
+/// `imip-ctl quarantine release ID [--json]`: re-plans the record under
+/// `limits` and publishes its payloads.
+pub async fn release(
+    s: &Settings,
+    id: u64,
+    json: bool,
+    limits: &imipflow_ingest::Limits,
+) -> anyhow::Result<()> {
+    let js = jetstream(s).await?;
+    let released = quarantine::release(&js, s, id, limits).await?;
+    if json {
+        return json_line(&released);
+    }
+    println!(
+        "quarantine record {id} released: {} payload(s) published to the messages stream",
+        released.payloads.len()
+    );
+    Ok(())
+}
+
+/// `imip-ctl quarantine delete ID`.
+pub async fn delete(s: &Settings, id: u64) -> anyhow::Result<()> {
+    let js = jetstream(s).await?;
+    quarantine::delete(&js, s, id).await?;
+    println!("quarantine record {id} deleted");
+    Ok(())
+}
