@@ -112,7 +112,7 @@ pub async fn freebusy(
                 }
                 _ => to,
             };
-            let state: UidState = store::load_state(&tx, &cache, user, &uid).await?;
+            let state: UidState = store::load_uid(&tx, &cache, partition, user, &uid).await?;
             if hi > lo {
                 let stored: std::collections::HashSet<DateTime<Utc>> = out
                     .iter()
