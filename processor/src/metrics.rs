@@ -49,41 +49,9 @@ pub const SCRAPE_ERRORS: &str = "imipflow_scrape_errors_total";
 /// Outbox rows too large for the server's max_payload, skipped by the relay (docs/subscribers.md).
 pub const EVENTS_SKIPPED: &str = "imipflow_events_oversized_skipped_total";
 
-/// What became of one message: the `outcome` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MessageOutcome {
-    Applied,
-    Stale,
-    Ignored,
-    Refused,
-    DeadLettered,
-    /// Already in `message_log` (re-delivered after JetStream's dedupe window).
-    Duplicate,
-}
-
-impl MessageOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageOutcome::Applied => "applied",
-            MessageOutcome::Stale => "stale",
-            MessageOutcome::Ignored => "ignored",
-            MessageOutcome::Refused => "refused",
-            MessageOutcome::DeadLettered => "dead_lettered",
-            MessageOutcome::Duplicate => "duplicate",
-        }
-    }
-}
-
-impl From<&Disposition> for MessageOutcome {
-    fn from(d: &Disposition) -> Self {
-        match d {
-            Disposition::Applied => MessageOutcome::Applied,
-            Disposition::Stale(_) => MessageOutcome::Stale,
-            Disposition::Ignored(_) => MessageOutcome::Ignored,
-            Disposition::Refused(_) => MessageOutcome::Refused,
-        }
-    }
-}
+/// What became of one message: the `outcome` label, the contract's
+/// `message_log.outcome` (`imipflow_schema::outcome`).
+pub use imipflow_schema::MessageOutcome;
 
 /// Registers descriptions, and zeroes the gauges this instance reports, so
 /// that a fresh process exposes every series from its first scrape.
@@ -237,16 +205,13 @@ pub fn message_done(
     disposition: &Disposition,
     started: std::time::Instant,
 ) {
-    let outcome = MessageOutcome::from(disposition);
+    let outcome = disposition.outcome();
     let method = payload.method.as_str();
     message(method, outcome, Some(started.elapsed()));
     let mut uids: Vec<&str> = payload.components.iter().map(|c| c.uid.as_str()).collect();
     uids.dedup();
     let uid = uids.join(",");
-    let reason = match disposition {
-        Disposition::Applied => "",
-        Disposition::Stale(r) | Disposition::Ignored(r) | Disposition::Refused(r) => r.as_str(),
-    };
+    let reason = disposition.reason().unwrap_or_default();
     if outcome == MessageOutcome::Refused {
         tracing::info!(partition, seq, user = %payload.user, uid, method, outcome = outcome.as_str(), reason, "message refused");
     } else {
@@ -258,5 +223,5 @@ pub fn message_done(
 pub fn message_duplicate(partition: i32, seq: i64, payload: &imipflow_schema::Payload) {
     let method = payload.method.as_str();
     message(method, MessageOutcome::Duplicate, None);
-    tracing::debug!(partition, seq, user = %payload.user, method, outcome = "duplicate", "message already applied");
+    tracing::debug!(partition, seq, user = %payload.user, method, outcome = MessageOutcome::Duplicate.as_str(), "message already applied");
 }

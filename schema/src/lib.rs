@@ -3,17 +3,24 @@
 //! `imip-ingest` produces [`Payload`]s (or [`QuarantineRecord`]s), publishes them on
 //! subjects named by [`Namespace`] and partitioned by [`partition`]; `imip-processor`
 //! consumes them. Anything both sides must agree on lives here, versioned, so that a
-//! change to the wire format is a change to this crate and nowhere else.
+//! change to the wire format is a change to this crate and nowhere else. The
+//! processor's output is part of it too: the change events ([`events`]) the
+//! publisher and every subscriber read, and the outcome of a message
+//! ([`outcome`]) as the message log, the metrics and `imip-ctl` name it.
 
+pub mod events;
 pub mod freebusy;
 pub mod naming;
+pub mod outcome;
 pub mod partition;
 pub mod payload;
 pub mod quarantine;
 pub mod time;
 
+pub use events::{Change, CloudEvent, EventKind, Period, QueueChange, event_id};
 pub use freebusy::{BusyPeriod, FbType, VFreeBusy};
 pub use naming::{MAX_ADDRESS_BYTES, Namespace, NamespaceError, normalize_address, user_key};
+pub use outcome::{Disposition, MessageOutcome};
 pub use partition::{DEFAULT_PARTITIONS, partition};
 pub use payload::{
     Attendee, Component, ComponentKind, Direction, Method, PAYLOAD_VERSION, PartStat, Party,

@@ -11,15 +11,20 @@
 //! whole lane, for ever. Moving an hourly series of 5,000 instances by a
 //! minute is a 1.25 MB change. [`fit`] therefore splits a `freebusy.changed`
 //! that would not fit into parts (removals first, then additions), before the
-//! events get their sequence numbers, on both paths that number events
-//! (`batch.rs`, `store::append_events`). The split depends only on the change
-//! and `max_payload` (namespace and address lengths are counted at their
-//! maximum), so two runs of the same messages emit the same events.
+//! events get their sequence numbers (in [`crate::apply`], the one place that
+//! numbers events). The split depends only on the change and `max_payload`
+//! (namespace and address lengths are counted at their maximum), so two runs
+//! of the same messages emit the same events.
+//!
+//! The event types themselves are the contract's (`imipflow_schema::events`):
+//! this module builds and measures them.
 
 use crate::error::SemanticsError;
-use crate::model::{Change, Period};
+use crate::model::{Change, EventKind, Period, QueueChange};
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value, json};
+use imipflow_schema::CloudEvent;
+pub use imipflow_schema::event_id;
+use serde_json::{Map, Value};
 
 /// nats-server's default `max_payload`, for writers that have no server
 /// connection to ask (`imip-ctl rebuild`, `dlq replay`).
@@ -58,10 +63,7 @@ impl Event {
     }
 }
 
-pub fn event_id(namespace: &str, user: &str, seq: i64) -> String {
-    format!("{namespace}:{user}:{seq}")
-}
-
+/// The event's JSON as the outbox stores it: the contract's [`CloudEvent`].
 pub fn cloud_event(
     namespace: &str,
     user: &str,
@@ -69,51 +71,42 @@ pub fn cloud_event(
     time: DateTime<Utc>,
     event: &Event,
 ) -> Value {
-    envelope(
-        namespace,
-        user,
-        seq,
-        time,
-        event.change.kind(),
-        data(&event.change),
-        event.part,
-    )
+    let part = event.part.map(|p| (p.index, p.count));
+    let ce = CloudEvent::new(namespace, user, seq, time, event.change.clone(), part);
+    serde_json::to_value(ce).expect("an event serialises")
 }
 
+/// The CloudEvent `data` of `change`.
 fn data(change: &Change) -> Value {
-    let mut data = serde_json::to_value(change).expect("change serialises");
-    if let Some(obj) = data.as_object_mut() {
-        obj.remove("kind");
+    match serde_json::to_value(change).expect("change serialises") {
+        Value::Object(mut typed) => typed.remove("data").unwrap_or_default(),
+        other => other,
     }
-    data
 }
 
-fn envelope(
-    namespace: &str,
-    user: &str,
-    seq: i64,
-    time: DateTime<Utc>,
-    kind: &str,
-    data: Value,
-    part: Option<Part>,
-) -> Value {
-    let mut event = json!({
-        "specversion": "1.0",
-        "id": event_id(namespace, user, seq),
-        "source": format!("imipflow/{namespace}"),
-        "type": format!("org.imipflow.{kind}"),
-        "subject": user,
-        "time": time,
-        "datacontenttype": "application/json",
-        "user": user,
-        "sequence": seq,
-        "data": data,
-    });
-    if let (Some(p), Some(obj)) = (part, event.as_object_mut()) {
-        obj.insert("part".into(), p.index.into());
-        obj.insert("parts".into(), p.count.into());
+/// A change of `kind` with nothing in it, to measure an envelope by.
+fn empty(kind: EventKind) -> Change {
+    let uid = String::new();
+    match kind {
+        EventKind::ObjectChanged => Change::ObjectChanged {
+            uid,
+            recurrence_id: None,
+            sequence: 0,
+        },
+        EventKind::ObjectRemoved => Change::ObjectRemoved {
+            uid,
+            recurrence_id: None,
+        },
+        EventKind::FreeBusyChanged => Change::FreeBusyChanged {
+            uid,
+            added: Vec::new(),
+            removed: Vec::new(),
+        },
+        EventKind::QueueChanged => Change::QueueChanged {
+            uid,
+            change: QueueChange::Added,
+        },
     }
-    event
 }
 
 /// Bytes of the NATS message that carries an event: the `Nats-Msg-Id`
@@ -192,18 +185,15 @@ impl Frame {
     }
 
     /// Wire bytes of an event of `kind` with `part`, less its `data`.
-    fn overhead(&self, kind: &str, part: Option<Part>) -> usize {
+    fn overhead(&self, kind: EventKind, part: Option<Part>) -> usize {
         // Nanoseconds make the longest time stamp chrono writes.
         let time = DateTime::from_timestamp(4_102_444_799, 999_999_999).expect("a valid instant");
-        let empty = envelope(
-            &self.namespace,
-            &self.user,
-            i64::MAX,
-            time,
-            kind,
-            Value::Object(Map::new()),
+        let event = Event {
+            change: empty(kind),
             part,
-        );
+        };
+        let mut empty = cloud_event(&self.namespace, &self.user, i64::MAX, time, &event);
+        empty["data"] = Value::Object(Map::new());
         let id = event_id(&self.namespace, &self.user, i64::MAX);
         wire_len(&id, published_len(&empty) - 2)
     }
@@ -316,7 +306,8 @@ pub fn fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{FbType, QueueChange};
+    use crate::model::FbType;
+    use serde_json::json;
     use std::collections::BTreeMap;
 
     const NS: &str = "imip";

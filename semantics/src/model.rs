@@ -157,16 +157,8 @@ pub struct AnswerStamp {
 /// FBTYPE of a busy period; part of the contract (`imipflow_schema::freebusy`).
 pub use imipflow_schema::FbType;
 
-/// One busy period of one UID. Key: (user, UID, instance start).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Period {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    pub fbtype: FbType,
-    /// The instance this period belongs to (its original start), `None` for a
-    /// non-recurring event.
-    pub recurrence_id: Option<DateTime<Utc>>,
-}
+/// Busy periods and change events are part of the contract (`imipflow_schema::events`).
+pub use imipflow_schema::{Change, EventKind, Period, QueueChange};
 
 /// Context the semantics need besides state and message.
 #[derive(Debug, Clone)]
@@ -184,62 +176,9 @@ pub struct Ctx {
     pub managers: Vec<String>,
 }
 
-/// What happened to a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", content = "reason", rename_all = "snake_case")]
-pub enum Disposition {
-    /// Effects applied (possibly none, e.g. a CANCEL of something unknown).
-    Applied,
-    /// Older than what is stored (SEQUENCE, DTSTAMP): recorded, nothing changed.
-    Stale(String),
-    /// Method or component type without effect on the user's records.
-    Ignored(String),
-    /// Sender not entitled (trust rules, SPEC §2).
-    Refused(String),
-}
-
-/// A change event (SPEC §4), before it gets its id and per-user sequence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind")]
-pub enum Change {
-    #[serde(rename = "object.changed")]
-    ObjectChanged {
-        uid: String,
-        recurrence_id: Option<DateTime<Utc>>,
-        sequence: i64,
-    },
-    #[serde(rename = "object.removed")]
-    ObjectRemoved {
-        uid: String,
-        recurrence_id: Option<DateTime<Utc>>,
-    },
-    #[serde(rename = "freebusy.changed")]
-    FreeBusyChanged {
-        uid: String,
-        added: Vec<Period>,
-        removed: Vec<Period>,
-    },
-    #[serde(rename = "queue.changed")]
-    QueueChanged { uid: String, change: QueueChange },
-}
-
-impl Change {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Change::ObjectChanged { .. } => "object.changed",
-            Change::ObjectRemoved { .. } => "object.removed",
-            Change::FreeBusyChanged { .. } => "freebusy.changed",
-            Change::QueueChanged { .. } => "queue.changed",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum QueueChange {
-    Added,
-    Removed,
-}
+/// What happened to a message; its outcome is part of the contract
+/// (`imipflow_schema::outcome`).
+pub use imipflow_schema::{Disposition, MessageOutcome};
 
 /// The result of applying one message to one UID's state.
 #[derive(Debug, Clone, PartialEq)]

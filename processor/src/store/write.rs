@@ -468,7 +468,7 @@ impl<'a> Outbox<'a> {
             self.users.push(&o.user);
             self.seqs.push(o.seq);
             self.ids.push(&o.event_id);
-            self.kinds.push(o.kind);
+            self.kinds.push(o.kind.as_str());
             self.bodies.push(Json(&o.body));
         }
     }

@@ -7,7 +7,7 @@
 
 use super::{Digest, Handled, StoredUid, UidKey};
 use crate::limits::Usage;
-use crate::model::{Disposition, Period, Raw, StoredObject};
+use crate::model::{Disposition, EventKind, Period, Raw, StoredObject};
 use chrono::{DateTime, Utc};
 use std::collections::BTreeSet;
 
@@ -84,7 +84,7 @@ pub struct OutboxRow {
     pub user: String,
     pub seq: i64,
     pub event_id: String,
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub body: serde_json::Value,
 }
 

@@ -125,7 +125,7 @@ fn applied() -> Verdict {
 }
 
 fn kinds(w: &Writes) -> Vec<(i64, &'static str)> {
-    w.outbox.iter().map(|o| (o.seq, o.kind)).collect()
+    w.outbox.iter().map(|o| (o.seq, o.kind.as_str())).collect()
 }
 
 /// The state `payloads` leave, as a later batch would load it.
