@@ -13,65 +13,40 @@ use async_nats::jetstream::{
     self,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
 };
-use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use imipflow_schema::{BusyPeriod, FbType, Namespace};
-use serde::Deserialize;
+use imipflow_schema::{BusyPeriod, Change, CloudEvent, Namespace, Period};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// CloudEvent `type` of a free/busy change.
-pub const FREEBUSY_CHANGED: &str = "org.imipflow.freebusy.changed";
-
-#[derive(Deserialize)]
-struct CloudEvent {
-    #[serde(rename = "type")]
-    kind: String,
-    user: String,
-    sequence: i64,
-    #[serde(default)]
-    data: serde_json::Value,
-}
-
-#[derive(Deserialize)]
-struct FreeBusyData {
-    uid: String,
-    #[serde(default)]
-    added: Vec<EventPeriod>,
-    #[serde(default)]
-    removed: Vec<EventPeriod>,
-}
-
-#[derive(Deserialize)]
-struct EventPeriod {
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
-    fbtype: FbType,
-    #[serde(default)]
-    recurrence_id: Option<DateTime<Utc>>,
-}
-
-/// Reads one event's JSON: user and sequence always, the periods when it is
-/// a `freebusy.changed`.
+/// Reads one event's JSON (the contract's [`CloudEvent`]): user and
+/// sequence always, the periods when it is a `freebusy.changed`. An event
+/// that is not a CloudEvent of a known kind with its data is an error: the
+/// caller skips it, and the gap it leaves in the user's sequence makes the
+/// cache load the user afresh, which is right whatever the event said.
 pub fn parse(payload: &[u8]) -> Result<Event, String> {
     let ce: CloudEvent = serde_json::from_slice(payload).map_err(|e| e.to_string())?;
-    let freebusy = if ce.kind == FREEBUSY_CHANGED {
-        let d: FreeBusyData =
-            serde_json::from_value(ce.data).map_err(|e| format!("{FREEBUSY_CHANGED} data: {e}"))?;
-        let period = |p: EventPeriod| BusyPeriod {
-            start: p.start,
-            end: p.end,
-            fbtype: p.fbtype,
-            uid: d.uid.clone(),
-            recurrence_id: p.recurrence_id,
-        };
-        Some(FreeBusyChange {
-            added: d.added.into_iter().map(period).collect(),
-            removed: d.removed.into_iter().map(period).collect(),
-        })
-    } else {
-        None
+    let freebusy = match ce.change {
+        Change::FreeBusyChanged {
+            uid,
+            added,
+            removed,
+        } => {
+            let period = |p: Period| BusyPeriod {
+                start: p.start,
+                end: p.end,
+                fbtype: p.fbtype,
+                uid: uid.clone(),
+                recurrence_id: p.recurrence_id,
+            };
+            Some(FreeBusyChange {
+                added: added.into_iter().map(period).collect(),
+                removed: removed.into_iter().map(period).collect(),
+            })
+        }
+        Change::ObjectChanged { .. }
+        | Change::ObjectRemoved { .. }
+        | Change::QueueChanged { .. } => None,
     };
     Ok(Event {
         user: ce.user,
@@ -267,6 +242,7 @@ async fn consume(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use imipflow_schema::FbType;
 
     #[test]
     fn parses_a_freebusy_changed_event() {
@@ -291,15 +267,36 @@ mod tests {
 
     #[test]
     fn other_kinds_only_carry_the_sequence() {
-        let ev = parse(
-            br#"{"type":"org.imipflow.object.changed","user":"a@x","sequence":1,
-                 "data":{"uid":"u1","recurrence_id":null,"sequence":0}}"#,
-        )
-        .unwrap();
-        assert_eq!((ev.sequence, ev.freebusy), (1, None));
+        let event = |kind: &str, data: &str| {
+            format!(
+                r#"{{"specversion":"1.0","id":"ns:a@x:1","source":"imipflow/ns",
+                "type":"org.imipflow.{kind}","subject":"a@x","time":"2027-03-01T12:00:00Z",
+                "datacontenttype":"application/json","user":"a@x","sequence":1{data}}}"#
+            )
+        };
+        for (kind, data) in [
+            (
+                "object.changed",
+                r#","data":{"uid":"u1","recurrence_id":null,"sequence":0}"#,
+            ),
+            (
+                "object.removed",
+                r#","data":{"uid":"u1","recurrence_id":null}"#,
+            ),
+            (
+                "queue.changed",
+                r#","data":{"uid":"u1","change":"removed"}"#,
+            ),
+        ] {
+            let ev = parse(event(kind, data).as_bytes()).unwrap();
+            assert_eq!(
+                (ev.user.as_str(), ev.sequence, ev.freebusy),
+                ("a@x", 1, None)
+            );
+        }
         assert!(parse(b"{}").is_err());
-        assert!(
-            parse(br#"{"type":"org.imipflow.freebusy.changed","user":"a","sequence":1}"#).is_err()
-        );
+        // A free/busy change without its data, and a kind nobody defined.
+        assert!(parse(event("freebusy.changed", "").as_bytes()).is_err());
+        assert!(parse(event("calendar.exploded", r#","data":{}"#).as_bytes()).is_err());
     }
 }
