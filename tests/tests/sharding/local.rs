@@ -211,6 +211,13 @@ pub async fn run() {
     .await;
     let other = imip_mail("REQUEST", u3, "o@k", &[event("other@k", u3, &[])]);
     ingest(&env, &["--sender", u3], &other).await;
+    // And one no lane can apply: the batch falls back to one message at a
+    // time and files a dead letter.
+    imipflow_tests::publish_payloads(
+        &env,
+        &[serde_json::json!({"user": u3, "dedupe_id": "broken@k", "method": 7})],
+    )
+    .await;
     steps.after("ingest").await;
 
     let processor = env.start_processor(&[]);
@@ -267,6 +274,11 @@ pub async fn run() {
         "message_log",
         "user_events",
         "outbox",
+        "dead_letters",
+        "request_queue",
+        "open_series",
+        "object_texts",
+        "user_usage",
     ] {
         assert!(
             steps.own.iter().any(|n| n == &format!("{t}_p{K}")),
