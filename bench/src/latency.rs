@@ -18,7 +18,7 @@
 use crate::report;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
-use imipflow_ingest::{Envelope, Output, plan::Input};
+use imipflow_ingest::{Envelope, Output, plan::RawMail};
 use imipflow_schema::{Direction, Namespace};
 use std::collections::HashMap;
 use std::io::Write;
@@ -431,7 +431,7 @@ pub(crate) fn plan_one(mail: &[u8], sender: &str, now: DateTime<Utc>) -> anyhow:
         sender: sender.to_owned(),
         recipients: vec![],
     };
-    let input = Input {
+    let input = RawMail {
         bytes: mail,
         total_size: mail.len() as u64,
         calendar_beyond_limit: false,

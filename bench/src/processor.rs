@@ -18,7 +18,7 @@ use async_nats::jetstream::{
 };
 use chrono::{DateTime, Duration as ChronoDuration, TimeZone, Utc};
 use futures::StreamExt;
-use imipflow_ingest::plan::{Envelope, Input, Output};
+use imipflow_ingest::plan::{Envelope, Output, RawMail};
 use imipflow_schema::{Direction, Namespace, partition, user_key};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -472,7 +472,7 @@ impl Planner {
             sender: sender.to_owned(),
             recipients: vec![recipient.to_owned()],
         };
-        let input = Input {
+        let input = RawMail {
             bytes,
             total_size: bytes.len() as u64,
             calendar_beyond_limit: false,

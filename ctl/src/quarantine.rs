@@ -11,7 +11,7 @@
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use imipflow_ingest::{Envelope, Limits, Output, plan::Input};
+use imipflow_ingest::{Envelope, Limits, Output, plan::RawMail};
 use imipflow_processor::ProcessorError;
 use imipflow_processor::config::Settings;
 use imipflow_schema::QuarantineRecord;
@@ -140,7 +140,7 @@ pub async fn release(
         )));
     }
     let bytes = input_of(r);
-    let input = Input {
+    let input = RawMail {
         bytes: &bytes,
         total_size: bytes.len() as u64,
         calendar_beyond_limit: false,

@@ -16,7 +16,7 @@ fn now() -> DateTime<Utc> {
 }
 
 fn run_plan(mail: &[u8], env: &Envelope) -> Vec<Payload> {
-    let input = plan::Input {
+    let input = plan::RawMail {
         bytes: mail,
         total_size: mail.len() as u64,
         calendar_beyond_limit: false,

@@ -134,9 +134,30 @@ impl Args {
         argv: impl IntoIterator<Item = OsString>,
         env: impl Fn(&str) -> Option<OsString>,
     ) -> Option<Args> {
-        let mut values: [Option<String>; VALUED.len()] = Default::default();
-        let mut flags = [false; FLAGS.len()];
-        let mut recipients = Vec::new();
+        let mut given = PlainArgs::read(argv)?;
+        given.fill_from(env)?;
+        given.into_args()
+    }
+}
+
+/// What a plain command line gave, by option, before the environment fills
+/// in what it left out.
+struct PlainArgs {
+    /// In the order of [`VALUED`].
+    values: [Option<String>; VALUED.len()],
+    /// In the order of [`FLAGS`].
+    flags: [bool; FLAGS.len()],
+    recipients: Vec<String>,
+}
+
+impl PlainArgs {
+    /// The options of `argv` (the program name first); `None` unless plain.
+    fn read(argv: impl IntoIterator<Item = OsString>) -> Option<PlainArgs> {
+        let mut given = PlainArgs {
+            values: Default::default(),
+            flags: [false; FLAGS.len()],
+            recipients: Vec::new(),
+        };
         let mut argv = argv.into_iter().skip(1);
         let plain = |v: OsString| {
             v.into_string()
@@ -150,10 +171,10 @@ impl Args {
                 None => (arg.strip_prefix("--")?, None),
             };
             if let Some(i) = FLAGS.iter().position(|f| f.0 == name) {
-                if inline.is_some() || flags[i] {
+                if inline.is_some() || given.flags[i] {
                     return None;
                 }
-                flags[i] = true;
+                given.flags[i] = true;
                 continue;
             }
             let value = match inline {
@@ -161,20 +182,26 @@ impl Args {
                 None => plain(argv.next()?)?,
             };
             if name == RECIPIENT {
-                recipients.push(value);
+                given.recipients.push(value);
                 continue;
             }
-            let slot = &mut values[VALUED.iter().position(|o| o.0 == name)?];
+            let slot = &mut given.values[VALUED.iter().position(|o| o.0 == name)?];
             if slot.replace(value).is_some() {
                 return None;
             }
         }
+        Some(given)
+    }
+
+    /// The environment variables of the options the command line left out;
+    /// `None` when one is not plain, or a flag's variable is set at all.
+    fn fill_from(&mut self, env: impl Fn(&str) -> Option<OsString>) -> Option<()> {
         for (i, (_, var)) in FLAGS.iter().enumerate() {
-            if !flags[i] && var.is_some_and(|v| env(v).is_some()) {
+            if !self.flags[i] && var.is_some_and(|v| env(v).is_some()) {
                 return None;
             }
         }
-        for (slot, (_, var)) in values.iter_mut().zip(VALUED) {
+        for (slot, (_, var)) in self.values.iter_mut().zip(VALUED) {
             if slot.is_none()
                 && let Some(var) = var
                 && let Some(v) = env(var)
@@ -182,6 +209,12 @@ impl Args {
                 *slot = Some(v.into_string().ok().filter(|v| !v.is_empty())?);
             }
         }
+        Some(())
+    }
+
+    /// The `Args`, with clap's defaults for what was not given; `None` when a
+    /// value does not parse.
+    fn into_args(self) -> Option<Args> {
         let [
             direction,
             sender,
@@ -189,6 +222,9 @@ impl Args {
             namespace,
             partitions,
             timeout_ms,
+            rest @ ..,
+        ] = self.values;
+        let [
             nats_user,
             nats_password,
             nats_password_file,
@@ -199,23 +235,8 @@ impl Args {
             nats_tls_ca,
             nats_tls_cert,
             nats_tls_key,
-            max_message_bytes,
-            max_calendar_parts,
-            max_components,
-            max_attendees,
-            max_recurrence_values,
-            max_rrules,
-            max_message_recurrence_values,
-            max_message_instances,
-            max_uid_bytes,
-            max_payload_bytes,
-            excerpt_bytes,
-        ] = values;
-        // `None` when given but not a number: clap words that error.
-        fn number<T: std::str::FromStr>(v: Option<String>, default: T) -> Option<T> {
-            v.map_or(Some(default), |v| v.parse().ok())
-        }
-        let defaults = Limits::default();
+            limits @ ..,
+        ] = rest;
         Some(Args {
             direction: match direction.as_deref() {
                 None | Some("outgoing") => DirectionArg::Outgoing,
@@ -223,8 +244,8 @@ impl Args {
                 Some(_) => return None,
             },
             sender: sender?,
-            recipients,
-            print: flags[0],
+            recipients: self.recipients,
+            print: self.flags[0],
             nats_url: nats_url.unwrap_or_else(|| "nats://127.0.0.1:4222".to_owned()),
             namespace: namespace.unwrap_or_else(|| "imip".to_owned()),
             partitions: number(partitions, imipflow_schema::DEFAULT_PARTITIONS)?,
@@ -240,32 +261,51 @@ impl Args {
                 nats_tls_ca: nats_tls_ca.map(Into::into),
                 nats_tls_cert: nats_tls_cert.map(Into::into),
                 nats_tls_key: nats_tls_key.map(Into::into),
-                nats_tls_required: flags[1],
+                nats_tls_required: self.flags[1],
             },
-            limits: Limits {
-                max_message_bytes: number(max_message_bytes, defaults.max_message_bytes)?,
-                max_calendar_parts: number(max_calendar_parts, defaults.max_calendar_parts)?,
-                max_components: number(max_components, defaults.max_components)?,
-                max_attendees: number(max_attendees, defaults.max_attendees)?,
-                max_recurrence_values: number(
-                    max_recurrence_values,
-                    defaults.max_recurrence_values,
-                )?,
-                max_rrules: number(max_rrules, defaults.max_rrules)?,
-                max_message_recurrence_values: number(
-                    max_message_recurrence_values,
-                    defaults.max_message_recurrence_values,
-                )?,
-                max_message_instances: number(
-                    max_message_instances,
-                    defaults.max_message_instances,
-                )?,
-                max_uid_bytes: number(max_uid_bytes, defaults.max_uid_bytes)?,
-                max_payload_bytes: number(max_payload_bytes, defaults.max_payload_bytes)?,
-                excerpt_bytes: number(excerpt_bytes, defaults.excerpt_bytes)?,
-            },
+            limits: plain_limits(limits)?,
         })
     }
+}
+
+/// The `--max-*` and `--excerpt-bytes` values, in the order of [`VALUED`].
+fn plain_limits(values: [Option<String>; 11]) -> Option<Limits> {
+    let [
+        max_message_bytes,
+        max_calendar_parts,
+        max_components,
+        max_attendees,
+        max_recurrence_values,
+        max_rrules,
+        max_message_recurrence_values,
+        max_message_instances,
+        max_uid_bytes,
+        max_payload_bytes,
+        excerpt_bytes,
+    ] = values;
+    let defaults = Limits::default();
+    Some(Limits {
+        max_message_bytes: number(max_message_bytes, defaults.max_message_bytes)?,
+        max_calendar_parts: number(max_calendar_parts, defaults.max_calendar_parts)?,
+        max_components: number(max_components, defaults.max_components)?,
+        max_attendees: number(max_attendees, defaults.max_attendees)?,
+        max_recurrence_values: number(max_recurrence_values, defaults.max_recurrence_values)?,
+        max_rrules: number(max_rrules, defaults.max_rrules)?,
+        max_message_recurrence_values: number(
+            max_message_recurrence_values,
+            defaults.max_message_recurrence_values,
+        )?,
+        max_message_instances: number(max_message_instances, defaults.max_message_instances)?,
+        max_uid_bytes: number(max_uid_bytes, defaults.max_uid_bytes)?,
+        max_payload_bytes: number(max_payload_bytes, defaults.max_payload_bytes)?,
+        excerpt_bytes: number(excerpt_bytes, defaults.excerpt_bytes)?,
+    })
+}
+
+/// A given value as a number, or the default when not given; `None` when
+/// given but not a number: clap words that error.
+fn number<T: std::str::FromStr>(v: Option<String>, default: T) -> Option<T> {
+    v.map_or(Some(default), |v| v.parse().ok())
 }
 
 /// Connect options for one publish, and the URL to connect to (credentials

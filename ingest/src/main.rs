@@ -246,12 +246,12 @@ fn run(args: Args, prefix: Vec<u8>) -> Result<(), IngestError> {
         sender: args.sender.clone(),
         recipients: args.recipients.clone(),
     };
-    let input = plan::Input {
+    let mail = plan::RawMail {
         bytes: &raw,
         total_size,
         calendar_beyond_limit,
     };
-    let plan = plan::plan(&input, &envelope, &args.limits, chrono::Utc::now());
+    let plan = plan::plan(&mail, &envelope, &args.limits, chrono::Utc::now());
     if args.print {
         let mut out = std::io::stdout().lock();
         for o in &plan.outputs {

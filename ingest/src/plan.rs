@@ -56,7 +56,7 @@ pub struct Plan {
 }
 
 /// The raw message as read, possibly cut at the size limit.
-pub struct Input<'a> {
+pub struct RawMail<'a> {
     pub bytes: &'a [u8],
     /// Full size of the message (more than `bytes.len()` when it was cut).
     pub total_size: u64,
@@ -200,8 +200,8 @@ pub fn envelope_address(raw: &str) -> Option<String> {
 /// input (the fuzz targets exist so that none does), the message is
 /// quarantined as `invalid_calendar` with the panic in the detail, so that the
 /// MTA still gets exit 0 and delivers the mail instead of bouncing it.
-pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Utc>) -> Plan {
-    let run = std::panic::AssertUnwindSafe(|| plan_unguarded(input, env, limits, now));
+pub fn plan(mail: &RawMail<'_>, env: &Envelope, limits: &Limits, now: DateTime<Utc>) -> Plan {
+    let run = std::panic::AssertUnwindSafe(|| plan_unguarded(mail, env, limits, now));
     match std::panic::catch_unwind(run) {
         Ok(plan) => plan,
         Err(panic) => {
@@ -211,13 +211,13 @@ pub fn plan(input: &Input<'_>, env: &Envelope, limits: &Limits, now: DateTime<Ut
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
             let mut ctx = Ctx::new(env, limits, now);
-            ctx.message_key = [b"sha:".as_slice(), &sha256(&[input.bytes])].concat();
+            ctx.message_key = [b"sha:".as_slice(), &sha256(&[mail.bytes])].concat();
             let q = ctx.quarantine(
                 QuarantineReason::InvalidCalendar,
                 format!("internal error while reading this message: {what}"),
                 None,
-                input.bytes,
-                input.total_size,
+                mail.bytes,
+                mail.total_size,
             );
             Plan { outputs: vec![q] }
         }
@@ -253,36 +253,22 @@ impl<'a> Ctx<'a> {
 /// [`plan`] without the panic guard: what the fuzz targets call, so that a
 /// panic is reported as a finding instead of becoming a quarantine record.
 pub fn plan_unguarded(
-    input: &Input<'_>,
+    mail: &RawMail<'_>,
     env: &Envelope,
     limits: &Limits,
     now: DateTime<Utc>,
 ) -> Plan {
-    let raw = input.bytes;
-    let too_large = input.total_size > limits.max_message_bytes as u64;
-    let calendar = mime::looks_calendar(raw) || (too_large && input.calendar_beyond_limit);
+    let raw = mail.bytes;
+    let too_large = mail.total_size > limits.max_message_bytes as u64;
+    let calendar = mime::looks_calendar(raw) || (too_large && mail.calendar_beyond_limit);
     if !calendar {
         return Plan::default();
     }
 
     let mut ctx = Ctx::new(env, limits, now);
-
     if too_large {
-        ctx.message_key = sha256(&[raw, &input.total_size.to_be_bytes()]).to_vec();
-        let detail = format!(
-            "message of {} bytes, limit {}",
-            input.total_size, limits.max_message_bytes
-        );
-        let q = ctx.quarantine(
-            QuarantineReason::MessageTooLarge,
-            detail,
-            None,
-            raw,
-            input.total_size,
-        );
-        return Plan { outputs: vec![q] };
+        return refuse_too_large(&mut ctx, mail);
     }
-
     let delimiters = mime::delimiter_lines(raw);
     if delimiters > mime::MAX_MIME_PARTS {
         ctx.message_key = [b"sha:".as_slice(), &sha256(&[raw])].concat();
@@ -290,42 +276,17 @@ pub fn plan_unguarded(
             "{delimiters} MIME delimiter lines, limit {}",
             mime::MAX_MIME_PARTS
         );
-        let q = ctx.quarantine(
-            QuarantineReason::TooManyMimeParts,
-            detail,
-            None,
-            raw,
-            raw.len() as u64,
-        );
-        return Plan { outputs: vec![q] };
+        return ctx.refuse_message(QuarantineReason::TooManyMimeParts, detail, raw);
     }
 
-    let mail = mime::calendar_parts(raw);
-    ctx.message_id = mail.message_id.clone();
-    ctx.message_key = match &mail.message_id {
+    let parts = mime::calendar_parts(raw);
+    ctx.message_id = parts.message_id.clone();
+    ctx.message_key = match &parts.message_id {
         Some(id) if !id.is_empty() => [b"id:".as_slice(), id.as_bytes()].concat(),
         _ => [b"sha:".as_slice(), &sha256(&[raw])].concat(),
     };
 
-    // Objects in MIME order; the same object carried twice (inline and as
-    // invite.ics, as Thunderbird and Google do) is kept once.
-    let mut objects: Vec<(&str, Option<&str>, bool, [u8; 32])> = Vec::new();
-    // A BTreeSet: a HashSet's RandomState would cost a getrandom call.
-    let mut seen = std::collections::BTreeSet::new();
-    for part in &mail.parts {
-        let blocks = ical::split_vcalendars(&part.text);
-        let method = part.method_param.as_deref();
-        if blocks.is_empty() {
-            let digest = canonical_digest(&part.text);
-            objects.push((part.text.as_str(), method, part.lossy, digest));
-        }
-        for b in blocks {
-            let digest = canonical_digest(b);
-            if seen.insert(digest) {
-                objects.push((b, method, part.lossy, digest));
-            }
-        }
-    }
+    let objects = calendar_objects(&parts);
     if objects.is_empty() {
         return Plan::default();
     }
@@ -335,36 +296,120 @@ pub fn plan_unguarded(
             objects.len(),
             limits.max_calendar_parts
         );
-        let q = ctx.quarantine(
-            QuarantineReason::TooManyCalendarParts,
-            detail,
-            None,
-            raw,
-            raw.len() as u64,
-        );
-        return Plan { outputs: vec![q] };
+        return ctx.refuse_message(QuarantineReason::TooManyCalendarParts, detail, raw);
     }
 
     // Parse first, so that objects without METHOD (not iMIP) drop out before indexing.
-    type Parsed<'t> = (&'t str, bool, [u8; 32], Result<ical::Parsed, Refusal>);
-    let parsed: Vec<Parsed<'_>> = objects
+    let parsed: Vec<ParsedObject<'_>> = objects
         .iter()
-        .filter_map(|&(text, method, lossy, digest)| {
-            match ical::parse_object(text, method, limits) {
-                Ok(Some(p)) => Some((text, lossy, digest, Ok(p))),
-                Ok(None) => None,
-                Err(r) => Some((text, lossy, digest, Err(r))),
-            }
+        .filter_map(|o| {
+            let result = match ical::parse_object(o.text, o.method, limits) {
+                Ok(Some(p)) => Ok(p),
+                Ok(None) => return None,
+                Err(r) => Err(r),
+            };
+            Some(ParsedObject {
+                text: o.text,
+                lossy: o.lossy,
+                digest: o.digest,
+                result,
+            })
         })
         .collect();
-    // What the whole message would cost: refused as one, before any payload.
-    let ok = || parsed.iter().filter_map(|(_, _, _, r)| r.as_ref().ok());
+    if let Some((reason, detail)) = message_cost_refusal(&parsed, limits, now) {
+        return ctx.refuse_message(reason, detail, raw);
+    }
+    let count = parsed.len() as u32;
+    let mut outputs = Vec::new();
+    for (index, object) in parsed.into_iter().enumerate() {
+        object_outputs(&ctx, index as u32, count, object, &mut outputs);
+    }
+    Plan { outputs }
+}
+
+/// A message over the size limit: one quarantine record, keyed by what was
+/// read and the full size (the cut message has no reliable Message-ID).
+fn refuse_too_large(ctx: &mut Ctx<'_>, mail: &RawMail<'_>) -> Plan {
+    ctx.message_key = sha256(&[mail.bytes, &mail.total_size.to_be_bytes()]).to_vec();
+    let detail = format!(
+        "message of {} bytes, limit {}",
+        mail.total_size, ctx.limits.max_message_bytes
+    );
+    let q = ctx.quarantine(
+        QuarantineReason::MessageTooLarge,
+        detail,
+        None,
+        mail.bytes,
+        mail.total_size,
+    );
+    Plan { outputs: vec![q] }
+}
+
+/// One calendar object of the message, in MIME order.
+struct CalendarObject<'t> {
+    text: &'t str,
+    /// The Content-Type's `method=` of the part it came in.
+    method: Option<&'t str>,
+    lossy: bool,
+    digest: [u8; 32],
+}
+
+/// The message's calendar objects in MIME order; the same object carried
+/// twice (inline and as invite.ics, as Thunderbird and Google do) is kept
+/// once. A part without any VCALENDAR block stays one object, for the parser
+/// to refuse.
+fn calendar_objects(mail: &mime::Mail) -> Vec<CalendarObject<'_>> {
+    let mut objects = Vec::new();
+    // A BTreeSet: a HashSet's RandomState would cost a getrandom call.
+    let mut seen = std::collections::BTreeSet::new();
+    for part in &mail.parts {
+        let blocks = ical::split_vcalendars(&part.text);
+        let method = part.method_param.as_deref();
+        if blocks.is_empty() {
+            let digest = canonical_digest(&part.text);
+            objects.push(CalendarObject {
+                text: part.text.as_str(),
+                method,
+                lossy: part.lossy,
+                digest,
+            });
+        }
+        for b in blocks {
+            let digest = canonical_digest(b);
+            if seen.insert(digest) {
+                objects.push(CalendarObject {
+                    text: b,
+                    method,
+                    lossy: part.lossy,
+                    digest,
+                });
+            }
+        }
+    }
+    objects
+}
+
+/// A calendar object with METHOD (iMIP), parsed or refused.
+struct ParsedObject<'t> {
+    text: &'t str,
+    lossy: bool,
+    digest: [u8; 32],
+    result: Result<ical::Parsed, Refusal>,
+}
+
+/// What the whole message would cost: refused as one, before any payload.
+fn message_cost_refusal(
+    parsed: &[ParsedObject<'_>],
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Option<(QuarantineReason, String)> {
+    let ok = || parsed.iter().filter_map(|o| o.result.as_ref().ok());
     let values: usize = ok().flat_map(|p| &p.series).map(|s| s.values).sum();
     let instances: u64 = ok()
         .flat_map(|p| &p.series)
         .map(|s| s.instances(now))
         .fold(0, u64::saturating_add);
-    let over = if values > limits.max_message_recurrence_values {
+    if values > limits.max_message_recurrence_values {
         Some((
             QuarantineReason::TooManyRecurrenceValues,
             format!(
@@ -384,105 +429,124 @@ pub fn plan_unguarded(
         ))
     } else {
         None
+    }
+}
+
+/// What object number `index` (of `count`) becomes: its quarantine record,
+/// or one payload per user (each refused on its own when too large).
+fn object_outputs(
+    ctx: &Ctx<'_>,
+    index: u32,
+    count: u32,
+    object: ParsedObject<'_>,
+    outputs: &mut Vec<Output>,
+) {
+    let ParsedObject {
+        text,
+        lossy,
+        digest,
+        result,
+    } = object;
+    let quarantine = |reason, detail| {
+        ctx.quarantine(
+            reason,
+            detail,
+            Some(index),
+            text.as_bytes(),
+            text.len() as u64,
+        )
     };
-    if let Some((reason, detail)) = over {
-        let q = ctx.quarantine(reason, detail, None, raw, raw.len() as u64);
-        return Plan { outputs: vec![q] };
-    }
-    let count = parsed.len() as u32;
-    let mut outputs = Vec::new();
-    for (index, (text, lossy, text_digest, result)) in parsed.into_iter().enumerate() {
-        let index = index as u32;
-        let mut parsed = match result {
-            Ok(p) => p,
-            Err(r) => {
-                outputs.push(ctx.quarantine(
-                    r.reason,
-                    r.detail,
-                    Some(index),
-                    text.as_bytes(),
-                    text.len() as u64,
-                ));
-                continue;
+    let mut parsed = match result {
+        Ok(p) => p,
+        Err(r) => {
+            outputs.push(quarantine(r.reason, r.detail));
+            return;
+        }
+    };
+    if ctx.users.is_empty() {
+        let detail = match ctx.env.direction {
+            Direction::Outgoing => {
+                format!(
+                    "envelope sender {:?} is not an address",
+                    ical::shown(&ctx.env.sender)
+                )
             }
+            Direction::Incoming => "no envelope recipient is an address".to_owned(),
         };
-        if ctx.users.is_empty() {
-            let detail = match env.direction {
-                Direction::Outgoing => {
-                    format!(
-                        "envelope sender {:?} is not an address",
-                        ical::shown(&env.sender)
-                    )
-                }
-                Direction::Incoming => "no envelope recipient is an address".to_owned(),
-            };
-            outputs.push(ctx.quarantine(
-                QuarantineReason::InvalidAddress,
-                detail,
-                Some(index),
-                text.as_bytes(),
-                text.len() as u64,
-            ));
-            continue;
-        }
-        if lossy {
-            parsed
-                .warnings
-                .push("calendar part was not valid in its charset; bytes were replaced".to_owned());
-        }
-        for user in &ctx.users {
-            // The envelope sender is part of the identity: a mailing list's
-            // copy (sender `list-bounces@…`) and the organizer's own copy
-            // share Message-ID and bytes, and the refused list copy must not
-            // make the genuine one a duplicate (JetStream's Nats-Msg-Id, the
-            // processor's message_log).
-            let id = sha256(&[
-                direction_tag(env.direction),
-                user.as_bytes(),
-                ctx.sender.as_bytes(),
-                &ctx.message_key,
-                &text_digest,
-            ]);
-            let payload = Payload {
-                version: PAYLOAD_VERSION,
-                method: parsed.method.clone(),
-                user: user.clone(),
-                direction: env.direction,
-                sender: ctx.sender.clone(),
-                recipients: ctx.recipients.clone(),
-                message_id: ctx.message_id.clone(),
-                dedupe_id: hex(&id)[..40].to_owned(),
-                object_index: index,
-                object_count: count,
-                ingested_at: now,
-                components: parsed.components.clone(),
-                timezones: parsed.timezones.clone(),
-                warnings: parsed.warnings.clone(),
-                raw: text.to_owned(),
-            };
-            let json = serde_json::to_vec(&payload).expect("contract types serialise");
-            let size = json.len();
-            if size > limits.max_payload_bytes {
-                let detail = format!(
-                    "payload of {size} bytes, limit {}",
-                    limits.max_payload_bytes
-                );
-                outputs.push(ctx.quarantine(
-                    QuarantineReason::PayloadTooLarge,
-                    detail,
-                    Some(index),
-                    text.as_bytes(),
-                    text.len() as u64,
-                ));
-            } else {
-                outputs.push(Output::Payload {
-                    payload: Box::new(payload),
-                    json,
-                });
-            }
+        outputs.push(quarantine(QuarantineReason::InvalidAddress, detail));
+        return;
+    }
+    if lossy {
+        parsed
+            .warnings
+            .push("calendar part was not valid in its charset; bytes were replaced".to_owned());
+    }
+    for user in &ctx.users {
+        let payload = ctx.payload(user, index, count, text, &digest, &parsed);
+        let json = serde_json::to_vec(&payload).expect("contract types serialise");
+        let size = json.len();
+        if size > ctx.limits.max_payload_bytes {
+            let detail = format!(
+                "payload of {size} bytes, limit {}",
+                ctx.limits.max_payload_bytes
+            );
+            outputs.push(quarantine(QuarantineReason::PayloadTooLarge, detail));
+        } else {
+            outputs.push(Output::Payload {
+                payload: Box::new(payload),
+                json,
+            });
         }
     }
-    Plan { outputs }
+}
+
+impl Ctx<'_> {
+    /// The payload of one parsed object for one user.
+    fn payload(
+        &self,
+        user: &str,
+        index: u32,
+        count: u32,
+        text: &str,
+        text_digest: &[u8; 32],
+        parsed: &ical::Parsed,
+    ) -> Payload {
+        // The envelope sender is part of the identity: a mailing list's
+        // copy (sender `list-bounces@…`) and the organizer's own copy
+        // share Message-ID and bytes, and the refused list copy must not
+        // make the genuine one a duplicate (JetStream's Nats-Msg-Id, the
+        // processor's message_log).
+        let id = sha256(&[
+            direction_tag(self.env.direction),
+            user.as_bytes(),
+            self.sender.as_bytes(),
+            &self.message_key,
+            text_digest,
+        ]);
+        Payload {
+            version: PAYLOAD_VERSION,
+            method: parsed.method.clone(),
+            user: user.to_owned(),
+            direction: self.env.direction,
+            sender: self.sender.clone(),
+            recipients: self.recipients.clone(),
+            message_id: self.message_id.clone(),
+            dedupe_id: hex(&id)[..40].to_owned(),
+            object_index: index,
+            object_count: count,
+            ingested_at: self.now,
+            components: parsed.components.clone(),
+            timezones: parsed.timezones.clone(),
+            warnings: parsed.warnings.clone(),
+            raw: text.to_owned(),
+        }
+    }
+
+    /// The whole message refused as one: a single quarantine record.
+    fn refuse_message(&self, reason: QuarantineReason, detail: String, raw: &[u8]) -> Plan {
+        let q = self.quarantine(reason, detail, None, raw, raw.len() as u64);
+        Plan { outputs: vec![q] }
+    }
 }
 
 #[cfg(test)]
@@ -517,7 +581,7 @@ mod tests {
             b"From: alice@example.com\r\nMessage-ID: <m@x>\r\nContent-Type: text/calendar\r\n\r\n\
 BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nBEGIN:VEVENT\r\nUID:u\r\nDTSTART:20270315T090000Z\r\n\
 END:VEVENT\r\nEND:VCALENDAR\r\n";
-        let input = Input {
+        let mail = RawMail {
             bytes: mail,
             total_size: mail.len() as u64,
             calendar_beyond_limit: false,
@@ -528,7 +592,7 @@ END:VEVENT\r\nEND:VCALENDAR\r\n";
                 sender: sender.into(),
                 recipients: vec!["bob@example.org".into()],
             };
-            let plan = plan(&input, &env, &Limits::default(), Utc::now());
+            let plan = plan(&mail, &env, &Limits::default(), Utc::now());
             plan.outputs[0].dedupe_id().to_owned()
         };
         assert_ne!(id("list-bounces@lists.example"), id("alice@example.com"));

@@ -21,7 +21,7 @@
 
 use async_nats::jetstream;
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
-use imipflow_ingest::{Envelope, Limits, Output, plan::Input};
+use imipflow_ingest::{Envelope, Limits, Output, plan::RawMail};
 use imipflow_schema::{Direction, Namespace, partition, user_key};
 use thiserror::Error;
 
@@ -175,7 +175,7 @@ pub fn plan_mail(mail: &Mail, limits: &Limits, now: DateTime<Utc>) -> Vec<Option
         sender: mail.sender.clone(),
         recipients: mail.recipients.clone(),
     };
-    let input = Input {
+    let input = RawMail {
         bytes: &mail.bytes,
         total_size: mail.bytes.len() as u64,
         calendar_beyond_limit: false,

@@ -1738,7 +1738,7 @@ fn fuzz_crashers_stay_fixed() {
 
 fn bomb_payload(rule: &str) -> imipflow_schema::Payload {
     let mail = cal_mail(&ics("REQUEST", &[event_lines("bomb", &[rule], &[])]));
-    let input = imipflow_ingest::plan::Input {
+    let input = imipflow_ingest::plan::RawMail {
         bytes: &mail,
         total_size: mail.len() as u64,
         calendar_beyond_limit: false,
