@@ -33,13 +33,13 @@ pub async fn partition_of(
         .query_opt("SELECT value FROM deployment WHERE key = 'partitions'", &[])
         .await?
         .ok_or_else(|| {
-            ProcessorError::Config(
+            ProcessorError::Deployment(
                 "the database has no partition count (run imip-processor migrate)".into(),
             )
         })?
         .get(0);
     let partitions: u32 = value.parse().map_err(|_| {
-        ProcessorError::Config(format!(
+        ProcessorError::Deployment(format!(
             "the deployment's partition count is not a number: {value:?}"
         ))
     })?;

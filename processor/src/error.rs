@@ -1,13 +1,30 @@
-//! The one error type of the processor crate, and how a lane reads each
-//! error: the message's fault, an outage, or strain that may be either.
+//! The one error type of the processor crate, typed by cause, and how a
+//! lane reads each error: the message's fault, an outage, strain that may be
+//! either, or the lane's own trouble (a lost lease, a failed task, a wrong
+//! setup).
 
 use std::time::Duration;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum ProcessorError {
+    /// A setting is wrong (`IMIP_*`, the config file): found at start-up by
+    /// `config_check`, never caused by a message.
     #[error("configuration: {0}")]
     Config(String),
+    /// The database is not set up the way this deployment needs (not
+    /// migrated, no partition count).
+    #[error("deployment: {0}")]
+    Deployment(String),
+    /// The lane's lease is no longer its own: another instance took the
+    /// partition over (its epoch or owner changed), so this one must stop
+    /// before it writes anything more.
+    #[error("lease of partition {partition} lost {when}: another instance took it over (fenced)")]
+    LeaseLost { partition: i32, when: LeaseCheck },
+    /// A task the lane spawned (the relay's flush, a blocking publish)
+    /// panicked or was cancelled.
+    #[error("task failed: {0}")]
+    Task(String),
     #[error("PostgreSQL: {}", db_message(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("migrations: {0}")]
@@ -29,6 +46,27 @@ pub enum ProcessorError {
     },
 }
 
+/// Where a lane found its lease gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseCheck {
+    /// Renewing it while waiting for messages.
+    Renewal,
+    /// Fencing a batch's transaction before applying it.
+    BatchStart,
+    /// Extending it in the middle of a long batch (`lane::Pace`).
+    DuringBatch,
+}
+
+impl std::fmt::Display for LeaseCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LeaseCheck::Renewal => "while renewing it",
+            LeaseCheck::BatchStart => "before a batch",
+            LeaseCheck::DuringBatch => "during a batch",
+        })
+    }
+}
+
 /// Whose fault a failure is, as far as the lane can tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
@@ -43,8 +81,14 @@ pub enum Fault {
     /// statement timeout or cancel, an idle-in-transaction timeout, running
     /// out of memory, a serialization failure, deadlock or lock timeout.
     /// Retried like an outage, and blamed on the message when it repeats on
-    /// the same one (worker.rs, `Watch`).
+    /// the same one (`lane::Blame`).
     Strain,
+    /// Neither the message's nor the infrastructure's: the lane cannot go on
+    /// as it is. Its lease was lost (another instance fenced it), a task it
+    /// spawned failed, or the deployment is set up wrong. Like an outage the
+    /// lane stops, rolls back, and is started again after a backoff (it takes
+    /// the lease again only once it is free); nothing is dead-lettered.
+    Lane,
 }
 
 impl ProcessorError {
@@ -52,10 +96,9 @@ impl ProcessorError {
         ProcessorError::Nats(e.to_string())
     }
 
-    /// A fault of the infrastructure, not (yet) of the message: the batch is
-    /// rolled back and retried after a backoff; a message is never
-    /// dead-lettered for one of these on its first occurrence
-    /// (docs/reliability.md).
+    /// Not (yet) the message's fault: the batch is rolled back and retried
+    /// after a backoff; a message is never dead-lettered for one of these on
+    /// its first occurrence (docs/reliability.md).
     pub fn is_transient(&self) -> bool {
         self.fault() != Fault::Message
     }
@@ -91,12 +134,14 @@ impl ProcessorError {
                     }
                 }
             },
-            // The lane decides what an over-budget message becomes (worker.rs).
+            // The lane decides what an over-budget message becomes (`lane::Blame`).
             ProcessorError::OverBudget { .. } => Fault::Strain,
-            ProcessorError::Config(_)
-            | ProcessorError::Migration(_)
-            | ProcessorError::Payload(_)
-            | ProcessorError::Semantics(_) => Fault::Message,
+            ProcessorError::LeaseLost { .. }
+            | ProcessorError::Task(_)
+            | ProcessorError::Config(_)
+            | ProcessorError::Deployment(_)
+            | ProcessorError::Migration(_) => Fault::Lane,
+            ProcessorError::Payload(_) | ProcessorError::Semantics(_) => Fault::Message,
         }
     }
 }
@@ -124,6 +169,37 @@ fn seconds(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_lease_or_a_failed_task_is_not_the_message_s_fault() {
+        for e in [
+            ProcessorError::LeaseLost {
+                partition: 3,
+                when: LeaseCheck::DuringBatch,
+            },
+            ProcessorError::Task("relay flush panicked".into()),
+            ProcessorError::Config("IMIP_DEFAULT_TIMEZONE: unknown zone".into()),
+            ProcessorError::Deployment("no partition count".into()),
+        ] {
+            assert_eq!(e.fault(), Fault::Lane, "{e}");
+            assert!(e.is_transient(), "{e}");
+        }
+        let e = ProcessorError::Payload("unreadable payload".into());
+        assert_eq!(e.fault(), Fault::Message);
+        assert!(!e.is_transient());
+    }
+
+    #[test]
+    fn a_lost_lease_says_which_partition_and_where() {
+        let e = ProcessorError::LeaseLost {
+            partition: 3,
+            when: LeaseCheck::BatchStart,
+        };
+        assert_eq!(
+            e.to_string(),
+            "lease of partition 3 lost before a batch: another instance took it over (fenced)"
+        );
+    }
 
     #[test]
     fn over_budget_says_how_long_and_the_budget() {

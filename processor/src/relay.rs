@@ -221,7 +221,7 @@ async fn pipelined(
         }
     })
     .await
-    .map_err(|e| ProcessorError::Config(format!("relay task: {e}")))?
+    .map_err(|e| ProcessorError::Task(format!("relay publish: {e}")))?
 }
 
 /// At most one event per user in flight: the next event of a user is

@@ -17,7 +17,7 @@
 //! alone and then dead-lettered (`Blame`).
 
 use crate::config::Settings;
-use crate::error::ProcessorError;
+use crate::error::{LeaseCheck, ProcessorError};
 use crate::lane::{Blame, Pace};
 use crate::migrate::connect;
 use crate::store::StatementCache;
@@ -300,7 +300,10 @@ impl Lane {
                     _ = tokio::time::sleep(renew_every) => {
                         relay.wait().await?;
                         if !self.renew(db, epoch).await? {
-                            return Err(ProcessorError::Config("lease lost".into()));
+                            return Err(ProcessorError::LeaseLost {
+                                partition: self.partition,
+                                when: LeaseCheck::Renewal,
+                            });
                         }
                         continue;
                     }
@@ -438,9 +441,10 @@ impl Lane {
             .await?;
         let Some(row) = fenced else {
             tx.rollback().await?;
-            return Err(ProcessorError::Config(
-                "lease lost before commit (fenced)".into(),
-            ));
+            return Err(ProcessorError::LeaseLost {
+                partition: self.partition,
+                when: LeaseCheck::BatchStart,
+            });
         };
         let mut pace = Pace::new(&self.settings, self.partition, &self.instance, epoch);
         let stored_last: i64 = row.get(0);
@@ -537,7 +541,7 @@ impl Relay {
     async fn wait(&mut self) -> Result<(), ProcessorError> {
         if let Some(h) = self.running.take() {
             h.await
-                .map_err(|e| ProcessorError::Config(format!("relay task: {e}")))??;
+                .map_err(|e| ProcessorError::Task(format!("relay flush: {e}")))??;
         }
         Ok(())
     }

@@ -64,9 +64,10 @@ impl Pace {
             )
             .await?;
         if n != 1 {
-            return Err(ProcessorError::Config(
-                "lease lost during a batch (fenced)".into(),
-            ));
+            return Err(ProcessorError::LeaseLost {
+                partition: self.partition,
+                when: crate::error::LeaseCheck::DuringBatch,
+            });
         }
         self.last = Instant::now();
         Ok(())
