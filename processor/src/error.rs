@@ -19,7 +19,7 @@ pub enum ProcessorError {
     /// The lane's lease is no longer its own: another instance took the
     /// partition over (its epoch or owner changed), so this one must stop
     /// before it writes anything more.
-    #[error("lease of partition {partition} lost {when}: another instance took it over (fenced)")]
+    #[error("lease lost {when} (fenced): partition {partition} belongs to another instance now")]
     LeaseLost { partition: i32, when: LeaseCheck },
     /// A task the lane spawned (the relay's flush, a blocking publish)
     /// panicked or was cancelled.
@@ -61,7 +61,7 @@ impl std::fmt::Display for LeaseCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             LeaseCheck::Renewal => "while renewing it",
-            LeaseCheck::BatchStart => "before a batch",
+            LeaseCheck::BatchStart => "before commit",
             LeaseCheck::DuringBatch => "during a batch",
         })
     }
@@ -197,7 +197,7 @@ mod tests {
         };
         assert_eq!(
             e.to_string(),
-            "lease of partition 3 lost before a batch: another instance took it over (fenced)"
+            "lease lost before commit (fenced): partition 3 belongs to another instance now"
         );
     }
 

@@ -1,11 +1,16 @@
-//! The one error type of the publisher crate.
+//! The one error type of the publisher crate, typed by cause.
 
 use thiserror::Error;
 
 #[derive(Debug, Error)]
 pub enum PublisherError {
+    /// A setting is wrong (`IMIP_*`, the config file).
     #[error("configuration: {0}")]
     Config(String),
+    /// The database is not set up the way the publisher reads it (not
+    /// migrated, no partition count).
+    #[error("deployment: {0}")]
+    Deployment(String),
     #[error("PostgreSQL: {}", db_message(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("NATS: {0}")]

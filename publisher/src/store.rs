@@ -113,13 +113,13 @@ async fn partitions(client: &Client) -> Result<u32, PublisherError> {
         .await
         .map_err(|e| not_migrated(&e).unwrap_or(PublisherError::Db(e)))?
         .ok_or_else(|| {
-            PublisherError::Config(
+            PublisherError::Deployment(
                 "the database has no partition count (run imip-processor migrate)".into(),
             )
         })?;
     let value: String = row.get(0);
     value.parse().map_err(|_| {
-        PublisherError::Config(format!(
+        PublisherError::Deployment(format!(
             "the deployment's partition count is not a number: {value:?}"
         ))
     })
@@ -127,7 +127,9 @@ async fn partitions(client: &Client) -> Result<u32, PublisherError> {
 
 fn not_migrated(e: &tokio_postgres::Error) -> Option<PublisherError> {
     (e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE)).then(|| {
-        PublisherError::Config("the database is not migrated (run imip-processor migrate)".into())
+        PublisherError::Deployment(
+            "the database is not migrated (run imip-processor migrate)".into(),
+        )
     })
 }
 
