@@ -216,8 +216,33 @@ fn session(
     messages: &[Message<'_>],
     deadline: Instant,
 ) -> Result<(), WireError> {
-    let conn_err = |e: io::Error| WireError::Connect(e.to_string());
     let inbox = inbox();
+    let out = request(login, &inbox, messages);
+    // The server sends INFO as soon as it accepts and reads commands after it,
+    // so there is no need to wait for INFO before writing.
+    stream
+        .set_write_timeout(Some(remaining(deadline).map_err(conn_err)?))
+        .map_err(conn_err)?;
+    stream.write_all(&out).map_err(conn_err)?;
+
+    let reader = BufReader::with_capacity(4096, stream.try_clone().map_err(conn_err)?);
+    Acks {
+        reader,
+        inbox: &inbox,
+        acked: vec![false; messages.len()],
+        left: messages.len(),
+        deadline,
+    }
+    .wait()
+}
+
+fn conn_err(e: io::Error) -> WireError {
+    WireError::Connect(e.to_string())
+}
+
+/// Everything the session writes, in one buffer: CONNECT, the SUB for the
+/// acknowledgements (reply subject `<inbox>.<index>`), and one HPUB per message.
+fn request(login: &Login, inbox: &str, messages: &[Message<'_>]) -> Vec<u8> {
     let size: usize = messages.iter().map(|m| m.payload.len() + 200).sum();
     let mut out = Vec::with_capacity(size + 512);
     out.extend_from_slice(&connect_line(login));
@@ -237,19 +262,65 @@ fn session(
         out.extend_from_slice(m.payload);
         out.extend_from_slice(b"\r\n");
     }
-    // The server sends INFO as soon as it accepts and reads commands after it,
-    // so there is no need to wait for INFO before writing.
-    stream
-        .set_write_timeout(Some(remaining(deadline).map_err(conn_err)?))
-        .map_err(conn_err)?;
-    stream.write_all(&out).map_err(conn_err)?;
+    out
+}
 
-    let mut reader = BufReader::with_capacity(4096, stream.try_clone().map_err(conn_err)?);
-    let mut acked = vec![false; messages.len()];
-    let mut left = messages.len();
-    let mut line = Vec::with_capacity(256);
-    let timed_out = |e: io::Error, left: &[bool]| {
-        let index = left.iter().position(|a| !a).unwrap_or(0);
+/// The reading side of a session: the server's lines until every message
+/// is acknowledged, an error, or the deadline.
+struct Acks<'a> {
+    reader: BufReader<TcpStream>,
+    inbox: &'a str,
+    /// Per message, whether its acknowledgement came (a redelivered reply
+    /// counts once).
+    acked: Vec<bool>,
+    left: usize,
+    deadline: Instant,
+}
+
+impl Acks<'_> {
+    fn wait(mut self) -> Result<(), WireError> {
+        let mut line = Vec::with_capacity(256);
+        while self.left > 0 {
+            let wait = remaining(self.deadline).map_err(|e| self.failed(e))?;
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(wait))
+                .map_err(conn_err)?;
+            line.clear();
+            let n = self
+                .reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| self.failed(e))?;
+            if n == 0 {
+                return Err(self.failed(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                )));
+            }
+            let text = String::from_utf8_lossy(&line);
+            let text = text.trim_end();
+            let mut words = text.split_ascii_whitespace();
+            let op = words.next().unwrap_or("");
+            let args: Vec<&str> = words.collect();
+            match op.to_ascii_uppercase().as_str() {
+                "INFO" => check_info(text)?,
+                "PING" => {
+                    let mut s = self.reader.get_ref();
+                    s.write_all(b"PONG\r\n").map_err(conn_err)?;
+                }
+                "PONG" | "+OK" => {}
+                "-ERR" => return Err(server_error(text)),
+                "MSG" | "HMSG" => self.on_reply(op, &args, text)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A read that failed or timed out, as the failure of the first message
+    /// still waiting for its acknowledgement.
+    fn failed(&self, e: io::Error) -> WireError {
+        let index = self.acked.iter().position(|a| !a).unwrap_or(0);
         let reason = if matches!(
             e.kind(),
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
@@ -259,101 +330,74 @@ fn session(
             e.to_string()
         };
         WireError::Publish { index, reason }
-    };
-    while left > 0 {
-        let wait = remaining(deadline).map_err(|e| timed_out(e, &acked))?;
-        reader
-            .get_ref()
-            .set_read_timeout(Some(wait))
-            .map_err(conn_err)?;
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| timed_out(e, &acked))?;
-        if n == 0 {
-            return Err(timed_out(
-                io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the server closed the connection",
-                ),
-                &acked,
-            ));
+    }
+
+    /// A MSG or HMSG line (`text`, split into `op` and `args`) and its body:
+    /// an acknowledgement when it is addressed to one of our reply subjects.
+    fn on_reply(&mut self, op: &str, args: &[&str], text: &str) -> Result<(), WireError> {
+        let bad = || WireError::Connect(format!("unexpected server line {text:?}"));
+        let (header_len, total): (usize, usize) = if op.eq_ignore_ascii_case("HMSG") {
+            let [.., h, t] = args[..] else {
+                return Err(bad());
+            };
+            (h.parse().map_err(|_| bad())?, t.parse().map_err(|_| bad())?)
+        } else {
+            let [.., t] = args[..] else {
+                return Err(bad());
+            };
+            (0, t.parse().map_err(|_| bad())?)
+        };
+        let mut body = vec![0u8; total + 2];
+        self.reader
+            .read_exact(&mut body)
+            .map_err(|e| self.failed(e))?;
+        let index = args
+            .first()
+            .and_then(|s| s.strip_prefix(self.inbox))
+            .and_then(|s| s.strip_prefix('.'))
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|&i| i < self.acked.len());
+        let Some(index) = index else { return Ok(()) };
+        if header_len > total {
+            return Err(bad());
         }
-        let text = String::from_utf8_lossy(&line);
-        let text = text.trim_end();
-        let mut words = text.split_ascii_whitespace();
-        let op = words.next().unwrap_or("");
-        let args: Vec<&str> = words.collect();
-        match op.to_ascii_uppercase().as_str() {
-            "INFO" => {
-                let info: serde_json::Value =
-                    serde_json::from_str(text[4..].trim()).unwrap_or_default();
-                if info["tls_required"].as_bool() == Some(true) {
-                    return Err(WireError::Unsupported("the server requires TLS".into()));
-                }
-                if info["headers"].as_bool() == Some(false) {
-                    return Err(WireError::Unsupported(
-                        "the server does not support headers".into(),
-                    ));
-                }
-            }
-            "PING" => {
-                let mut s = reader.get_ref();
-                s.write_all(b"PONG\r\n").map_err(conn_err)?;
-            }
-            "PONG" | "+OK" => {}
-            "-ERR" => {
-                let reason = text[4..].trim().trim_matches('\'');
-                return Err(WireError::Connect(
-                    if reason.to_ascii_lowercase().contains("authorization") {
-                        format!(
-                            "authorization failed: the server refused these credentials \
-                             ({reason}); check IMIP_NATS_USER/IMIP_NATS_PASSWORD, \
-                             IMIP_NATS_TOKEN, IMIP_NATS_NKEY_FILE or IMIP_NATS_CREDS_FILE"
-                        )
-                    } else {
-                        reason.to_owned()
-                    },
-                ));
-            }
-            "MSG" | "HMSG" => {
-                let bad = || WireError::Connect(format!("unexpected server line {text:?}"));
-                let (header_len, total): (usize, usize) = if op.eq_ignore_ascii_case("HMSG") {
-                    let [.., h, t] = args[..] else {
-                        return Err(bad());
-                    };
-                    (h.parse().map_err(|_| bad())?, t.parse().map_err(|_| bad())?)
-                } else {
-                    let [.., t] = args[..] else {
-                        return Err(bad());
-                    };
-                    (0, t.parse().map_err(|_| bad())?)
-                };
-                let mut body = vec![0u8; total + 2];
-                reader
-                    .read_exact(&mut body)
-                    .map_err(|e| timed_out(e, &acked))?;
-                let index = args
-                    .first()
-                    .and_then(|s| s.strip_prefix(inbox.as_str()))
-                    .and_then(|s| s.strip_prefix('.'))
-                    .and_then(|s| s.parse::<usize>().ok())
-                    .filter(|&i| i < messages.len());
-                let Some(index) = index else { continue };
-                if header_len > total {
-                    return Err(bad());
-                }
-                check_ack(&body[..header_len], &body[header_len..total])
-                    .map_err(|reason| WireError::Publish { index, reason })?;
-                if !acked[index] {
-                    acked[index] = true;
-                    left -= 1;
-                }
-            }
-            _ => {}
+        check_ack(&body[..header_len], &body[header_len..total])
+            .map_err(|reason| WireError::Publish { index, reason })?;
+        if !self.acked[index] {
+            self.acked[index] = true;
+            self.left -= 1;
         }
+        Ok(())
+    }
+}
+
+/// The server's INFO: what this client cannot speak is
+/// [`WireError::Unsupported`], for the caller to fall back to async-nats.
+fn check_info(text: &str) -> Result<(), WireError> {
+    let info: serde_json::Value = serde_json::from_str(text[4..].trim()).unwrap_or_default();
+    if info["tls_required"].as_bool() == Some(true) {
+        return Err(WireError::Unsupported("the server requires TLS".into()));
+    }
+    if info["headers"].as_bool() == Some(false) {
+        return Err(WireError::Unsupported(
+            "the server does not support headers".into(),
+        ));
     }
     Ok(())
+}
+
+/// A `-ERR` line; a refused login says which settings to check.
+fn server_error(text: &str) -> WireError {
+    let reason = text[4..].trim().trim_matches('\'');
+    WireError::Connect(if reason.to_ascii_lowercase().contains("authorization") {
+        format!(
+            "authorization failed: the server refused these credentials \
+                 ({reason}); check IMIP_NATS_USER/IMIP_NATS_PASSWORD, \
+                 IMIP_NATS_TOKEN, IMIP_NATS_NKEY_FILE or IMIP_NATS_CREDS_FILE"
+        )
+    } else {
+        reason.to_owned()
+    })
 }
 
 /// Reads JetStream's reply to a publish: `{"stream":…,"seq":…}`, or an API
