@@ -4,36 +4,39 @@
 use crate::lock_partition;
 use imipflow_processor::ProcessorError;
 use imipflow_processor::apply::Verdict;
-use imipflow_processor::model::Disposition;
 use imipflow_processor::{config::Settings, store};
+use imipflow_schema::MessageOutcome;
 
-/// What became of one message in `imip-ctl replay`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// What became of one message in `imip-ctl replay`: how it ended (a
+/// duplicate, already in `message_log`, is the normal case), or not
+/// replayed at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ReplayOutcome {
-    /// In `message_log` already: nothing done (the normal case).
-    Duplicate,
-    Applied,
-    Stale,
-    Ignored,
-    Refused,
-    /// Failed again; a new dead letter records it.
-    DeadLettered,
+    Done(MessageOutcome),
     /// Past the partition's applied position: left to the lane, which applies
     /// it in order (replaying it first could reorder the user's messages).
     Pending,
 }
 
 impl ReplayOutcome {
+    pub const DUPLICATE: ReplayOutcome = ReplayOutcome::Done(MessageOutcome::Duplicate);
+
     pub fn as_str(self) -> &'static str {
         match self {
-            ReplayOutcome::Duplicate => "duplicate",
-            ReplayOutcome::Applied => "applied",
-            ReplayOutcome::Stale => "stale",
-            ReplayOutcome::Ignored => "ignored",
-            ReplayOutcome::Refused => "refused",
-            ReplayOutcome::DeadLettered => "dead_lettered",
+            ReplayOutcome::Done(o) => o.as_str(),
             ReplayOutcome::Pending => "pending",
+        }
+    }
+}
+
+impl std::str::FromStr for ReplayOutcome {
+    type Err = imipflow_schema::outcome::UnknownOutcome;
+
+    /// From [`ReplayOutcome::as_str`].
+    fn from_str(s: &str) -> Result<ReplayOutcome, Self::Err> {
+        match s {
+            "pending" => Ok(ReplayOutcome::Pending),
+            s => s.parse().map(ReplayOutcome::Done),
         }
     }
 }
@@ -67,13 +70,28 @@ pub async fn replay_one(
         max_payload: imipflow_processor::events::DEFAULT_MAX_PAYLOAD,
     };
     let outcome = match apply.message(&mut tx, seq, payload).await? {
-        Verdict::Duplicate => ReplayOutcome::Duplicate,
-        Verdict::DeadLettered(_) => ReplayOutcome::DeadLettered,
-        Verdict::Done(Disposition::Applied) => ReplayOutcome::Applied,
-        Verdict::Done(Disposition::Stale(_)) => ReplayOutcome::Stale,
-        Verdict::Done(Disposition::Ignored(_)) => ReplayOutcome::Ignored,
-        Verdict::Done(Disposition::Refused(_)) => ReplayOutcome::Refused,
+        Verdict::Done(d) => d.outcome(),
+        Verdict::Duplicate => MessageOutcome::Duplicate,
+        Verdict::DeadLettered(_) => MessageOutcome::DeadLettered,
     };
     tx.commit().await?;
-    Ok(outcome)
+    Ok(ReplayOutcome::Done(outcome))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_reads_back_from_its_name() {
+        let all = MessageOutcome::ALL
+            .into_iter()
+            .map(ReplayOutcome::Done)
+            .chain([ReplayOutcome::Pending]);
+        for o in all {
+            assert_eq!(o.as_str().parse::<ReplayOutcome>(), Ok(o));
+        }
+        assert!("replayed".parse::<ReplayOutcome>().is_err());
+        assert_eq!("duplicate".parse(), Ok(ReplayOutcome::DUPLICATE));
+    }
 }

@@ -42,23 +42,24 @@ impl Disposition {
 /// How a message ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MessageOutcome {
+    /// Already in the message log: nothing done again.
+    Duplicate,
     Applied,
     Stale,
     Ignored,
     Refused,
-    /// Already in the message log: nothing done again.
-    Duplicate,
     /// Not applicable at all: a dead letter, no effect.
     DeadLettered,
 }
 
 impl MessageOutcome {
+    /// In the order reports list them (nothing done, decided, failed).
     pub const ALL: [MessageOutcome; 6] = [
+        MessageOutcome::Duplicate,
         MessageOutcome::Applied,
         MessageOutcome::Stale,
         MessageOutcome::Ignored,
         MessageOutcome::Refused,
-        MessageOutcome::Duplicate,
         MessageOutcome::DeadLettered,
     ];
 
@@ -115,14 +116,15 @@ mod tests {
         assert_eq!(
             names,
             [
+                "duplicate",
                 "applied",
                 "stale",
                 "ignored",
                 "refused",
-                "duplicate",
                 "dead_lettered"
             ]
         );
+        assert!(MessageOutcome::ALL.is_sorted());
         for o in MessageOutcome::ALL {
             assert_eq!(o.as_str().parse::<MessageOutcome>(), Ok(o));
             assert_eq!(o.to_string(), o.as_str());

@@ -148,10 +148,10 @@ async fn replay_range(
             .with_context(|| format!("message {seq}: unexpected subject {}", m.subject))?;
         let outcome = replay::replay_one(db, s, partition, seq as i64, &m.payload).await?;
         *counts.entry(outcome).or_default() += 1;
-        if !matches!(outcome, ReplayOutcome::Duplicate | ReplayOutcome::Pending) {
+        if !matches!(outcome, ReplayOutcome::DUPLICATE | ReplayOutcome::Pending) {
             touched.insert(partition);
         }
-        if !range.json && !matches!(outcome, ReplayOutcome::Duplicate) {
+        if outcome != ReplayOutcome::DUPLICATE && !range.json {
             bar.suspend(|| println!("seq {seq} (partition {partition}): {}", outcome.as_str()));
         }
         bar.set_position(seq - range.from + 1);
