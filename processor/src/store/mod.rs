@@ -18,7 +18,7 @@ pub use write::write;
 
 pub use imipflow_semantics::apply::{recurrence_key, text_digest, texts_of};
 
-use crate::model::{Disposition, FbType, Period};
+use crate::model::{FbType, Period};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
 
@@ -65,16 +65,6 @@ pub fn period(
         end,
         fbtype: FbType::parse(fbtype).unwrap_or(FbType::Busy),
         recurrence_id,
-    }
-}
-
-/// `message_log.outcome` and `.reason` of a disposition.
-pub fn disposition_columns(disposition: &Disposition) -> (&'static str, Option<&str>) {
-    match disposition {
-        Disposition::Applied => ("applied", None),
-        Disposition::Stale(r) => ("stale", Some(r.as_str())),
-        Disposition::Ignored(r) => ("ignored", Some(r.as_str())),
-        Disposition::Refused(r) => ("refused", Some(r.as_str())),
     }
 }
 

@@ -477,12 +477,12 @@ impl<'a> Outbox<'a> {
 impl<'a> Log<'a> {
     fn of(&mut self, w: &'a Writes) {
         for l in &w.log {
-            let (outcome, reason) = super::disposition_columns(&l.disposition);
+            let (outcome, reason) = (l.disposition.outcome(), l.disposition.reason());
             self.users.push(&l.user);
             self.ids.push(&l.dedupe_id);
             self.seqs.push(l.seq);
             self.methods.push(&l.method);
-            self.outcomes.push(outcome);
+            self.outcomes.push(outcome.as_str());
             self.reasons.push(reason);
         }
     }
