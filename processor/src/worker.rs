@@ -18,17 +18,14 @@
 
 use crate::config::Settings;
 use crate::error::{LeaseCheck, ProcessorError};
+use crate::lane::inbox::{Delivered, Inbox};
 use crate::lane::{Blame, Pace};
 use crate::migrate::connect;
 use crate::store::StatementCache;
-use async_nats::jetstream::{
-    self,
-    consumer::{AckPolicy, DeliverPolicy, pull},
-};
-use futures::{FutureExt, StreamExt};
+use async_nats::jetstream;
+use futures::StreamExt;
 use imipflow_schema::Namespace;
 use imipflow_semantics::apply::Msg;
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -49,13 +46,6 @@ pub struct Lane {
 /// Session settings of the connections that run a lane's key-probing
 /// statements: nested loops only (see `Lane::run`).
 const KEY_PROBES: &str = "SET enable_hashjoin = off; SET enable_mergejoin = off";
-
-/// A message read from the stream.
-struct Delivered {
-    seq: i64,
-    /// The delivered message's buffer, shared rather than copied.
-    payload: bytes::Bytes,
-}
 
 impl Lane {
     async fn acquire(&self, db: &Client) -> Result<Option<(i64, i64)>, ProcessorError> {
@@ -170,115 +160,17 @@ impl Lane {
     ) -> Result<(), ProcessorError> {
         let publisher = crate::relay::Publisher::choose(&self.settings, &self.js, &self.ns).await;
         crate::relay::flush(db, &self.js, &publisher, &self.ns, self.partition).await?;
-        // After each commit the relay runs on a connection of its own while
-        // the lane applies the next batch; one flush at a time keeps each
-        // user's events in order (see `Relay`).
-        let relay_db = crate::connect::connect(&self.settings).await?;
-        // Its UPDATE joins the flushed keys to the outbox (see `run`).
-        relay_db.batch_execute(KEY_PROBES).await?;
-        let mut relay = Relay {
-            db: Arc::new(relay_db),
-            running: None,
-        };
-        let stream = self
-            .js
-            .get_stream(self.ns.messages_stream())
-            .await
-            .map_err(ProcessorError::nats)?;
-        // The partition's durable pull consumer, realigned on every takeover
-        // with the position PostgreSQL says was applied: whatever the previous
-        // owner fetched but did not commit is delivered again, in order.
-        //
-        // One consumer per ownership, the epoch in its name: a worker that
-        // lost the lane while paused (SIGSTOP, VM freeze) and wakes up pulls
-        // from a consumer that no longer exists, never from its successor's
-        // (where it would take messages away that it cannot commit).
-        let base = self.ns.partition_consumer(self.partition as u32);
-        let name = format!("{base}-e{epoch}");
-        let filter = self.ns.partition_filter(self.partition as u32);
-        let earlier = format!("{base}-e");
-        let mut stale = Vec::new();
-        let mut names = stream.consumer_names();
-        while let Some(n) = names.next().await {
-            let n = n.map_err(ProcessorError::nats)?;
-            let owned_before = n
-                .strip_prefix(&earlier)
-                .is_some_and(|e| e.parse::<i64>().is_ok_and(|e| e != epoch));
-            if owned_before || n == base {
-                stale.push(n);
-            }
-        }
-        for n in stale {
-            let _ = stream.delete_consumer(&n).await;
-        }
-        let consumer = stream
-            .create_consumer(pull::Config {
-                durable_name: Some(name.clone()),
-                filter_subject: filter.clone(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: (last + 1) as u64,
-                },
-                ack_policy: AckPolicy::All,
-                ack_wait: Duration::from_secs(120),
-                ..Default::default()
-            })
-            .await
-            .map_err(ProcessorError::nats)?;
-        // NATS 2.9 accepts `filter_subjects` but drops it; make sure ours held.
-        let mut consumer = consumer;
-        let held = consumer
-            .info()
-            .await
-            .map_err(ProcessorError::nats)?
-            .config
-            .filter_subject
-            .clone();
-        if held != filter {
-            return Err(ProcessorError::Nats(format!(
-                "consumer {name} has filter {held:?}, expected {filter:?}"
-            )));
-        }
-        // Pulls of two batches' worth: with async-nats' default (200, pulling
-        // again at half), a lane under load took ~125 messages per batch,
-        // whatever IMIP_BATCH_SIZE said.
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(self.settings.batch_size.max(1) * 2)
-            .heartbeat(Duration::from_secs(15))
-            .messages()
-            .await
-            .map_err(ProcessorError::nats)?;
+        let mut relay = Relay::open(&self.settings).await?;
+        let mut inbox = Inbox::open(
+            &self.js,
+            &self.ns,
+            self.partition,
+            epoch,
+            last,
+            self.settings.batch_size,
+        )
+        .await?;
         let renew_every = Duration::from_millis(self.settings.lease_ms / 3);
-        // Consumer sequence of the last first delivery: a gap means a message
-        // was skipped, and the lane starts over from PostgreSQL's position.
-        let mut delivered: Option<u64> = None;
-        // Messages delivered and not applied yet, with their stream sequence,
-        // in stream order: a batch may take fewer than have arrived (it spent
-        // its budget, or a suspect runs alone), and the rest wait here, not
-        // acknowledged.
-        let mut waiting: VecDeque<(jetstream::Message, i64)> = VecDeque::new();
-        let receive = |m: jetstream::Message,
-                       delivered: &mut Option<u64>,
-                       waiting: &mut VecDeque<(jetstream::Message, i64)>|
-         -> Result<(), ProcessorError> {
-            let info = m.info().map_err(ProcessorError::nats)?;
-            if info.delivered <= 1 {
-                if let Some(prev) = delivered.filter(|p| info.consumer_sequence != p + 1) {
-                    return Err(ProcessorError::Nats(format!(
-                        "consumer sequence jumped from {prev} to {}",
-                        info.consumer_sequence
-                    )));
-                }
-                *delivered = Some(info.consumer_sequence);
-            }
-            let seq = info.stream_sequence as i64;
-            // A re-delivery of one still waiting (its ack_wait ran out
-            // behind a slow suspect) is held already.
-            if waiting.back().is_none_or(|(_, s)| *s < seq) {
-                waiting.push_back((m, seq));
-            }
-            Ok(())
-        };
         // IMIP_APPLY_PER_MESSAGE=1: every batch one message (`lane::per_message`).
         let batch_size = if crate::lane::per_message() {
             1
@@ -289,14 +181,13 @@ impl Lane {
             // Messages left over from the last batch go first, without waiting
             // (but not past a shutdown: they are not acknowledged, and the
             // next owner gets them again).
-            if !waiting.is_empty() && *shutdown.borrow() {
-                relay.wait().await?;
-                return Ok(());
+            if !inbox.is_empty() && *shutdown.borrow() {
+                return relay.wait().await;
             }
-            if waiting.is_empty() {
+            if inbox.is_empty() {
                 // Wait for the first message of a batch, renewing the lease while idle.
-                let first = tokio::select! {
-                    m = messages.next() => m,
+                tokio::select! {
+                    m = inbox.messages.next() => inbox.receive(m)?,
                     _ = tokio::time::sleep(renew_every) => {
                         relay.wait().await?;
                         if !self.renew(db, epoch).await? {
@@ -307,50 +198,12 @@ impl Lane {
                         }
                         continue;
                     }
-                    _ = shutdown.changed() => {
-                        relay.wait().await?;
-                        return Ok(());
-                    }
-                };
-                let Some(first) = first else {
-                    return Err(ProcessorError::Nats("message stream ended".into()));
-                };
-                receive(
-                    first.map_err(ProcessorError::nats)?,
-                    &mut delivered,
-                    &mut waiting,
-                )?;
-            }
-            // Take what has already arrived, without waiting for more: a
-            // linger (it was 2 ms) adds its whole length to every message's
-            // latency at low rates, while under load messages pile up during
-            // the previous batch anyway, so batches still fill
-            // (bench/results/latency-*.md).
-            while waiting.len() < self.settings.batch_size {
-                // Unconstrained: tokio's cooperative budget (128 polls per
-                // task turn) otherwise reports a full channel as empty, and
-                // batches stopped at ~125 messages.
-                match tokio::task::unconstrained(messages.next()).now_or_never() {
-                    Some(Some(m)) => receive(
-                        m.map_err(ProcessorError::nats)?,
-                        &mut delivered,
-                        &mut waiting,
-                    )?,
-                    Some(None) | None => break,
+                    _ = shutdown.changed() => return relay.wait().await,
                 }
             }
-            let n = self
-                .blame()
-                .batch_len(waiting.iter().map(|(_, s)| *s), batch_size);
-            let fresh: Vec<Delivered> = waiting
-                .iter()
-                .take(n)
-                .filter(|(_, s)| *s > last)
-                .map(|(m, seq)| Delivered {
-                    seq: *seq,
-                    payload: m.payload.clone(),
-                })
-                .collect();
+            inbox.fill(self.settings.batch_size)?;
+            let n = self.blame().batch_len(inbox.sequences(), batch_size);
+            let fresh = inbox.fresh(n, last);
             let mut taken = n;
             if !fresh.is_empty() {
                 match self.apply_batch(db, cache, epoch, &fresh).await {
@@ -358,11 +211,7 @@ impl Lane {
                         self.blame().committed(applied);
                         last = last.max(applied);
                         // A batch that spent its budget took only a prefix.
-                        taken = waiting
-                            .iter()
-                            .take(n)
-                            .take_while(|(_, s)| *s <= last)
-                            .count();
+                        taken = inbox.sequences().take(n).take_while(|s| *s <= last).count();
                     }
                     Err(e) => {
                         let seqs: Vec<i64> = fresh.iter().map(|m| m.seq).collect();
@@ -377,27 +226,10 @@ impl Lane {
                     }
                 }
             }
-            // Ack after commit; AckPolicy::All acknowledges everything before too.
-            if taken > 0 {
-                waiting[taken - 1]
-                    .0
-                    .ack()
-                    .await
-                    .map_err(ProcessorError::nats)?;
-                waiting.drain(..taken);
-            }
+            // Ack after commit.
+            inbox.ack(taken).await?;
             if !fresh.is_empty() {
-                relay.wait().await?;
-                let (rdb, js, publisher, ns, p) = (
-                    relay.db.clone(),
-                    self.js.clone(),
-                    publisher.clone(),
-                    self.ns.clone(),
-                    self.partition,
-                );
-                relay.running = Some(tokio::spawn(async move {
-                    crate::relay::flush(&rdb, &js, &publisher, &ns, p).await
-                }));
+                relay.start(self, &publisher).await?;
             }
         }
     }
@@ -537,6 +369,39 @@ struct Relay {
 }
 
 impl Relay {
+    /// After each commit the relay runs on a connection of its own while
+    /// the lane applies the next batch; one flush at a time keeps each
+    /// user's events in order.
+    async fn open(settings: &Settings) -> Result<Relay, ProcessorError> {
+        let db = crate::connect::connect(settings).await?;
+        // Its UPDATE joins the flushed keys to the outbox (see `Lane::run`).
+        db.batch_execute(KEY_PROBES).await?;
+        Ok(Relay {
+            db: Arc::new(db),
+            running: None,
+        })
+    }
+
+    /// Flushes the lane's outbox in the background, after the flush before.
+    async fn start(
+        &mut self,
+        lane: &Lane,
+        publisher: &crate::relay::Publisher,
+    ) -> Result<(), ProcessorError> {
+        self.wait().await?;
+        let (rdb, js, publisher, ns, p) = (
+            self.db.clone(),
+            lane.js.clone(),
+            publisher.clone(),
+            lane.ns.clone(),
+            lane.partition,
+        );
+        self.running = Some(tokio::spawn(async move {
+            crate::relay::flush(&rdb, &js, &publisher, &ns, p).await
+        }));
+        Ok(())
+    }
+
     /// Waits for the running flush, if any, and returns its error.
     async fn wait(&mut self) -> Result<(), ProcessorError> {
         if let Some(h) = self.running.take() {

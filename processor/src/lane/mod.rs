@@ -6,6 +6,7 @@
 //! which message made batches fail. The loop that owns a lane is `worker`.
 
 pub mod blame;
+pub mod inbox;
 pub mod pace;
 
 pub use blame::Blame;

@@ -4,7 +4,9 @@
 use super::*;
 use crate::model::FbType;
 use chrono::Duration;
-use imipflow_schema::{Component, ComponentKind, Direction, Method, Party, Time, Transparency};
+use imipflow_schema::{
+    Component, ComponentKind, Direction, Method, PAYLOAD_VERSION, Party, Time, Transparency,
+};
 
 const U: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";

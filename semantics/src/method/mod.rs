@@ -1054,8 +1054,12 @@ fn add_exdate(master: &mut StoredObject, rid: DateTime<Utc>, ctx: &Ctx) {
 
 /// The outcome of an applied message: object changes (by key, master first),
 /// then the free/busy difference when there is one.
+/// The outcome of an applied transition: object changes by recurrence id.
+/// The free/busy change is not made here: it is the difference between the
+/// periods *stored* and `periods`, which only the writer knows
+/// (`crate::apply`), and materialising the old state again for it cost as
+/// much as the new one.
 fn applied(old: &UidState, new: UidState, uid: &str, user: &str, ctx: &Ctx) -> Outcome {
-    let (old_periods, _) = materialise(old, user, ctx);
     let Materialisation {
         periods,
         open_ended,
@@ -1083,17 +1087,6 @@ fn applied(old: &UidState, new: UidState, uid: &str, user: &str, ctx: &Ctx) -> O
             }),
             _ => {}
         }
-    }
-    let old_set: BTreeSet<Period> = old_periods.into_iter().collect();
-    let new_set: BTreeSet<Period> = periods.iter().copied().collect();
-    let added: Vec<Period> = new_set.difference(&old_set).copied().collect();
-    let removed: Vec<Period> = old_set.difference(&new_set).copied().collect();
-    if !added.is_empty() || !removed.is_empty() {
-        changes.push(Change::FreeBusyChanged {
-            uid: uid.to_owned(),
-            added,
-            removed,
-        });
     }
     Outcome {
         disposition: Disposition::Applied,

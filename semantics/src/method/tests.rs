@@ -184,7 +184,32 @@ fn payload(method: Method, components: Vec<Component>) -> Payload {
 }
 
 fn run_with(state: &UidState, method: Method, components: Vec<Component>, ctx: &Ctx) -> Outcome {
-    apply(state, &payload(method, components), UID, ctx)
+    with_freebusy_change(
+        state,
+        apply(state, &payload(method, components), UID, ctx),
+        ctx,
+    )
+}
+
+/// The outcome with the free/busy change the writer adds (`crate::apply`,
+/// the difference from the stored periods), stored here being what `state`
+/// materialises: these tests read transitions with their busy time.
+fn with_freebusy_change(state: &UidState, mut o: Outcome, ctx: &Ctx) -> Outcome {
+    if o.disposition != Disposition::Applied {
+        return o;
+    }
+    let before: BTreeSet<Period> = materialise(state, U, ctx).0.into_iter().collect();
+    let after: BTreeSet<Period> = o.periods.iter().copied().collect();
+    let added: Vec<Period> = after.difference(&before).copied().collect();
+    let removed: Vec<Period> = before.difference(&after).copied().collect();
+    if !added.is_empty() || !removed.is_empty() {
+        o.changes.push(Change::FreeBusyChanged {
+            uid: UID.into(),
+            added,
+            removed,
+        });
+    }
+    o
 }
 
 fn run(state: &UidState, method: Method, components: Vec<Component>) -> Outcome {
