@@ -8,11 +8,9 @@
 //! it first (migration V6), so that a deployment sharded by partition runs
 //! each batch on one shard (docs/scaling.md).
 
-mod legacy;
 mod load;
 mod write;
 
-pub use legacy::*;
 pub use load::load;
 pub use write::write;
 
