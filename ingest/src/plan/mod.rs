@@ -2,16 +2,21 @@
 //!
 //! No I/O happens here, so the whole decision (what to publish, under which
 //! dedupe id, what to quarantine and why) is testable and fuzzable on its own.
+//! [`plan_unguarded`] is the order of the decisions; [`delivery`] makes the
+//! outputs, [`digest`] the digests their dedupe ids come from.
+
+mod delivery;
+mod digest;
+
+pub use delivery::envelope_address;
 
 use crate::config::Limits;
 use crate::ical::{self, Refusal};
 use crate::mime;
 use chrono::{DateTime, Utc};
-use imipflow_schema::{
-    Direction, MAX_ADDRESS_BYTES, PAYLOAD_VERSION, Payload, QUARANTINE_VERSION, QuarantineReason,
-    QuarantineRecord, normalize_address,
-};
-use sha2::{Digest, Sha256};
+use delivery::Delivery;
+use digest::{canonical_digest, sha256};
+use imipflow_schema::{Direction, Payload, QuarantineReason, QuarantineRecord};
 
 /// What the MTA told us about the message.
 #[derive(Debug, Clone)]
@@ -64,136 +69,6 @@ pub struct RawMail<'a> {
     pub calendar_beyond_limit: bool,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for p in parts {
-        // Length-prefix each field so that field boundaries cannot shift.
-        h.update((p.len() as u64).to_be_bytes());
-        h.update(p);
-    }
-    h.finalize().into()
-}
-
-/// Digest of the text with line endings unified, so that the same object
-/// carried inline and as an attachment (with different line endings) counts
-/// once. Equal to `sha256(&[text.replace("\r\n", "\n").trim()])`, computed
-/// without copying the text (it may be many MiB).
-fn canonical_digest(text: &str) -> [u8; 32] {
-    let t = text.trim().as_bytes();
-    let is_crlf = |i: usize| t.get(i + 1) == Some(&b'\n');
-    let mut crlf = 0;
-    mime::any_at(t, b'\r', |i| {
-        crlf += is_crlf(i) as usize;
-        false
-    });
-    let mut h = Sha256::new();
-    h.update(((t.len() - crlf) as u64).to_be_bytes());
-    let mut from = 0;
-    mime::any_at(t, b'\r', |i| {
-        if is_crlf(i) {
-            h.update(&t[from..i]);
-            from = i + 1;
-        }
-        false
-    });
-    h.update(&t[from..]);
-    h.finalize().into()
-}
-
-fn excerpt(bytes: &[u8], limit: usize) -> (String, bool) {
-    let cut = bytes.len() > limit;
-    let mut end = bytes.len().min(limit);
-    // Don't split a UTF-8 sequence.
-    while end > 0 && end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
-        end -= 1;
-    }
-    // No NUL: quarantine records may end up in PostgreSQL, which refuses it.
-    let text = String::from_utf8_lossy(&bytes[..end]).replace('\0', "\u{FFFD}");
-    (text, cut)
-}
-
-struct Ctx<'a> {
-    env: &'a Envelope,
-    sender: String,
-    recipients: Vec<String>,
-    users: Vec<String>,
-    message_id: Option<String>,
-    /// Identity of the message across MTA re-deliveries: its Message-ID, or the
-    /// digest of its bytes when it has none.
-    message_key: Vec<u8>,
-    now: DateTime<Utc>,
-    limits: &'a Limits,
-}
-
-impl Ctx<'_> {
-    fn quarantine(
-        &self,
-        reason: QuarantineReason,
-        detail: String,
-        object_index: Option<u32>,
-        data: &[u8],
-        size: u64,
-    ) -> Output {
-        let idx = object_index.map(|i| i.to_string()).unwrap_or_default();
-        let id = sha256(&[
-            b"q",
-            direction_tag(self.env.direction),
-            self.sender.as_bytes(),
-            self.recipients.join(",").as_bytes(),
-            &self.message_key,
-            reason.as_str().as_bytes(),
-            idx.as_bytes(),
-        ]);
-        let (excerpt, truncated) = excerpt(data, self.limits.excerpt_bytes);
-        Output::Quarantine(Box::new(QuarantineRecord {
-            version: QUARANTINE_VERSION,
-            reason,
-            detail,
-            users: self.users.clone(),
-            direction: self.env.direction,
-            sender: self.sender.clone(),
-            recipients: self.recipients.clone(),
-            message_id: self.message_id.clone(),
-            dedupe_id: format!("q-{}", &hex(&id)[..40]),
-            object_index,
-            ingested_at: self.now,
-            size,
-            excerpt,
-            truncated,
-        }))
-    }
-}
-
-fn direction_tag(d: Direction) -> &'static [u8] {
-    match d {
-        Direction::Outgoing => b"out",
-        Direction::Incoming => b"in",
-    }
-}
-
-/// An envelope address as the MTA passes it (`${sender}`, `${recipient}`),
-/// normalised; `None` unless it has the shape `local@domain` with no space or
-/// control character. Postfix and Exim always qualify envelope addresses, so
-/// anything else (`<>` of a bounce, a bare local name, a quoting mistake in
-/// `master.cf`) is a configuration problem: the message is quarantined with
-/// `invalid_address` rather than filed under a user that cannot exist.
-/// Longer than an RFC 5321 path allows ([`MAX_ADDRESS_BYTES`]) is not an
-/// address either: it also would not fit in a NATS subject (a 4 KB sender
-/// made the control line too long, exit 75 on every MTA retry).
-pub fn envelope_address(raw: &str) -> Option<String> {
-    if raw.len() > 4 * MAX_ADDRESS_BYTES {
-        return None;
-    }
-    let a = normalize_address(raw)?;
-    let (local, domain) = a.rsplit_once('@')?;
-    let clean = |s: &str| !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control());
-    (clean(local) && clean(domain) && a.len() <= MAX_ADDRESS_BYTES).then_some(a)
-}
-
 /// Decides what a message becomes. An empty plan means: nothing calendar-related.
 ///
 /// Never panics: should a bug in ingest or in a parser it uses panic on some
@@ -210,9 +85,9 @@ pub fn plan(mail: &RawMail<'_>, env: &Envelope, limits: &Limits, now: DateTime<U
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            let mut ctx = Ctx::new(env, limits, now);
-            ctx.message_key = [b"sha:".as_slice(), &sha256(&[mail.bytes])].concat();
-            let q = ctx.quarantine(
+            let mut delivery = Delivery::new(env, limits, now);
+            delivery.message_key = [b"sha:".as_slice(), &sha256(&[mail.bytes])].concat();
+            let q = delivery.quarantine(
                 QuarantineReason::InvalidCalendar,
                 format!("internal error while reading this message: {what}"),
                 None,
@@ -220,32 +95,6 @@ pub fn plan(mail: &RawMail<'_>, env: &Envelope, limits: &Limits, now: DateTime<U
                 mail.total_size,
             );
             Plan { outputs: vec![q] }
-        }
-    }
-}
-
-impl<'a> Ctx<'a> {
-    fn new(env: &'a Envelope, limits: &'a Limits, now: DateTime<Utc>) -> Self {
-        let sender = envelope_address(&env.sender).unwrap_or_default();
-        let recipients: Vec<String> = env
-            .recipients
-            .iter()
-            .filter_map(|r| envelope_address(r))
-            .collect();
-        let users = match env.direction {
-            Direction::Outgoing if !sender.is_empty() => vec![sender.clone()],
-            Direction::Outgoing => Vec::new(),
-            Direction::Incoming => recipients.clone(),
-        };
-        Ctx {
-            env,
-            sender,
-            recipients,
-            users,
-            message_id: None,
-            message_key: Vec::new(),
-            now,
-            limits,
         }
     }
 }
@@ -265,23 +114,23 @@ pub fn plan_unguarded(
         return Plan::default();
     }
 
-    let mut ctx = Ctx::new(env, limits, now);
+    let mut delivery = Delivery::new(env, limits, now);
     if too_large {
-        return refuse_too_large(&mut ctx, mail);
+        return refuse_too_large(&mut delivery, mail);
     }
     let delimiters = mime::delimiter_lines(raw);
     if delimiters > mime::MAX_MIME_PARTS {
-        ctx.message_key = [b"sha:".as_slice(), &sha256(&[raw])].concat();
+        delivery.message_key = [b"sha:".as_slice(), &sha256(&[raw])].concat();
         let detail = format!(
             "{delimiters} MIME delimiter lines, limit {}",
             mime::MAX_MIME_PARTS
         );
-        return ctx.refuse_message(QuarantineReason::TooManyMimeParts, detail, raw);
+        return delivery.refuse_message(QuarantineReason::TooManyMimeParts, detail, raw);
     }
 
     let parts = mime::calendar_parts(raw);
-    ctx.message_id = parts.message_id.clone();
-    ctx.message_key = match &parts.message_id {
+    delivery.message_id = parts.message_id.clone();
+    delivery.message_key = match &parts.message_id {
         Some(id) if !id.is_empty() => [b"id:".as_slice(), id.as_bytes()].concat(),
         _ => [b"sha:".as_slice(), &sha256(&[raw])].concat(),
     };
@@ -296,7 +145,7 @@ pub fn plan_unguarded(
             objects.len(),
             limits.max_calendar_parts
         );
-        return ctx.refuse_message(QuarantineReason::TooManyCalendarParts, detail, raw);
+        return delivery.refuse_message(QuarantineReason::TooManyCalendarParts, detail, raw);
     }
 
     // Parse first, so that objects without METHOD (not iMIP) drop out before indexing.
@@ -317,25 +166,25 @@ pub fn plan_unguarded(
         })
         .collect();
     if let Some((reason, detail)) = message_cost_refusal(&parsed, limits, now) {
-        return ctx.refuse_message(reason, detail, raw);
+        return delivery.refuse_message(reason, detail, raw);
     }
     let count = parsed.len() as u32;
     let mut outputs = Vec::new();
     for (index, object) in parsed.into_iter().enumerate() {
-        object_outputs(&ctx, index as u32, count, object, &mut outputs);
+        object_outputs(&delivery, index as u32, count, object, &mut outputs);
     }
     Plan { outputs }
 }
 
 /// A message over the size limit: one quarantine record, keyed by what was
 /// read and the full size (the cut message has no reliable Message-ID).
-fn refuse_too_large(ctx: &mut Ctx<'_>, mail: &RawMail<'_>) -> Plan {
-    ctx.message_key = sha256(&[mail.bytes, &mail.total_size.to_be_bytes()]).to_vec();
+fn refuse_too_large(delivery: &mut Delivery<'_>, mail: &RawMail<'_>) -> Plan {
+    delivery.message_key = sha256(&[mail.bytes, &mail.total_size.to_be_bytes()]).to_vec();
     let detail = format!(
         "message of {} bytes, limit {}",
-        mail.total_size, ctx.limits.max_message_bytes
+        mail.total_size, delivery.limits.max_message_bytes
     );
-    let q = ctx.quarantine(
+    let q = delivery.quarantine(
         QuarantineReason::MessageTooLarge,
         detail,
         None,
@@ -435,7 +284,7 @@ fn message_cost_refusal(
 /// What object number `index` (of `count`) becomes: its quarantine record,
 /// or one payload per user (each refused on its own when too large).
 fn object_outputs(
-    ctx: &Ctx<'_>,
+    delivery: &Delivery<'_>,
     index: u32,
     count: u32,
     object: ParsedObject<'_>,
@@ -448,7 +297,7 @@ fn object_outputs(
         result,
     } = object;
     let quarantine = |reason, detail| {
-        ctx.quarantine(
+        delivery.quarantine(
             reason,
             detail,
             Some(index),
@@ -463,12 +312,12 @@ fn object_outputs(
             return;
         }
     };
-    if ctx.users.is_empty() {
-        let detail = match ctx.env.direction {
+    if delivery.users.is_empty() {
+        let detail = match delivery.env.direction {
             Direction::Outgoing => {
                 format!(
                     "envelope sender {:?} is not an address",
-                    ical::shown(&ctx.env.sender)
+                    ical::shown(&delivery.env.sender)
                 )
             }
             Direction::Incoming => "no envelope recipient is an address".to_owned(),
@@ -481,14 +330,14 @@ fn object_outputs(
             .warnings
             .push("calendar part was not valid in its charset; bytes were replaced".to_owned());
     }
-    for user in &ctx.users {
-        let payload = ctx.payload(user, index, count, text, &digest, &parsed);
+    for user in &delivery.users {
+        let payload = delivery.payload(user, index, count, text, &digest, &parsed);
         let json = serde_json::to_vec(&payload).expect("contract types serialise");
         let size = json.len();
-        if size > ctx.limits.max_payload_bytes {
+        if size > delivery.limits.max_payload_bytes {
             let detail = format!(
                 "payload of {size} bytes, limit {}",
-                ctx.limits.max_payload_bytes
+                delivery.limits.max_payload_bytes
             );
             outputs.push(quarantine(QuarantineReason::PayloadTooLarge, detail));
         } else {
@@ -500,80 +349,9 @@ fn object_outputs(
     }
 }
 
-impl Ctx<'_> {
-    /// The payload of one parsed object for one user.
-    fn payload(
-        &self,
-        user: &str,
-        index: u32,
-        count: u32,
-        text: &str,
-        text_digest: &[u8; 32],
-        parsed: &ical::Parsed,
-    ) -> Payload {
-        // The envelope sender is part of the identity: a mailing list's
-        // copy (sender `list-bounces@…`) and the organizer's own copy
-        // share Message-ID and bytes, and the refused list copy must not
-        // make the genuine one a duplicate (JetStream's Nats-Msg-Id, the
-        // processor's message_log).
-        let id = sha256(&[
-            direction_tag(self.env.direction),
-            user.as_bytes(),
-            self.sender.as_bytes(),
-            &self.message_key,
-            text_digest,
-        ]);
-        Payload {
-            version: PAYLOAD_VERSION,
-            method: parsed.method.clone(),
-            user: user.to_owned(),
-            direction: self.env.direction,
-            sender: self.sender.clone(),
-            recipients: self.recipients.clone(),
-            message_id: self.message_id.clone(),
-            dedupe_id: hex(&id)[..40].to_owned(),
-            object_index: index,
-            object_count: count,
-            ingested_at: self.now,
-            components: parsed.components.clone(),
-            timezones: parsed.timezones.clone(),
-            warnings: parsed.warnings.clone(),
-            raw: text.to_owned(),
-        }
-    }
-
-    /// The whole message refused as one: a single quarantine record.
-    fn refuse_message(&self, reason: QuarantineReason, detail: String, raw: &[u8]) -> Plan {
-        let q = self.quarantine(reason, detail, None, raw, raw.len() as u64);
-        Plan { outputs: vec![q] }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn envelope_addresses_must_be_local_at_domain() {
-        assert_eq!(
-            envelope_address("<Alice@Example.COM>").as_deref(),
-            Some("alice@example.com")
-        );
-        for bad in [
-            "",
-            "<>",
-            "MAILER DAEMON",
-            "nobody",
-            "@example.com",
-            "a@",
-            "a b@c.d",
-            "a@b\u{1}",
-            &format!("{}@example.com", "a".repeat(243)),
-            &format!("{}@example.com", "a".repeat(4096)),
-        ] {
-            assert_eq!(envelope_address(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn dedupe_ids_tell_envelope_senders_apart() {
@@ -597,25 +375,5 @@ END:VEVENT\r\nEND:VCALENDAR\r\n";
         };
         assert_ne!(id("list-bounces@lists.example"), id("alice@example.com"));
         assert_eq!(id("Alice@Example.com"), id("alice@example.com"));
-    }
-
-    #[test]
-    fn canonical_digest_unifies_line_endings_without_copying() {
-        for text in [
-            "",
-            "a",
-            "\r\n a\r\nb\nc\r\n\r\n ",
-            "x\r",
-            "\r\r\n\n",
-            "é\r\nü",
-        ] {
-            let copy = text.replace("\r\n", "\n");
-            assert_eq!(
-                canonical_digest(text),
-                sha256(&[copy.trim().as_bytes()]),
-                "{text:?}"
-            );
-        }
-        assert_eq!(canonical_digest("a\r\nb"), canonical_digest("a\nb"));
     }
 }
