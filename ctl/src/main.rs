@@ -18,6 +18,16 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(s: &Settings, command: Command) -> anyhow::Result<()> {
+    if matches!(
+        command,
+        Command::Rebuild { .. }
+            | Command::Replay { .. }
+            | Command::Quarantine {
+                action: QuarantineAction::Release { .. }
+            }
+    ) {
+        imipflow_ctl::check_partitions(s).await?;
+    }
     match command {
         Command::Freebusy {
             user,

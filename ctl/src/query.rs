@@ -29,20 +29,7 @@ pub async fn partition_of(
     db: &impl tokio_postgres::GenericClient,
     user: &str,
 ) -> Result<i32, ProcessorError> {
-    let value: String = db
-        .query_opt("SELECT value FROM deployment WHERE key = 'partitions'", &[])
-        .await?
-        .ok_or_else(|| {
-            ProcessorError::Deployment(
-                "the database has no partition count (run imip-processor migrate)".into(),
-            )
-        })?
-        .get(0);
-    let partitions: u32 = value.parse().map_err(|_| {
-        ProcessorError::Deployment(format!(
-            "the deployment's partition count is not a number: {value:?}"
-        ))
-    })?;
+    let partitions = crate::deployment_partitions(db).await?;
     Ok(imipflow_schema::partition(user, partitions) as i32)
 }
 

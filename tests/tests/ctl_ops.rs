@@ -274,3 +274,43 @@ async fn quarantine_list_show_release_and_delete() {
     assert_eq!(status["quarantined"], 0);
     processor.terminate().await;
 }
+
+/// imip-ctl's writers name partitions and subjects with IMIP_PARTITIONS: run
+/// with another count than the deployment's, rebuild would flush another
+/// partition's outbox and replay and quarantine release would publish a
+/// user's messages into another lane. They refuse instead, and say which
+/// count to set; the readers take the deployment's count and still answer.
+#[tokio::test]
+async fn writers_refuse_a_partition_count_other_than_the_deployments() {
+    let env = TestEnv::new().await;
+    let wrong = (env.partitions + 3).to_string();
+    let user = "alice@example.com";
+    for args in [
+        vec!["rebuild", user],
+        vec!["replay", "--from", "1"],
+        vec!["quarantine", "release", "1"],
+    ] {
+        let out = ctl(&env, &args, &[("IMIP_PARTITIONS", wrong.as_str())]).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} went on: {out:?}");
+        assert!(
+            err.contains(&format!(
+                "IMIP_PARTITIONS is {wrong} but this deployment was created with {}",
+                env.partitions
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    let out = ctl(
+        &env,
+        &["objects", user],
+        &[("IMIP_PARTITIONS", wrong.as_str())],
+    )
+    .await;
+    assert!(out.status.success(), "objects: {out:?}");
+    let out = ctl(&env, &["rebuild", user, "--json"], &[]).await;
+    assert!(
+        out.status.success(),
+        "rebuild with the right count: {out:?}"
+    );
+}

@@ -1769,8 +1769,11 @@ fn recurrence_bombs_are_bounded_in_the_pure_semantics() {
         max_instances: 5000,
         managers: Vec::new(),
     };
-    // Debug build; the release build is about 10x faster.
-    let limit = Duration::from_secs(3);
+    // A bound on unbounded expansion (an unguarded bomb takes minutes or
+    // never ends), not a speed figure: the slowest bomb takes about 1.6 s in
+    // this debug build on an idle 2-core machine, and more than 3 s while the
+    // rest of the suite runs beside it. Speed is the benchmarks' business.
+    let limit = Duration::from_secs(10);
     let mut worst = Duration::ZERO;
     for (name, rule) in recurrence_bombs() {
         let payload = bomb_payload(&rule);
