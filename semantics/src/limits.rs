@@ -2,8 +2,8 @@
 //! "Processor"): the free/busy periods one message materialises over all its
 //! UIDs, and each user's quota of stored objects and free/busy rows.
 //!
-//! Pure rules, called by both write paths (`batch::apply` and
-//! `worker::Apply::payload`) so that they decide alike. A message over a limit
+//! Pure rules, called once per message by the one write step
+//! (`crate::apply`), whoever writes. A message over a limit
 //! is refused whole: none of its UIDs is applied, and the refusal names the
 //! setting. Removing is never refused, so a user over quota can still cancel.
 

@@ -1,5 +1,6 @@
-//! The batched fast path (processor/src/batch.rs) against the per-message
-//! path it replaced: the same messages, published before the processor starts
+//! Batches of many (one load / apply / write per batch) against batches of
+//! one (`IMIP_APPLY_PER_MESSAGE=1`, the lane's fallback): the same messages,
+//! published before the processor starts
 //! so that lanes take them in large batches, must leave identical tables and
 //! identical change events whichever path applied them.
 //!
