@@ -2,6 +2,7 @@
 //! and verdicts out, no database.
 
 use super::*;
+use crate::method::test_fixtures::{ctx_with, payload_of, z};
 use crate::model::FbType;
 use chrono::Duration;
 use imipflow_schema::{
@@ -11,19 +12,9 @@ use imipflow_schema::{
 const U: &str = "alice@example.org";
 const BOB: &str = "bob@example.org";
 
-fn z(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
-}
-
 fn rules() -> Rules {
     Rules {
-        semantics: Ctx {
-            default_tz: chrono_tz::UTC,
-            now: z("2027-03-01T00:00:00Z"),
-            horizon: Duration::days(366),
-            max_instances: 5000,
-            managers: vec![],
-        },
+        semantics: ctx_with(5000, &[]),
         limits: Limits {
             max_periods_per_message: 20_000,
             max_objects_per_user: 100,
@@ -66,21 +57,9 @@ fn event(uid: &str, organizer: &str, start: &str, sequence: i64) -> Component {
 /// U's own message `method` with `components`, deduped by `id`.
 fn payload(id: &str, method: Method, components: Vec<Component>) -> Payload {
     Payload {
-        version: PAYLOAD_VERSION,
-        method,
-        user: U.into(),
-        direction: Direction::Outgoing,
-        sender: U.into(),
-        recipients: vec![],
-        message_id: None,
         dedupe_id: id.into(),
-        object_index: 0,
-        object_count: 1,
-        ingested_at: z("2027-03-01T00:00:00Z"),
-        components,
-        timezones: Default::default(),
-        warnings: vec![],
         raw: format!("BEGIN:VCALENDAR\r\nX-ID:{id}\r\nEND:VCALENDAR\r\n"),
+        ..payload_of(U, method, components)
     }
 }
 

@@ -1103,7 +1103,7 @@ fn applied(old: &UidState, new: UidState, uid: &str, user: &str, ctx: &Ctx) -> O
 #[cfg(test)]
 mod bounds_tests;
 #[cfg(test)]
-mod test_fixtures;
+pub(crate) mod test_fixtures;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

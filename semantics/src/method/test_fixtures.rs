@@ -1,5 +1,5 @@
 //! Builders shared by the semantics' unit tests (`tests`, `trust_tests`,
-//! `bounds_tests`): instants, a context, attendees and a payload, so that
+//! `bounds_tests`, and the batch step's `apply::tests`): instants, a context, attendees and a payload, so that
 //! each test file only spells out what its cases are about.
 
 use crate::model::Ctx;
@@ -7,12 +7,12 @@ use chrono::{DateTime, Duration, Utc};
 use imipflow_schema::{Attendee, Component, Direction, Method, PartStat, Payload};
 
 /// An RFC 3339 instant.
-pub(super) fn z(s: &str) -> DateTime<Utc> {
+pub(crate) fn z(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
 /// Floating times in UTC, reference instant 2027-03-01, a 366-day horizon.
-pub(super) fn ctx_with(max_instances: usize, managers: &[&str]) -> Ctx {
+pub(crate) fn ctx_with(max_instances: usize, managers: &[&str]) -> Ctx {
     Ctx {
         default_tz: chrono_tz::UTC,
         now: z("2027-03-01T00:00:00Z"),
@@ -23,7 +23,7 @@ pub(super) fn ctx_with(max_instances: usize, managers: &[&str]) -> Ctx {
 }
 
 /// A required participant with `partstat` and nothing else.
-pub(super) fn att(address: &str, partstat: PartStat) -> Attendee {
+pub(crate) fn att(address: &str, partstat: PartStat) -> Attendee {
     Attendee {
         address: address.into(),
         cn: None,
@@ -38,7 +38,7 @@ pub(super) fn att(address: &str, partstat: PartStat) -> Attendee {
 
 /// `user`'s own outgoing message with `components`, ingested at the
 /// context's reference instant; tests change the other fields with `..`.
-pub(super) fn payload_of(user: &str, method: Method, components: Vec<Component>) -> Payload {
+pub(crate) fn payload_of(user: &str, method: Method, components: Vec<Component>) -> Payload {
     Payload {
         version: imipflow_schema::PAYLOAD_VERSION,
         method,
