@@ -182,8 +182,8 @@ pub async fn flush(
         let seqs: Vec<i64> = done().map(|e| e.seq).collect();
         db.execute(
             "UPDATE outbox SET published_at = now()
-             FROM unnest($1::text[], $2::bigint[]) AS x(u, s)
-             WHERE outbox.partition = $3 AND outbox.user_addr = x.u AND outbox.user_seq = x.s",
+             FROM (SELECT $3::integer AS p, k.* FROM unnest($1::text[], $2::bigint[]) AS k(u, s) OFFSET 0) AS x
+             WHERE outbox.partition = x.p AND outbox.user_addr = x.u AND outbox.user_seq = x.s",
             &[&users, &seqs, &partition],
         )
         .await?;

@@ -16,27 +16,27 @@ use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{Row, Transaction};
 
 const LOAD_LOG: &str = "SELECT l.user_addr, l.dedupe_id FROM message_log l
-     JOIN unnest($2::text[], $3::text[]) AS k(u, d)
-       ON l.partition = $1 AND l.user_addr = k.u AND l.dedupe_id = k.d";
+     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, d) OFFSET 0) AS k
+       ON l.partition = k.p AND l.user_addr = k.u AND l.dedupe_id = k.d";
 const LOAD_OBJECTS: &str = "SELECT o.user_addr, o.uid, o.data, o.text_digest FROM objects o
-     JOIN unnest($2::text[], $3::text[]) AS k(u, i)
-       ON o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i
+     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
+       ON o.partition = k.p AND o.user_addr = k.u AND o.uid = k.i
      ORDER BY o.user_addr, o.uid, o.recurrence_key";
 const LOAD_TEXTS: &str = "SELECT t.user_addr, t.uid, t.digest, t.raw FROM object_texts t
-     JOIN unnest($2::text[], $3::text[]) AS k(u, i)
-       ON t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i";
+     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
+       ON t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
 const LOAD_BUSY: &str =
     "SELECT f.user_addr, f.uid, lower(f.period), upper(f.period), f.fbtype, f.recurrence_id
      FROM freebusy f
-     JOIN unnest($2::text[], $3::text[]) AS k(u, i)
-       ON f.partition = $1 AND f.user_addr = k.u AND f.uid = k.i";
+     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
+       ON f.partition = k.p AND f.user_addr = k.u AND f.uid = k.i";
 const LOAD_OPEN: &str = "SELECT s.user_addr, s.uid, s.materialised_until FROM open_series s
-     JOIN unnest($2::text[], $3::text[]) AS k(u, i)
-       ON s.partition = $1 AND s.user_addr = k.u AND s.uid = k.i";
+     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
+       ON s.partition = k.p AND s.user_addr = k.u AND s.uid = k.i";
 const LOAD_QUEUE: &str = "SELECT q.user_addr, q.uid, q.sequence, q.dtstamp, q.organizer
      FROM request_queue q
-     JOIN unnest($2::text[], $3::text[]) AS k(u, i)
-       ON q.partition = $1 AND q.user_addr = k.u AND q.uid = k.i";
+     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
+       ON q.partition = k.p AND q.user_addr = k.u AND q.uid = k.i";
 const LOAD_USERS: &str = "SELECT k.u, u.objects, u.freebusy, e.last_seq
      FROM unnest($2::text[]) AS k(u)
      LEFT JOIN user_usage u ON u.partition = $1 AND u.user_addr = k.u

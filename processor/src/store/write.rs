@@ -10,29 +10,29 @@ use tokio_postgres::Transaction;
 use tokio_postgres::types::{Json, ToSql};
 
 const DELETE_UID_OBJECTS: &str =
-    "DELETE FROM objects t USING unnest($2::text[], $3::text[]) AS k(u, i)
-     WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i";
+    "DELETE FROM objects t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
+     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
 const DELETE_UID_ATTENDEES: &str =
-    "DELETE FROM attendees t USING unnest($2::text[], $3::text[]) AS k(u, i)
-     WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i";
+    "DELETE FROM attendees t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
+     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
 const DELETE_OBJECTS: &str =
-    "DELETE FROM objects t USING unnest($2::text[], $3::text[], $4::text[]) AS k(u, i, r)
-     WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i AND t.recurrence_key = k.r";
+    "DELETE FROM objects t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[], $4::text[]) AS x(u, i, r) OFFSET 0) AS k
+     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i AND t.recurrence_key = k.r";
 const DELETE_ATTENDEES: &str =
-    "DELETE FROM attendees t USING unnest($2::text[], $3::text[], $4::text[]) AS k(u, i, r)
-     WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i AND t.recurrence_key = k.r";
+    "DELETE FROM attendees t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[], $4::text[]) AS x(u, i, r) OFFSET 0) AS k
+     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i AND t.recurrence_key = k.r";
 const DELETE_TEXTS: &str =
-    "DELETE FROM object_texts t USING unnest($2::text[], $3::text[], $4::bytea[]) AS k(u, i, d)
-     WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i AND t.digest = k.d";
+    "DELETE FROM object_texts t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[], $4::bytea[]) AS x(u, i, d) OFFSET 0) AS k
+     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i AND t.digest = k.d";
 const DELETE_BUSY: &str =
-    "DELETE FROM freebusy t USING unnest($2::text[], $3::text[], $4::timestamptz[]) AS k(u, i, n)
-     WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i AND t.instance = k.n";
+    "DELETE FROM freebusy t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS x(u, i, n) OFFSET 0) AS k
+     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i AND t.instance = k.n";
 const DELETE_OPEN: &str =
-    "DELETE FROM open_series t USING unnest($2::text[], $3::text[]) AS k(u, i)
-     WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i";
+    "DELETE FROM open_series t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
+     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
 const DELETE_QUEUE: &str =
-    "DELETE FROM request_queue t USING unnest($2::text[], $3::text[]) AS k(u, i)
-     WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i";
+    "DELETE FROM request_queue t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
+     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
 const INSERT_TEXTS: &str = "INSERT INTO object_texts (partition, user_addr, uid, digest, raw)
      SELECT $1::integer, * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[])";
 const INSERT_OBJECTS: &str = "INSERT INTO objects (partition, user_addr, uid, recurrence_key,
