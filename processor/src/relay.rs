@@ -181,9 +181,11 @@ pub async fn flush(
         let users: Vec<&str> = done().map(|e| e.user.as_str()).collect();
         let seqs: Vec<i64> = done().map(|e| e.seq).collect();
         db.execute(
-            "UPDATE outbox SET published_at = now()
-             FROM (SELECT $3::integer AS p, k.* FROM unnest($1::text[], $2::bigint[]) AS k(u, s) OFFSET 0) AS x
-             WHERE outbox.partition = x.p AND outbox.user_addr = x.u AND outbox.user_seq = x.s",
+            "UPDATE outbox t SET published_at = now()
+             WHERE t.partition = $3 AND t.ctid = ANY(ARRAY(
+                 SELECT o.ctid FROM unnest($1::text[], $2::bigint[]) AS k(u, s)
+                 CROSS JOIN LATERAL (SELECT ctid FROM outbox o
+                     WHERE o.partition = $3 AND o.user_addr = k.u AND o.user_seq = k.s OFFSET 0) AS o))",
             &[&users, &seqs, &partition],
         )
         .await?;

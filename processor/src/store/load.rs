@@ -3,9 +3,10 @@
 //! texts, free/busy rows, open-series horizons, pending requests, and each
 //! user's usage counters and last event sequence.
 //!
-//! Every statement probes the keys (UNNEST joined to the primary key, the
-//! partition first), so a batch's cost is that of its own keys whatever the
-//! tables' size (the lane's connection plans nested loops, see `worker`).
+//! Every statement probes the keys (each UNNEST row looked up by primary
+//! key, the partition first, in a LATERAL subquery the planner cannot turn
+//! into a scan of the partition), so a batch's cost is that of its own keys
+//! whatever the tables' size (see `worker::Lane::run`).
 
 use super::{Result, StatementCache, period};
 use crate::limits::Usage;
@@ -15,28 +16,30 @@ use std::collections::HashMap;
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{Row, Transaction};
 
-const LOAD_LOG: &str = "SELECT l.user_addr, l.dedupe_id FROM message_log l
-     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, d) OFFSET 0) AS k
-       ON l.partition = k.p AND l.user_addr = k.u AND l.dedupe_id = k.d";
-const LOAD_OBJECTS: &str = "SELECT o.user_addr, o.uid, o.data, o.text_digest FROM objects o
-     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
-       ON o.partition = k.p AND o.user_addr = k.u AND o.uid = k.i
+const LOAD_LOG: &str = "SELECT l.user_addr, l.dedupe_id FROM unnest($2::text[], $3::text[]) AS k(u, d)
+     CROSS JOIN LATERAL (SELECT user_addr, dedupe_id FROM message_log l
+         WHERE l.partition = $1 AND l.user_addr = k.u AND l.dedupe_id = k.d OFFSET 0) AS l";
+const LOAD_OBJECTS: &str = "SELECT o.user_addr, o.uid, o.data, o.text_digest
+     FROM unnest($2::text[], $3::text[]) AS k(u, i)
+     CROSS JOIN LATERAL (SELECT user_addr, uid, recurrence_key, data, text_digest FROM objects o
+         WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i OFFSET 0) AS o
      ORDER BY o.user_addr, o.uid, o.recurrence_key";
-const LOAD_TEXTS: &str = "SELECT t.user_addr, t.uid, t.digest, t.raw FROM object_texts t
-     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
-       ON t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
-const LOAD_BUSY: &str =
-    "SELECT f.user_addr, f.uid, lower(f.period), upper(f.period), f.fbtype, f.recurrence_id
-     FROM freebusy f
-     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
-       ON f.partition = k.p AND f.user_addr = k.u AND f.uid = k.i";
-const LOAD_OPEN: &str = "SELECT s.user_addr, s.uid, s.materialised_until FROM open_series s
-     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
-       ON s.partition = k.p AND s.user_addr = k.u AND s.uid = k.i";
+const LOAD_TEXTS: &str = "SELECT t.user_addr, t.uid, t.digest, t.raw
+     FROM unnest($2::text[], $3::text[]) AS k(u, i)
+     CROSS JOIN LATERAL (SELECT user_addr, uid, digest, raw FROM object_texts t
+         WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i OFFSET 0) AS t";
+const LOAD_BUSY: &str = "SELECT f.user_addr, f.uid, lower(f.period), upper(f.period), f.fbtype, f.recurrence_id
+     FROM unnest($2::text[], $3::text[]) AS k(u, i)
+     CROSS JOIN LATERAL (SELECT user_addr, uid, period, fbtype, recurrence_id FROM freebusy f
+         WHERE f.partition = $1 AND f.user_addr = k.u AND f.uid = k.i OFFSET 0) AS f";
+const LOAD_OPEN: &str = "SELECT s.user_addr, s.uid, s.materialised_until
+     FROM unnest($2::text[], $3::text[]) AS k(u, i)
+     CROSS JOIN LATERAL (SELECT user_addr, uid, materialised_until FROM open_series s
+         WHERE s.partition = $1 AND s.user_addr = k.u AND s.uid = k.i OFFSET 0) AS s";
 const LOAD_QUEUE: &str = "SELECT q.user_addr, q.uid, q.sequence, q.dtstamp, q.organizer
-     FROM request_queue q
-     JOIN (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
-       ON q.partition = k.p AND q.user_addr = k.u AND q.uid = k.i";
+     FROM unnest($2::text[], $3::text[]) AS k(u, i)
+     CROSS JOIN LATERAL (SELECT user_addr, uid, sequence, dtstamp, organizer FROM request_queue q
+         WHERE q.partition = $1 AND q.user_addr = k.u AND q.uid = k.i OFFSET 0) AS q";
 const LOAD_USERS: &str = "SELECT k.u, u.objects, u.freebusy, e.last_seq
      FROM unnest($2::text[]) AS k(u)
      LEFT JOIN user_usage u ON u.partition = $1 AND u.user_addr = k.u

@@ -10,29 +10,45 @@ use tokio_postgres::Transaction;
 use tokio_postgres::types::{Json, ToSql};
 
 const DELETE_UID_OBJECTS: &str =
-    "DELETE FROM objects t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
-     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
+    "DELETE FROM objects t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+         SELECT o.ctid FROM unnest($2::text[], $3::text[]) AS k(u, i)
+         CROSS JOIN LATERAL (SELECT ctid FROM objects o
+             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i OFFSET 0) AS o))";
 const DELETE_UID_ATTENDEES: &str =
-    "DELETE FROM attendees t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
-     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
+    "DELETE FROM attendees t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+         SELECT o.ctid FROM unnest($2::text[], $3::text[]) AS k(u, i)
+         CROSS JOIN LATERAL (SELECT ctid FROM attendees o
+             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i OFFSET 0) AS o))";
 const DELETE_OBJECTS: &str =
-    "DELETE FROM objects t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[], $4::text[]) AS x(u, i, r) OFFSET 0) AS k
-     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i AND t.recurrence_key = k.r";
+    "DELETE FROM objects t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+         SELECT o.ctid FROM unnest($2::text[], $3::text[], $4::text[]) AS k(u, i, r)
+         CROSS JOIN LATERAL (SELECT ctid FROM objects o
+             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i AND o.recurrence_key = k.r OFFSET 0) AS o))";
 const DELETE_ATTENDEES: &str =
-    "DELETE FROM attendees t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[], $4::text[]) AS x(u, i, r) OFFSET 0) AS k
-     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i AND t.recurrence_key = k.r";
+    "DELETE FROM attendees t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+         SELECT o.ctid FROM unnest($2::text[], $3::text[], $4::text[]) AS k(u, i, r)
+         CROSS JOIN LATERAL (SELECT ctid FROM attendees o
+             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i AND o.recurrence_key = k.r OFFSET 0) AS o))";
 const DELETE_TEXTS: &str =
-    "DELETE FROM object_texts t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[], $4::bytea[]) AS x(u, i, d) OFFSET 0) AS k
-     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i AND t.digest = k.d";
+    "DELETE FROM object_texts t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+         SELECT o.ctid FROM unnest($2::text[], $3::text[], $4::bytea[]) AS k(u, i, d)
+         CROSS JOIN LATERAL (SELECT ctid FROM object_texts o
+             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i AND o.digest = k.d OFFSET 0) AS o))";
 const DELETE_BUSY: &str =
-    "DELETE FROM freebusy t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS x(u, i, n) OFFSET 0) AS k
-     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i AND t.instance = k.n";
+    "DELETE FROM freebusy t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+         SELECT o.ctid FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS k(u, i, n)
+         CROSS JOIN LATERAL (SELECT ctid FROM freebusy o
+             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i AND o.instance = k.n OFFSET 0) AS o))";
 const DELETE_OPEN: &str =
-    "DELETE FROM open_series t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
-     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
+    "DELETE FROM open_series t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+         SELECT o.ctid FROM unnest($2::text[], $3::text[]) AS k(u, i)
+         CROSS JOIN LATERAL (SELECT ctid FROM open_series o
+             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i OFFSET 0) AS o))";
 const DELETE_QUEUE: &str =
-    "DELETE FROM request_queue t USING (SELECT $1::integer AS p, x.* FROM unnest($2::text[], $3::text[]) AS x(u, i) OFFSET 0) AS k
-     WHERE t.partition = k.p AND t.user_addr = k.u AND t.uid = k.i";
+    "DELETE FROM request_queue t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+         SELECT o.ctid FROM unnest($2::text[], $3::text[]) AS k(u, i)
+         CROSS JOIN LATERAL (SELECT ctid FROM request_queue o
+             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i OFFSET 0) AS o))";
 const INSERT_TEXTS: &str = "INSERT INTO object_texts (partition, user_addr, uid, digest, raw)
      SELECT $1::integer, * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[])";
 const INSERT_OBJECTS: &str = "INSERT INTO objects (partition, user_addr, uid, recurrence_key,
