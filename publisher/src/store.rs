@@ -213,7 +213,7 @@ async fn window_on(
         .await?;
     let sequence = last_seq(&tx, at).await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    // `freebusy_user_period` (GiST on partition, user and period) finds the window; the
+    // `freebusy_user_period` (GiST on user and period) finds the window; the
     // sort keeps only `limit` rows at a time (a top-N heap sort).
     let rows = tx
         .query(
