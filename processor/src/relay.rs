@@ -112,9 +112,18 @@ struct Event {
     body: Vec<u8>,
 }
 
+/// Marks the flushed events published: each (user, seq) probed by key, the
+/// row updated by the ctid the probe found (see `store::StatementCache::get`).
+const MARK_PUBLISHED: &str = "UPDATE outbox t SET published_at = now()
+     WHERE t.partition = $3 AND t.ctid = ANY(ARRAY(
+         SELECT o.ctid FROM unnest($1::text[], $2::bigint[]) AS k(u, s)
+         CROSS JOIN LATERAL (SELECT ctid FROM outbox o
+             WHERE o.partition = $3 AND o.user_addr = k.u AND o.user_seq = k.s OFFSET 0) AS o))";
+
 /// Publishes every unpublished event of `partition`, oldest first.
 pub async fn flush(
     db: &Client,
+    cache: &crate::store::StatementCache,
     js: &jetstream::Context,
     publisher: &Publisher,
     ns: &Namespace,
@@ -181,11 +190,7 @@ pub async fn flush(
         let users: Vec<&str> = done().map(|e| e.user.as_str()).collect();
         let seqs: Vec<i64> = done().map(|e| e.seq).collect();
         db.execute(
-            "UPDATE outbox t SET published_at = now()
-             WHERE t.partition = $3 AND t.ctid = ANY(ARRAY(
-                 SELECT o.ctid FROM unnest($1::text[], $2::bigint[]) AS k(u, s)
-                 CROSS JOIN LATERAL (SELECT ctid FROM outbox o
-                     WHERE o.partition = $3 AND o.user_addr = k.u AND o.user_seq = k.s OFFSET 0) AS o))",
+            &cache.get(db, MARK_PUBLISHED).await?,
             &[&users, &seqs, &partition],
         )
         .await?;

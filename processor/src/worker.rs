@@ -170,7 +170,7 @@ impl Lane {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ProcessorError> {
         let publisher = crate::relay::Publisher::choose(&self.settings, &self.js, &self.ns).await;
-        crate::relay::flush(db, &self.js, &publisher, &self.ns, self.partition).await?;
+        crate::relay::flush(db, cache, &self.js, &publisher, &self.ns, self.partition).await?;
         let mut relay = Relay::open(&self.settings).await?;
         let mut inbox = Inbox::open(
             &self.js,
@@ -376,6 +376,7 @@ impl Lane {
 /// long; the next owner flushes again on takeover (event ids dedupe repeats).
 struct Relay {
     db: Arc<Client>,
+    cache: Arc<StatementCache>,
     running: Option<tokio::task::JoinHandle<Result<usize, ProcessorError>>>,
 }
 
@@ -389,6 +390,7 @@ impl Relay {
         db.batch_execute(KEY_PROBES).await?;
         Ok(Relay {
             db: Arc::new(db),
+            cache: Arc::new(StatementCache::default()),
             running: None,
         })
     }
@@ -400,15 +402,16 @@ impl Relay {
         publisher: &crate::relay::Publisher,
     ) -> Result<(), ProcessorError> {
         self.wait().await?;
-        let (rdb, js, publisher, ns, p) = (
+        let (rdb, cache, js, publisher, ns, p) = (
             self.db.clone(),
+            self.cache.clone(),
             lane.js.clone(),
             publisher.clone(),
             lane.ns.clone(),
             lane.partition,
         );
         self.running = Some(tokio::spawn(async move {
-            crate::relay::flush(&rdb, &js, &publisher, &ns, p).await
+            crate::relay::flush(&rdb, &cache, &js, &publisher, &ns, p).await
         }));
         Ok(())
     }

@@ -54,7 +54,7 @@ async fn flush_events(db: &tokio_postgres::Client, s: &Settings, user: &str) -> 
     let ns = s.namespace()?;
     let js = jetstream(s).await?;
     let partition = imipflow_schema::partition(user, s.partitions) as i32;
-    relay::flush(db, &js, &Publisher::Serial, &ns, partition).await?;
+    relay::flush(db, &Default::default(), &js, &Publisher::Serial, &ns, partition).await?;
     Ok(())
 }
 
@@ -103,7 +103,7 @@ pub async fn replay(
         let range = Range { from, to, json };
         let touched = replay_range(&mut db, s, &ns, messages, range, &bar, &mut counts).await?;
         for p in &touched {
-            relay::flush(&db, &js, &Publisher::Serial, &ns, *p).await?;
+            relay::flush(&db, &Default::default(), &js, &Publisher::Serial, &ns, *p).await?;
         }
     }
     bar.finish_and_clear();
