@@ -18,7 +18,9 @@
 //!
 //! Decisions where SPEC is silent are documented on the functions that take them.
 
+mod delegation;
 mod recurrence;
+mod uninvite;
 
 use crate::model::{
     AnswerStamp, Change, Ctx, Disposition, FbType, Outcome, Period, StoredObject, UidState,
@@ -848,6 +850,7 @@ fn reply(
         };
         answered = true;
         let at = stamp(m.c);
+        let delegators = delegation::delegators(m.c, &own.address);
         match objects.iter().position(|o| o.recurrence_id == m.rid) {
             Some(i) => {
                 let o = &mut objects[i];
@@ -858,6 +861,7 @@ fn reply(
                     continue;
                 }
                 merge_answers(o, own, &delegates, at);
+                delegation::merge(o, &delegators, at);
             }
             None => {
                 let master = objects.iter().find(|o| o.recurrence_id.is_none());
@@ -866,12 +870,14 @@ fn reply(
                     _ => stored(m, payload, BTreeMap::new()),
                 };
                 merge_answers(&mut o, own, &delegates, at);
+                delegation::merge(&mut o, &delegators, at);
                 objects.push(o);
             }
         }
         applied = true;
         if m.rid.is_none() {
             for o in objects.iter_mut().filter(|o| o.recurrence_id.is_some()) {
+                delegation::merge(o, &delegators, at);
                 if o.answers.contains_key(&norm(&own.address)) {
                     continue;
                 }
@@ -904,10 +910,9 @@ fn reply(
     })
 }
 
-/// CANCEL. For everyone when STATUS:CANCELLED is given, when it lists no
-/// attendee (U aside), or when it lists every attendee the stored object has;
-/// otherwise only the listed attendees are removed (RFC 5546 §3.2.5: a CANCEL
-/// sent to some attendees uninvites them) and free/busy stays. For everyone:
+/// CANCEL. For everyone or for the attendees it lists, by whom it names
+/// and whatever its STATUS ([`uninvite::scope`]); uninvited attendees are
+/// removed and free/busy stays ([`uninvite::remove`]). For everyone:
 /// the whole UID goes; one recurrence goes as if by EXDATE; THISANDFUTURE
 /// ends the series before that instance (UNTIL, or COUNT for counted rules).
 /// Newer wins against the stored object of that key, or for an instance
@@ -942,44 +947,10 @@ fn cancel(
         }
         applied = true;
 
-        let listed: BTreeSet<String> =
-            m.c.attendees
-                .iter()
-                .map(|a| norm(&a.address))
-                .filter(|a| a != user)
-                .collect();
-        let invited: BTreeSet<String> = objects[ref_i]
-            .component
-            .attendees
-            .iter()
-            .map(|a| norm(&a.address))
-            .filter(|a| a != user)
-            .collect();
-        let everyone = m.c.status == Some(Status::Cancelled)
-            || listed.is_empty()
-            || invited.iter().all(|a| listed.contains(a));
-        if !everyone {
-            let uninvite = |o: &mut StoredObject| {
-                o.component
-                    .attendees
-                    .retain(|a| !listed.contains(&norm(&a.address)));
-                o.component.sequence = o.component.sequence.max(m.c.sequence);
-                o.component.dtstamp = m.c.dtstamp.or(o.component.dtstamp);
-            };
-            match m.rid {
-                None => objects.iter_mut().for_each(uninvite),
-                Some(rid) => {
-                    let i = match target_i {
-                        Some(i) => i,
-                        None => {
-                            let o = derived_override(&objects[ref_i], rid, ctx);
-                            objects.push(o);
-                            objects.len() - 1
-                        }
-                    };
-                    uninvite(&mut objects[i]);
-                }
-            }
+        if let uninvite::Scope::Attendees(listed) =
+            uninvite::scope(m.c, &objects[ref_i].component, user)
+        {
+            uninvite::remove(&mut objects, m, &listed, target_i, ref_i, ctx);
             continue;
         }
 
@@ -1108,3 +1079,5 @@ pub(crate) mod test_fixtures;
 mod tests;
 #[cfg(test)]
 mod trust_tests;
+#[cfg(test)]
+mod uninvite_tests;

@@ -453,13 +453,32 @@ fn a_delegate_is_accepted_when_the_stored_delegator_delegated_to_them() {
 }
 
 #[test]
-fn a_delegate_showing_both_lines_is_accepted_and_the_delegators_line_is_not_applied() {
+fn a_delegate_showing_both_lines_is_accepted_and_both_lines_are_applied() {
     let s = organizers_copy();
     let (delegator, delegate) = delegating(BOB, DAVE);
-    let r = reply("2027-02-02T00:00:00Z", vec![delegate.clone(), delegator]);
+    let r = reply(
+        "2027-02-02T00:00:00Z",
+        vec![delegate.clone(), delegator.clone()],
+    );
     let o = applied(&s, &mail(Method::Reply, ALICE, DAVE, vec![r]));
     assert_eq!(partstat(&o.state, DAVE), Some(PartStat::Accepted));
-    assert_eq!(partstat(&o.state, BOB), Some(PartStat::NeedsAction));
+    // RFC 5546 §4.2.6: the delegator's line is applied too, unstamped.
+    assert_eq!(partstat(&o.state, BOB), Some(PartStat::Delegated));
+    let bob = o.state.objects[0]
+        .component
+        .attendees
+        .iter()
+        .find(|a| a.address == BOB)
+        .unwrap();
+    assert_eq!(bob.delegated_to, vec![DAVE.to_string()]);
+    assert!(!o.state.objects[0].answers.contains_key(BOB));
+    let dave = o.state.objects[0]
+        .component
+        .attendees
+        .iter()
+        .find(|a| a.address == DAVE)
+        .unwrap();
+    assert_eq!(dave.delegated_from, vec![BOB.to_string()]);
     // Without the delegator's line, or from a delegator nobody invited: refused.
     let r = reply("2027-02-02T00:00:00Z", vec![delegate]);
     refused(
@@ -474,6 +493,82 @@ fn a_delegate_showing_both_lines_is_accepted_and_the_delegators_line_is_not_appl
         &mail(Method::Reply, ALICE, DAVE, vec![r]),
         "delegation from mallory@example.net",
     );
+}
+
+#[test]
+fn a_delegates_reply_does_not_override_a_newer_answer_of_the_delegator() {
+    // Carol accepted on 1 February (organizers_copy); a delegate's reply
+    // stamped before that is not applied to her line, one after it is.
+    let (delegator, delegate) = delegating(CAROL, DAVE);
+    let r = reply(
+        "2027-01-15T00:00:00Z",
+        vec![delegate.clone(), delegator.clone()],
+    );
+    let o = applied(
+        &organizers_copy(),
+        &mail(Method::Reply, ALICE, DAVE, vec![r]),
+    );
+    assert_eq!(partstat(&o.state, DAVE), Some(PartStat::Accepted));
+    assert_eq!(partstat(&o.state, CAROL), Some(PartStat::Accepted));
+    let r = reply("2027-02-05T00:00:00Z", vec![delegate, delegator]);
+    let s = applied(
+        &organizers_copy(),
+        &mail(Method::Reply, ALICE, DAVE, vec![r]),
+    )
+    .state;
+    assert_eq!(partstat(&s, CAROL), Some(PartStat::Delegated));
+    // Carol's own later answer is hers: not stale against the delegate's stamp.
+    let r = reply("2027-02-03T00:00:00Z", vec![att(CAROL, PartStat::Accepted)]);
+    let o = applied(&s, &mail(Method::Reply, ALICE, CAROL, vec![r]));
+    assert_eq!(partstat(&o.state, CAROL), Some(PartStat::Accepted));
+}
+
+#[test]
+fn a_delegators_line_that_does_not_match_the_delegate_is_not_applied() {
+    // Bob's line delegates to Carol, not to Dave: Dave's DELEGATED-FROM Bob
+    // is not shown by it, so the reply is refused and Bob's line unapplied.
+    let (mut delegator, delegate) = delegating(BOB, DAVE);
+    delegator.delegated_to = vec![CAROL.into()];
+    let r = reply("2027-02-02T00:00:00Z", vec![delegate, delegator]);
+    refused(
+        &organizers_copy(),
+        &mail(Method::Reply, ALICE, DAVE, vec![r]),
+        "delegation from bob@example.org",
+    );
+    // Dave listed already (stored delegation), the message's Bob line is
+    // DELEGATED but to someone else: Dave's answer applies, Bob's line not.
+    let mut s = organizers_copy();
+    let (stored_bob, stored_dave) = delegating(BOB, DAVE);
+    s.objects[0].component.attendees[1] = stored_bob;
+    s.objects[0].component.attendees.push(stored_dave.clone());
+    let mut other = att(BOB, PartStat::Delegated);
+    other.delegated_to = vec![MALLORY.into()];
+    let r = reply("2027-02-02T00:00:00Z", vec![stored_dave, other]);
+    let o = applied(&s, &mail(Method::Reply, ALICE, DAVE, vec![r]));
+    let bob = o.state.objects[0]
+        .component
+        .attendees
+        .iter()
+        .find(|a| a.address == BOB)
+        .unwrap();
+    assert_eq!(bob.delegated_to, vec![DAVE.to_string()]);
+}
+
+#[test]
+fn a_delegates_reply_sent_by_the_delegate_user_marks_the_delegator_in_their_copy() {
+    // Outgoing: Dave's own client sends the delegate's reply; Dave's copy
+    // (the request Bob forwarded) shows Bob as DELEGATED too.
+    let (stored_bob, mut stored_dave) = delegating(BOB, DAVE);
+    stored_dave.partstat = PartStat::NeedsAction;
+    let mut bob_pending = stored_bob.clone();
+    bob_pending.partstat = PartStat::NeedsAction;
+    bob_pending.delegated_to.clear();
+    let s = state(meeting(Some(ALICE), 0, vec![bob_pending, stored_dave]));
+    let (delegator, delegate) = delegating(BOB, DAVE);
+    let r = reply("2027-02-02T00:00:00Z", vec![delegate, delegator]);
+    let o = applied(&s, &mail(Method::Reply, DAVE, DAVE, vec![r]));
+    assert_eq!(partstat(&o.state, DAVE), Some(PartStat::Accepted));
+    assert_eq!(partstat(&o.state, BOB), Some(PartStat::Delegated));
 }
 
 #[test]
