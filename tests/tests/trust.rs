@@ -565,7 +565,7 @@ async fn a_delegate_is_accepted_only_when_the_delegator_delegated_to_them() {
     );
     w.mail("REPLY", DAVE, DAVE, Some(ALICE), &strs(&r)).await;
     // Erin, Bob's delegate, answers before Bob told Alice, with both lines
-    // (RFC 5546 §4.2.6): accepted; Bob's own answer stays his.
+    // (RFC 5546 §4.2.6): accepted, and Bob's line is applied with his.
     let r = answer(
         "20270304T000000Z",
         &[
@@ -590,7 +590,7 @@ async fn a_delegate_is_accepted_only_when_the_delegator_delegated_to_them() {
         partstats(&object),
         [
             format!("{ALICE} ACCEPTED"),
-            format!("{BOB} NEEDS-ACTION"),
+            format!("{BOB} DELEGATED"),
             format!("{CAROL} DELEGATED"),
             format!("{DAVE} ACCEPTED"),
             format!("{ERIN} ACCEPTED"),

@@ -606,8 +606,8 @@ fn answer_of<'a>(c: &'a Component, sender: &str) -> Result<Answer<'a>, Dispositi
 /// attendee's DELEGATED-TO names them, or when the message carries both
 /// lines of the delegation (the delegate's DELEGATED-FROM the delegator, the
 /// delegator's PARTSTAT=DELEGATED with DELEGATED-TO the delegate, RFC 5546
-/// §4.2.6) and the delegator is a stored attendee. Only the sender's own
-/// answer is merged; the delegator's line is evidence, not applied.
+/// §4.2.6) and the delegator is a stored attendee. The delegator's line is
+/// then applied too, unstamped ([`delegation::merge`]).
 fn may_answer(
     state: &UidState,
     c: &Component,
@@ -828,7 +828,8 @@ fn derived_override(master: &StoredObject, rid: DateTime<Utc>, ctx: &Ctx) -> Sto
 /// master's times, which are authoritative; the reply's are U's copy of them).
 /// A reply to the whole series also updates the sender's entry in specific
 /// recurrences that have no answer of the sender's own. A reply to an object U
-/// has no record of stores the reply's component as it is.
+/// has no record of stores the reply's component as it is. A delegate's
+/// reply also marks its delegator DELEGATED ([`delegation`]).
 fn reply(
     state: &UidState,
     msgs: &[Msg<'_>],
