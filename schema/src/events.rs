@@ -67,7 +67,14 @@ pub enum Change {
         removed: Vec<Period>,
     },
     #[serde(rename = "org.imipflow.queue.changed")]
-    QueueChanged { uid: String, change: QueueChange },
+    QueueChanged {
+        uid: String,
+        /// The pending entry's instance; absent for the series (or a single
+        /// event), as in events written before entries were per instance.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        recurrence_id: Option<DateTime<Utc>>,
+        change: QueueChange,
+    },
 }
 
 impl Change {
@@ -338,6 +345,7 @@ mod tests {
                     4,
                     Change::QueueChanged {
                         uid: "u2".into(),
+                        recurrence_id: None,
                         change: QueueChange::Added,
                     },
                     None,

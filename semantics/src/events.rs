@@ -104,6 +104,7 @@ fn empty(kind: EventKind) -> Change {
         },
         EventKind::QueueChanged => Change::QueueChanged {
             uid,
+            recurrence_id: None,
             change: QueueChange::Added,
         },
     }
@@ -177,9 +178,9 @@ impl Frame {
                 added,
                 removed,
             } => 6 * uid.len() + 192 * (added.len() + removed.len()),
-            Change::ObjectChanged { uid, .. }
-            | Change::ObjectRemoved { uid, .. }
-            | Change::QueueChanged { uid, .. } => 6 * uid.len(),
+            Change::ObjectChanged { uid, .. } | Change::ObjectRemoved { uid, .. } => 6 * uid.len(),
+            // `"recurrence_id":"…"` with the longest time stamp chrono writes.
+            Change::QueueChanged { uid, .. } => 6 * uid.len() + 64,
         };
         envelope + 192 + data
     }
@@ -415,6 +416,7 @@ mod tests {
             },
             Change::QueueChanged {
                 uid: odd,
+                recurrence_id: Some(t("2027-01-04T00:00:00.123456789Z")),
                 change: QueueChange::Added,
             },
         ] {
@@ -438,6 +440,7 @@ mod tests {
             },
             Change::QueueChanged {
                 uid: "u".into(),
+                recurrence_id: None,
                 change: QueueChange::Removed,
             },
         ];

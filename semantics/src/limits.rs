@@ -80,7 +80,7 @@ impl MessageBudget {
     /// free/busy (a pending request writes none) counts. `Err` is the
     /// message's refusal.
     pub fn charge(&mut self, outcome: &Outcome) -> Result<(), Disposition> {
-        if outcome.disposition != Disposition::Applied || outcome.enqueue {
+        if outcome.disposition != Disposition::Applied || outcome.enqueues() {
             return Ok(());
         }
         self.used = self.used.saturating_add(outcome.periods.len());

@@ -15,21 +15,64 @@ use std::collections::BTreeMap;
 pub struct UidState {
     /// The master (no RECURRENCE-ID) first, if present, then overrides by instance.
     pub objects: Vec<StoredObject>,
-    /// The pending request-queue entry of this UID, if any. Read by the
-    /// semantics (who organizes a pending invitation, whether a REQUEST is
-    /// newer); the queue itself changes through [`Outcome::enqueue`] and
-    /// [`Outcome::dequeue`], so an outcome carries this unchanged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pending: Option<Pending>,
+    /// The pending request-queue entries of this UID, by recurrence: the
+    /// series' (`recurrence_id` `None`) and one per instance the organizer
+    /// updated on its own. Read by the semantics (who organizes a pending
+    /// invitation, whether a REQUEST is newer, what an answer accepts); the
+    /// queue itself changes through [`Outcome::queue`], so an outcome
+    /// carries this unchanged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<Pending>,
 }
 
-/// What the semantics need of a pending request (a `request_queue` row, SPEC §3).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+impl UidState {
+    /// The pending entry of one recurrence key, if any.
+    pub fn pending_at(&self, recurrence_id: Option<DateTime<Utc>>) -> Option<&Pending> {
+        self.pending
+            .iter()
+            .find(|p| p.recurrence_id == recurrence_id)
+    }
+}
+
+/// A pending request (a `request_queue` row, SPEC §3): what the organizer
+/// proposed for one recurrence key, waiting for the user's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pending {
+    /// `None` for the series (or a single event), else the instance (UTC).
+    pub recurrence_id: Option<DateTime<Utc>>,
     /// ORGANIZER of the pending invitation as its message wrote it.
     pub organizer: Option<String>,
     pub sequence: i64,
     pub dtstamp: Option<DateTime<Utc>>,
+    /// The proposal: the request's components of this key (a series entry
+    /// holds the master and the instances sent with it) and their zones.
+    /// What the user's answer stores, so that the calendar keeps the
+    /// invitation (organizer, every attendee, times) and not the thin REPLY.
+    pub proposal: Proposal,
+}
+
+/// The components of a pending request and what they need to be stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub components: Vec<Component>,
+    pub timezones: BTreeMap<String, Zone>,
+    /// The request's iCalendar text when it was about this UID only (see
+    /// `apply::queue_row`); empty otherwise.
+    #[serde(default, skip_serializing)]
+    pub raw: Raw,
+}
+
+/// What a message does to one entry of the user's request queue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueOp {
+    /// The message becomes (or replaces) the pending request of its key: an
+    /// incoming REQUEST, which changes nothing else.
+    Add(Pending),
+    /// The pending request of its key is changed (a CANCEL took an instance
+    /// out of a pending series).
+    Amend(Pending),
+    /// The pending request of this recurrence key (if any) goes.
+    Remove(Option<DateTime<Utc>>),
 }
 
 /// One stored object: the master of a series or one specific recurrence.
@@ -193,12 +236,18 @@ pub struct Outcome {
     /// When `open_ended`: `periods` holds exactly the periods of instances that
     /// start before this instant; later ones come from `semantics::periods_in_window`.
     pub complete_until: Option<DateTime<Utc>>,
-    /// Whether the request-queue entry for this UID is removed.
-    pub dequeue: bool,
-    /// Whether the message becomes (or replaces) the request-queue entry for
-    /// this UID (an incoming REQUEST, SPEC §3).
-    pub enqueue: bool,
+    /// What the message does to the UID's request-queue entries, in order.
+    /// A pending request (an incoming REQUEST, SPEC §3) adds entries and
+    /// changes nothing else.
+    pub queue: Vec<QueueOp>,
     pub changes: Vec<Change>,
+}
+
+impl Outcome {
+    /// Whether the message is a pending request: it changes only the queue.
+    pub fn enqueues(&self) -> bool {
+        self.queue.iter().any(|q| matches!(q, QueueOp::Add(_)))
+    }
 }
 
 /// Message identity the semantics need (user and method come from the payload).

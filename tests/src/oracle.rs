@@ -21,7 +21,7 @@ pub async fn table_snapshot(env: &TestEnv) -> Vec<String> {
         "SELECT 'a ' || (to_jsonb(t))::text FROM attendees t ORDER BY 1",
         "SELECT 'f ' || user_addr || ' ' || uid || ' ' || instance || ' ' || period::text || ' ' || fbtype FROM freebusy ORDER BY 1",
         "SELECT 's ' || (to_jsonb(t))::text FROM open_series t ORDER BY 1",
-        "SELECT 'q ' || user_addr || ' ' || uid || ' ' || coalesce(organizer, '') || ' ' || sequence || ' ' || coalesce(dtstamp::text, '') || ' ' || (data - 'raw')::text FROM request_queue ORDER BY 1",
+        "SELECT 'q ' || user_addr || ' ' || uid || ' ' || recurrence_key || ' ' || coalesce(organizer, '') || ' ' || sequence || ' ' || coalesce(dtstamp::text, '') || ' ' || (data - 'raw')::text FROM request_queue ORDER BY 1",
         "SELECT 'u ' || user_addr || ' ' || last_seq FROM user_events ORDER BY 1",
         "SELECT 'e ' || user_addr || ' ' || user_seq || ' ' || event_id || ' ' || kind || ' ' || (body -> 'data')::text FROM outbox ORDER BY 1",
         "SELECT 'm ' || user_addr || ' ' || dedupe_id || ' ' || outcome || ' ' || coalesce(reason, '') FROM message_log ORDER BY 1",

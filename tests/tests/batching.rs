@@ -221,7 +221,7 @@ async fn snapshot(env: &TestEnv) -> Vec<String> {
                 answer_dtstamp) FROM attendees ORDER BY 1",
         "SELECT concat_ws(' ', user_addr, uid, instance, period, fbtype, recurrence_id) FROM freebusy ORDER BY 1",
         "SELECT concat_ws(' ', user_addr, uid, materialised_until) FROM open_series ORDER BY 1",
-        "SELECT concat_ws(' ', user_addr, uid, organizer, summary, sequence, dtstamp, data::text)
+        "SELECT concat_ws(' ', user_addr, uid, recurrence_key, organizer, summary, sequence, dtstamp, data::text)
          FROM request_queue ORDER BY 1",
         "SELECT concat_ws(' ', user_addr, dedupe_id, stream_seq, method, outcome, reason) FROM message_log ORDER BY 1",
         "SELECT concat_ws(' ', user_addr, last_seq) FROM user_events ORDER BY 1",

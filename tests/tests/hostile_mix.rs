@@ -105,7 +105,7 @@ async fn user_rows(
         "SELECT user_addr, 'a ' || (to_jsonb(t))::text FROM attendees t WHERE user_addr = ANY($1)",
         "SELECT user_addr, 'f ' || uid || ' ' || instance || ' ' || period::text || ' ' || fbtype FROM freebusy WHERE user_addr = ANY($1)",
         "SELECT user_addr, 's ' || (to_jsonb(t))::text FROM open_series t WHERE user_addr = ANY($1)",
-        "SELECT user_addr, 'q ' || uid || ' ' || coalesce(organizer, '') || ' ' || sequence || ' ' || coalesce(dtstamp::text, '') || ' ' || (data - 'raw')::text FROM request_queue WHERE user_addr = ANY($1)",
+        "SELECT user_addr, 'q ' || uid || ' ' || recurrence_key || ' ' || coalesce(organizer, '') || ' ' || sequence || ' ' || coalesce(dtstamp::text, '') || ' ' || (data - 'raw')::text FROM request_queue WHERE user_addr = ANY($1)",
         "SELECT user_addr, 'e ' || user_seq || ' ' || kind || ' ' || (body -> 'data')::text FROM outbox WHERE user_addr = ANY($1)",
         "SELECT user_addr, 'd ' || error FROM dead_letters WHERE user_addr = ANY($1)",
     ] {

@@ -1,5 +1,7 @@
 //! `imip-ctl queue`: a user's pending requests (the `request_queue` rows of
-//! their partition), each with its instances and the user's answer so far.
+//! their partition), one per UID and recurrence (the series, and each
+//! instance the organizer updated on its own), each with its components and
+//! the user's answer so far.
 
 use crate::output::json_line;
 use chrono::{DateTime, Utc};
@@ -20,7 +22,14 @@ pub async fn run(s: &Settings, user: &str, json: bool) -> anyhow::Result<()> {
         println!("no pending requests for {user}");
     }
     for d in &docs {
-        println!("{} from {}: {}", d["uid"], d["organizer"], d["summary"]);
+        let which = match d["recurrence_id"].as_str() {
+            Some(rid) => format!("instance {rid}"),
+            None => "series".to_owned(),
+        };
+        println!(
+            "{} ({which}) from {}: {}",
+            d["uid"], d["organizer"], d["summary"]
+        );
         for i in d["instances"].as_array().into_iter().flatten() {
             println!(
                 "    {} – {}  your answer: {}",
@@ -37,15 +46,18 @@ pub async fn pending(db: &tokio_postgres::Client, user: &str) -> anyhow::Result<
     let partition = crate::query::partition_of(db, user).await?;
     let rows = db
         .query(
-            "SELECT uid, organizer, summary, added_at, sequence, data FROM request_queue
-             WHERE partition = $1 AND user_addr = $2 ORDER BY added_at, uid",
+            "SELECT uid, organizer, summary, added_at, sequence, data, recurrence_id
+             FROM request_queue WHERE partition = $1 AND user_addr = $2
+             ORDER BY added_at, uid, recurrence_key",
             &[&partition, &user],
         )
         .await?;
     Ok(rows
         .iter()
         .map(|r| {
-            json!({"uid": r.get::<_, String>(0), "organizer": r.get::<_, Option<String>>(1),
+            json!({"uid": r.get::<_, String>(0),
+                   "recurrence_id": r.get::<_, Option<DateTime<Utc>>>(6),
+                   "organizer": r.get::<_, Option<String>>(1),
                    "summary": r.get::<_, Option<String>>(2), "added_at": r.get::<_, DateTime<Utc>>(3),
                    "sequence": r.get::<_, i64>(4), "instances": instances(&r.get(5), user)})
         })

@@ -10,13 +10,14 @@
 
 use super::{Result, StatementCache, period};
 use crate::limits::Usage;
-use crate::model::{Pending, Raw, StoredObject};
+use crate::model::{Pending, Proposal, Raw, StoredObject};
 use imipflow_semantics::apply::{Keys, Loaded, StoredUid, UidKey};
 use std::collections::HashMap;
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{Row, Transaction};
 
-const LOAD_LOG: &str = "SELECT l.user_addr, l.dedupe_id FROM unnest($2::text[], $3::text[]) AS k(u, d)
+const LOAD_LOG: &str =
+    "SELECT l.user_addr, l.dedupe_id FROM unnest($2::text[], $3::text[]) AS k(u, d)
      CROSS JOIN LATERAL (SELECT user_addr, dedupe_id FROM message_log l
          WHERE l.partition = $1 AND l.user_addr = k.u AND l.dedupe_id = k.d OFFSET 0) AS l";
 const LOAD_OBJECTS: &str = "SELECT o.user_addr, o.uid, o.data, o.text_digest
@@ -28,7 +29,8 @@ const LOAD_TEXTS: &str = "SELECT t.user_addr, t.uid, t.digest, t.raw
      FROM unnest($2::text[], $3::text[]) AS k(u, i)
      CROSS JOIN LATERAL (SELECT user_addr, uid, digest, raw FROM object_texts t
          WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i OFFSET 0) AS t";
-const LOAD_BUSY: &str = "SELECT f.user_addr, f.uid, lower(f.period), upper(f.period), f.fbtype, f.recurrence_id
+const LOAD_BUSY: &str =
+    "SELECT f.user_addr, f.uid, lower(f.period), upper(f.period), f.fbtype, f.recurrence_id
      FROM unnest($2::text[], $3::text[]) AS k(u, i)
      CROSS JOIN LATERAL (SELECT user_addr, uid, period, fbtype, recurrence_id FROM freebusy f
          WHERE f.partition = $1 AND f.user_addr = k.u AND f.uid = k.i OFFSET 0) AS f";
@@ -36,10 +38,14 @@ const LOAD_OPEN: &str = "SELECT s.user_addr, s.uid, s.materialised_until
      FROM unnest($2::text[], $3::text[]) AS k(u, i)
      CROSS JOIN LATERAL (SELECT user_addr, uid, materialised_until FROM open_series s
          WHERE s.partition = $1 AND s.user_addr = k.u AND s.uid = k.i OFFSET 0) AS s";
-const LOAD_QUEUE: &str = "SELECT q.user_addr, q.uid, q.sequence, q.dtstamp, q.organizer
+/// A pending entry's proposal comes with it: the user's answer stores it.
+const LOAD_QUEUE: &str = "SELECT q.user_addr, q.uid, q.sequence, q.dtstamp, q.organizer,
+         q.recurrence_id, q.data -> 'components', q.data -> 'timezones', q.data ->> 'raw'
      FROM unnest($2::text[], $3::text[]) AS k(u, i)
-     CROSS JOIN LATERAL (SELECT user_addr, uid, sequence, dtstamp, organizer FROM request_queue q
-         WHERE q.partition = $1 AND q.user_addr = k.u AND q.uid = k.i OFFSET 0) AS q";
+     CROSS JOIN LATERAL (SELECT user_addr, uid, sequence, dtstamp, organizer, recurrence_id,
+             recurrence_key, data FROM request_queue q
+         WHERE q.partition = $1 AND q.user_addr = k.u AND q.uid = k.i OFFSET 0) AS q
+     ORDER BY q.user_addr, q.uid, q.recurrence_key";
 const LOAD_USERS: &str = "SELECT k.u, u.objects, u.freebusy, e.last_seq
      FROM unnest($2::text[]) AS k(u)
      LEFT JOIN user_usage u ON u.partition = $1 AND u.user_addr = k.u
@@ -102,11 +108,14 @@ pub async fn load(
         slot(&mut loaded, r).open_until = Some(r.get(2));
     }
     for r in &queue {
-        slot(&mut loaded, r).pending = Some(Pending {
+        let pending = Pending {
             sequence: r.get(2),
             dtstamp: r.get(3),
             organizer: r.get(4),
-        });
+            recurrence_id: r.get(5),
+            proposal: proposal(r),
+        };
+        slot(&mut loaded, r).pending.push(pending);
     }
     for r in &usage {
         let user: String = r.get(0);
@@ -120,6 +129,25 @@ pub async fn load(
         }
     }
     Ok(loaded)
+}
+
+/// The proposal of a `LOAD_QUEUE` row. An entry whose components cannot be
+/// read (written by hand, or by a future version) proposes nothing: the
+/// user's answer then stores the REPLY as it did before entries kept them.
+fn proposal(r: &Row) -> Proposal {
+    let json = |i: usize| r.get::<_, Option<Json<serde_json::Value>>>(i).map(|j| j.0);
+    let components = json(6)
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let timezones = json(7)
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    let raw: Option<String> = r.get(8);
+    Proposal {
+        components,
+        timezones,
+        raw: raw.map(Raw::from).unwrap_or_default(),
+    }
 }
 
 /// The stored UID of a row whose first two columns are user and UID.

@@ -39,16 +39,16 @@ const DELETE_BUSY: &str =
          SELECT o.ctid FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS k(u, i, n)
          CROSS JOIN LATERAL (SELECT ctid FROM freebusy o
              WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i AND o.instance = k.n OFFSET 0) AS o))";
-const DELETE_OPEN: &str =
-    "DELETE FROM open_series t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+const DELETE_OPEN: &str = "DELETE FROM open_series t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
          SELECT o.ctid FROM unnest($2::text[], $3::text[]) AS k(u, i)
          CROSS JOIN LATERAL (SELECT ctid FROM open_series o
              WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i OFFSET 0) AS o))";
 const DELETE_QUEUE: &str =
     "DELETE FROM request_queue t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
-         SELECT o.ctid FROM unnest($2::text[], $3::text[]) AS k(u, i)
+         SELECT o.ctid FROM unnest($2::text[], $3::text[], $4::text[]) AS k(u, i, r)
          CROSS JOIN LATERAL (SELECT ctid FROM request_queue o
-             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i OFFSET 0) AS o))";
+             WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i
+                 AND o.recurrence_key = k.r OFFSET 0) AS o))";
 const INSERT_TEXTS: &str = "INSERT INTO object_texts (partition, user_addr, uid, digest, raw)
      SELECT $1::integer, * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[])";
 const INSERT_OBJECTS: &str = "INSERT INTO objects (partition, user_addr, uid, recurrence_key,
@@ -69,13 +69,14 @@ const INSERT_BUSY: &str =
 const INSERT_OPEN: &str = "INSERT INTO open_series (partition, user_addr, uid, materialised_until)
      SELECT $1::integer, * FROM unnest($2::text[], $3::text[], $4::timestamptz[])";
 /// A plain upsert: whether the request is newer was decided in Rust.
-const UPSERT_QUEUE: &str = "INSERT INTO request_queue (partition, user_addr, uid, organizer,
-         summary, data, sequence, dtstamp)
-     SELECT $1::integer, * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::jsonb[],
-         $7::bigint[], $8::timestamptz[])
-     ON CONFLICT (partition, user_addr, uid) DO UPDATE
-     SET organizer = EXCLUDED.organizer, summary = EXCLUDED.summary, data = EXCLUDED.data,
-         sequence = EXCLUDED.sequence, dtstamp = EXCLUDED.dtstamp, added_at = now()";
+const UPSERT_QUEUE: &str = "INSERT INTO request_queue (partition, user_addr, uid, recurrence_key,
+         recurrence_id, organizer, summary, data, sequence, dtstamp)
+     SELECT $1::integer, * FROM unnest($2::text[], $3::text[], $4::text[], $5::timestamptz[],
+         $6::text[], $7::text[], $8::jsonb[], $9::bigint[], $10::timestamptz[])
+     ON CONFLICT (partition, user_addr, uid, recurrence_key) DO UPDATE
+     SET recurrence_id = EXCLUDED.recurrence_id, organizer = EXCLUDED.organizer,
+         summary = EXCLUDED.summary, data = EXCLUDED.data, sequence = EXCLUDED.sequence,
+         dtstamp = EXCLUDED.dtstamp, added_at = now()";
 const UPSERT_USAGE: &str = "INSERT INTO user_usage (partition, user_addr, objects, freebusy)
      SELECT $1::integer, * FROM unnest($2::text[], $3::bigint[], $4::bigint[])
      ON CONFLICT (partition, user_addr) DO UPDATE
@@ -176,8 +177,12 @@ pub async fn write(
     );
     p.add(
         DELETE_QUEUE,
-        n(&c.queue_removed),
-        &[&c.queue_removed.users, &c.queue_removed.uids],
+        n(&c.queue_removed.0),
+        &[
+            &c.queue_removed.0.users,
+            &c.queue_removed.0.uids,
+            &c.queue_removed.1,
+        ],
     );
     c.inserts(&mut p);
     p.run(tx, cache).await
@@ -212,7 +217,7 @@ struct Columns<'a> {
     texts_removed: (Keys<'a>, Vec<&'a [u8]>),
     busy_removed: (Keys<'a>, Vec<DateTime<Utc>>),
     open_removed: Keys<'a>,
-    queue_removed: Keys<'a>,
+    queue_removed: (Keys<'a>, Vec<&'a str>),
     texts: (Keys<'a>, Vec<&'a [u8]>, Vec<&'a str>),
     objects: Objects<'a>,
     attendees: Attendees<'a>,
@@ -272,6 +277,8 @@ struct Busy<'a> {
 #[derive(Default)]
 struct Queue<'a> {
     keys: Keys<'a>,
+    recurrence_keys: Vec<&'a str>,
+    rids: Vec<Option<DateTime<Utc>>>,
     organizers: Vec<Option<&'a str>>,
     summaries: Vec<Option<&'a str>>,
     data: Vec<Json<&'a serde_json::Value>>,
@@ -314,7 +321,13 @@ impl<'a> Columns<'a> {
             texts_removed: (Keys::of(w.texts_removed.iter().map(|(k, _)| k)), Vec::new()),
             busy_removed: (Keys::of(w.busy_removed.iter().map(|(k, _)| k)), Vec::new()),
             open_removed: Keys::of(w.open_removed.iter()),
-            queue_removed: Keys::of(w.queue_removed.iter()),
+            queue_removed: (
+                Keys::of(w.queue_removed.iter().map(|q| &q.key)),
+                w.queue_removed
+                    .iter()
+                    .map(|q| q.recurrence_key.as_str())
+                    .collect(),
+            ),
             texts: (
                 Keys::of(w.texts.iter().map(|t| &t.key)),
                 Vec::new(),
@@ -397,8 +410,8 @@ impl<'a> Columns<'a> {
         let q = &self.queue;
         #[rustfmt::skip]
         p.add(UPSERT_QUEUE, q.keys.users.len(), &[
-            &q.keys.users, &q.keys.uids, &q.organizers, &q.summaries, &q.data, &q.sequences,
-            &q.dtstamps,
+            &q.keys.users, &q.keys.uids, &q.recurrence_keys, &q.rids, &q.organizers, &q.summaries,
+            &q.data, &q.sequences, &q.dtstamps,
         ]);
         let u = &self.usage;
         p.add(UPSERT_USAGE, u.0.len(), &[&u.0, &u.1, &u.2]);
@@ -470,6 +483,8 @@ impl<'a> Busy<'a> {
 impl<'a> Queue<'a> {
     fn push(&mut self, key: &'a UidKey, e: &'a imipflow_semantics::apply::QueueEntry) {
         self.keys.push(key);
+        self.recurrence_keys.push(&e.recurrence_key);
+        self.rids.push(e.recurrence_id);
         self.organizers.push(e.organizer.as_deref());
         self.summaries.push(e.summary.as_deref());
         self.data.push(Json(&e.data));

@@ -58,8 +58,8 @@ pub struct StoredUid {
     pub busy: BTreeSet<Period>,
     /// `open_series.materialised_until`, if it has a row.
     pub open_until: Option<DateTime<Utc>>,
-    /// The pending request (`request_queue`), if any.
-    pub pending: Option<Pending>,
+    /// Its pending requests (`request_queue`), one per recurrence key.
+    pub pending: Vec<Pending>,
 }
 
 impl StoredUid {

@@ -12,8 +12,8 @@
 //! The rules: a message already in the message log (or earlier in the batch)
 //! is a duplicate; each of its UIDs goes through [`crate::method::apply`]; a
 //! message over a limit is refused whole, as is one over its user's quota
-//! ([`crate::limits`]); a pending request replaces the queued one only when
-//! it is not older (SEQUENCE, then DTSTAMP); the free/busy change is the
+//! ([`crate::limits`]); the queue changes per recurrence key as the
+//! semantics say ([`crate::model::QueueOp`]); the free/busy change is the
 //! difference of *stored* periods; events are cut to fit the broker
 //! ([`crate::events::fit`]) and numbered gap-free per user in message order,
 //! after the loaded last sequence; a message whose events cannot fit is
@@ -28,18 +28,19 @@ mod tests;
 pub use input::{Digest, Keys, Loaded, Msg, Parsed, StoredUid, UidKey, keys, parse, user_hint};
 pub use rebuild::{Rematerialised, rematerialise};
 pub use rows::{
-    DeadLetter, LogRow, ObjectKey, ObjectRow, OutboxRow, QueueEntry, TextRow, Writes, instance,
-    queue_entry, recurrence_key, text_digest, texts_of,
+    DeadLetter, LogRow, ObjectKey, ObjectRow, OutboxRow, QueueEntry, QueueKey, TextRow, Writes,
+    instance, queue_row, recurrence_key, text_digest, texts_of,
 };
 
 use crate::events;
 use crate::limits::{Limits, MessageBudget, Usage};
 use crate::model::{
-    Change, Ctx, Disposition, Outcome, Pending, Period, QueueChange, StoredObject, UidState,
+    Change, Ctx, Disposition, Outcome, Pending, Period, QueueChange, QueueOp, StoredObject,
+    UidState,
 };
 use chrono::{DateTime, Utc};
 use imipflow_schema::Payload;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// What a batch is applied under, besides the state.
 #[derive(Debug, Clone)]
@@ -90,10 +91,11 @@ struct Slot {
     busy: BTreeSet<Period>,
     rows: usize,
     open_until: Option<DateTime<Utc>>,
-    pending: Option<Pending>,
+    pending: Vec<Pending>,
     /// Whether its objects, free/busy and open_series were rewritten.
     saved: bool,
-    queue: Option<QueueWrite>,
+    /// The queue rows to write, by recurrence key.
+    queue: BTreeMap<String, QueueWrite>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,14 +104,20 @@ enum QueueWrite {
     Upsert(QueueEntry),
 }
 
+/// One change of a queue entry, with the row it writes.
+enum Queued {
+    Upsert(Pending, QueueEntry),
+    Remove(Option<DateTime<Utc>>),
+}
+
 /// What one UID of a message does, decided before anything is kept.
 enum Effect {
-    /// Nothing (not applied, or an older request than the pending one).
+    /// Nothing (not applied).
     Keep,
-    /// The request becomes the pending one.
-    Enqueue(QueueEntry),
-    /// The UID's new objects and periods.
-    Save(Outcome),
+    /// The request becomes pending: only the queue changes.
+    Enqueue(Vec<Queued>),
+    /// The UID's new objects and periods, and what that does to its queue.
+    Save(Outcome, Vec<Queued>),
 }
 
 /// A message's effects before they are kept.
@@ -227,7 +235,7 @@ impl<'a> Applier<'a> {
                     open_until: s.open_until,
                     pending: s.pending.clone(),
                     saved: false,
-                    queue: None,
+                    queue: BTreeMap::new(),
                 },
                 None => Slot::default(),
             };
@@ -287,7 +295,7 @@ impl<'a> Applier<'a> {
         let effects = decided
             .into_iter()
             .map(|(uid, state, outcome)| {
-                let effect = self.effect(payload, &uid, outcome, &mut disposition);
+                let effect = self.effect(payload, outcome, &mut disposition);
                 (uid, state, effect)
             })
             .collect();
@@ -307,7 +315,7 @@ impl<'a> Applier<'a> {
     ) -> Result<Usage, Disposition> {
         let mut delta = Usage::default();
         for (uid, _, o) in decided {
-            if o.disposition == Disposition::Applied && !o.enqueue {
+            if o.disposition == Disposition::Applied && !o.enqueues() {
                 let slot = &self.slots[&UidKey::new(user, uid)];
                 let before = Usage {
                     objects: slot.rows as i64,
@@ -341,36 +349,27 @@ impl<'a> Applier<'a> {
 
     /// What an outcome does to its UID; the message's disposition is that of
     /// its first UID not applied, if any.
-    fn effect(
-        &self,
-        payload: &Payload,
-        uid: &str,
-        outcome: Outcome,
-        disposition: &mut Disposition,
-    ) -> Effect {
+    fn effect(&self, payload: &Payload, outcome: Outcome, disposition: &mut Disposition) -> Effect {
         if outcome.disposition != Disposition::Applied {
             if *disposition == Disposition::Applied {
                 *disposition = outcome.disposition;
             }
             return Effect::Keep;
         }
-        if !outcome.enqueue {
-            return Effect::Save(outcome);
-        }
-        // A pending request changes only the queue, never the calendar; and
-        // only when it is not older than the one pending.
-        let Some(entry) = queue_entry(payload, uid) else {
-            return Effect::Keep;
-        };
-        let pending = &self.slots[&UidKey::new(&payload.user, uid)].pending;
-        let stamp = |d: Option<DateTime<Utc>>| d.unwrap_or(DateTime::<Utc>::MIN_UTC);
-        let newer = pending.as_ref().is_none_or(|q| {
-            (q.sequence, stamp(q.dtstamp)) <= (entry.sequence, stamp(entry.dtstamp))
-        });
-        if newer {
-            Effect::Enqueue(entry)
+        let queued = outcome
+            .queue
+            .iter()
+            .map(|op| match op {
+                QueueOp::Add(p) | QueueOp::Amend(p) => {
+                    Queued::Upsert(p.clone(), queue_row(payload, p))
+                }
+                QueueOp::Remove(rid) => Queued::Remove(*rid),
+            })
+            .collect();
+        if outcome.enqueues() {
+            Effect::Enqueue(queued)
         } else {
-            Effect::Keep
+            Effect::Save(outcome, queued)
         }
     }
 
@@ -380,13 +379,10 @@ impl<'a> Applier<'a> {
         let mut changes = Vec::new();
         for (uid, _, effect) in effects {
             let slot = &self.slots[&UidKey::new(user, uid)];
-            match effect {
-                Effect::Keep => {}
-                Effect::Enqueue(_) => changes.push(Change::QueueChanged {
-                    uid: uid.clone(),
-                    change: QueueChange::Added,
-                }),
-                Effect::Save(o) => {
+            let queued = match effect {
+                Effect::Keep => continue,
+                Effect::Enqueue(q) => q,
+                Effect::Save(o, q) => {
                     changes.extend(o.changes.iter().cloned());
                     let after: BTreeSet<Period> = o.periods.iter().copied().collect();
                     let added: Vec<Period> = after.difference(&slot.busy).copied().collect();
@@ -398,13 +394,22 @@ impl<'a> Applier<'a> {
                             removed,
                         });
                     }
-                    if o.dequeue && slot.pending.is_some() {
-                        changes.push(Change::QueueChanged {
-                            uid: uid.clone(),
-                            change: QueueChange::Removed,
-                        });
-                    }
+                    q
                 }
+            };
+            for q in queued {
+                let (recurrence_id, change) = match q {
+                    Queued::Upsert(p, _) => (p.recurrence_id, QueueChange::Added),
+                    Queued::Remove(rid) if slot.pending.iter().any(|p| p.recurrence_id == *rid) => {
+                        (*rid, QueueChange::Removed)
+                    }
+                    Queued::Remove(_) => continue,
+                };
+                changes.push(Change::QueueChanged {
+                    uid: uid.clone(),
+                    recurrence_id,
+                    change,
+                });
             }
         }
         changes
@@ -421,18 +426,16 @@ impl<'a> Applier<'a> {
     fn keep(&mut self, user: &str, effects: Vec<(String, UidState, Effect)>) {
         for (uid, state, effect) in effects {
             let slot = self.slot(user, &uid);
-            match effect {
-                Effect::Keep => slot.objects = state.objects,
-                Effect::Enqueue(entry) => {
+            let queued = match effect {
+                Effect::Keep => {
                     slot.objects = state.objects;
-                    slot.pending = Some(Pending {
-                        organizer: entry.organizer.clone(),
-                        sequence: entry.sequence,
-                        dtstamp: entry.dtstamp,
-                    });
-                    slot.queue = Some(QueueWrite::Upsert(entry));
+                    continue;
                 }
-                Effect::Save(o) => {
+                Effect::Enqueue(q) => {
+                    slot.objects = state.objects;
+                    q
+                }
+                Effect::Save(o, q) => {
                     let mut objects = o.state.objects;
                     // As the objects table gives them back (by recurrence key).
                     objects.sort_by_cached_key(|o| recurrence_key(o.recurrence_id));
@@ -441,8 +444,23 @@ impl<'a> Applier<'a> {
                     slot.busy = o.periods.into_iter().collect();
                     slot.saved = true;
                     slot.open_until = if o.open_ended { o.complete_until } else { None };
-                    if o.dequeue && slot.pending.take().is_some() {
-                        slot.queue = Some(QueueWrite::Delete);
+                    q
+                }
+            };
+            for q in queued {
+                match q {
+                    Queued::Upsert(p, entry) => {
+                        let rk = recurrence_key(p.recurrence_id);
+                        slot.pending.retain(|x| x.recurrence_id != p.recurrence_id);
+                        slot.pending.push(p);
+                        slot.queue.insert(rk, QueueWrite::Upsert(entry));
+                    }
+                    Queued::Remove(rid) => {
+                        let before = slot.pending.len();
+                        slot.pending.retain(|x| x.recurrence_id != rid);
+                        if slot.pending.len() < before {
+                            slot.queue.insert(recurrence_key(rid), QueueWrite::Delete);
+                        }
                     }
                 }
             }
@@ -487,10 +505,14 @@ impl<'a> Applier<'a> {
                 self.writes
                     .uid_rows(key, loaded, &slot.objects, &slot.busy, slot.open_until);
             }
-            match &slot.queue {
-                Some(QueueWrite::Delete) => self.writes.queue_removed.push(key.clone()),
-                Some(QueueWrite::Upsert(e)) => self.writes.queue.push((key.clone(), e.clone())),
-                None => {}
+            for (rk, w) in &slot.queue {
+                match w {
+                    QueueWrite::Delete => self.writes.queue_removed.push(QueueKey {
+                        key: key.clone(),
+                        recurrence_key: rk.clone(),
+                    }),
+                    QueueWrite::Upsert(e) => self.writes.queue.push((key.clone(), e.clone())),
+                }
             }
         }
         self.writes.usage = self

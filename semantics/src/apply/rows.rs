@@ -23,14 +23,14 @@ pub struct Writes {
     /// Free/busy rows removed or replaced, by instance.
     pub busy_removed: Vec<(UidKey, DateTime<Utc>)>,
     pub open_removed: Vec<UidKey>,
-    pub queue_removed: Vec<UidKey>,
+    pub queue_removed: Vec<QueueKey>,
     /// Objects written (each with its attendee rows).
     pub objects: Vec<ObjectRow>,
     pub texts: Vec<TextRow>,
     pub busy: Vec<(UidKey, Period)>,
     /// `open_series.materialised_until` of open-ended series.
     pub open: Vec<(UidKey, DateTime<Utc>)>,
-    /// Pending requests, replacing any of the same UID.
+    /// Pending requests, replacing any of the same UID and recurrence key.
     pub queue: Vec<(UidKey, QueueEntry)>,
     /// What each user's row counts change by.
     pub usage: Vec<(String, Usage)>,
@@ -68,9 +68,19 @@ pub struct TextRow {
     pub raw: Raw,
 }
 
-/// A `request_queue` row for one UID of an incoming REQUEST (SPEC §3).
+/// A `request_queue` row by key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKey {
+    pub key: UidKey,
+    /// [`recurrence_key`] of the entry's RECURRENCE-ID ("" for the series).
+    pub recurrence_key: String,
+}
+
+/// A `request_queue` row: one recurrence key of an incoming REQUEST (SPEC §3).
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueueEntry {
+    pub recurrence_key: String,
+    pub recurrence_id: Option<DateTime<Utc>>,
     pub organizer: Option<String>,
     pub summary: Option<String>,
     pub data: serde_json::Value,
@@ -218,36 +228,34 @@ pub fn texts_of(objects: &[StoredObject]) -> (Vec<Digest>, Vec<(Digest, &Raw)>) 
     (digests, distinct)
 }
 
-/// The queue row `payload` makes for `uid`; `None` when it carries no component of it.
-pub fn queue_entry(payload: &imipflow_schema::Payload, uid: &str) -> Option<QueueEntry> {
-    let comps: Vec<&imipflow_schema::Component> =
-        payload.components.iter().filter(|c| c.uid == uid).collect();
-    let first = comps.first()?;
+/// The `request_queue` row of a pending request that `payload` brought (or
+/// amended). `data` is what `imip-ctl queue` and the manager read: the
+/// method and sender of the message, the proposal's components and zones,
+/// and the message's text when it was about this UID only.
+pub fn queue_row(payload: &imipflow_schema::Payload, p: &crate::model::Pending) -> QueueEntry {
+    let comps = &p.proposal.components;
     let master = comps
         .iter()
         .find(|c| c.recurrence_id.is_none())
-        .unwrap_or(first);
-    // The raw text is the whole message: kept only when the message is about
-    // this one UID. A REQUEST carrying many UIDs would otherwise store its
-    // whole text once per UID (1,000 UIDs in a 1 MiB payload: 1 GB); the
-    // components hold everything the queue is read for.
-    let single = payload.components.iter().all(|c| c.uid == uid);
-    let raw = if single {
-        serde_json::Value::String(payload.raw.clone())
-    } else {
+        .or(comps.first());
+    let raw = if p.proposal.raw.is_empty() {
         serde_json::Value::Null
+    } else {
+        serde_json::Value::String(p.proposal.raw.to_string())
     };
-    Some(QueueEntry {
-        organizer: master.organizer.as_ref().map(|o| o.address.clone()),
-        summary: master.summary.clone(),
-        sequence: comps.iter().map(|c| c.sequence).max().unwrap_or(0),
-        dtstamp: comps.iter().filter_map(|c| c.dtstamp).max(),
+    QueueEntry {
+        recurrence_key: recurrence_key(p.recurrence_id),
+        recurrence_id: p.recurrence_id,
+        organizer: p.organizer.clone(),
+        summary: master.and_then(|c| c.summary.clone()),
+        sequence: p.sequence,
+        dtstamp: p.dtstamp,
         data: serde_json::json!({
             "method": payload.method,
             "sender": payload.sender,
             "components": comps,
-            "timezones": payload.timezones,
+            "timezones": p.proposal.timezones,
             "raw": raw,
         }),
-    })
+    }
 }

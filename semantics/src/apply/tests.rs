@@ -130,11 +130,24 @@ fn stored(payloads: &[Payload]) -> Loaded {
     for (k, p) in &w.busy {
         loaded.uids.entry(k.clone()).or_default().busy.insert(*p);
     }
+    for q in &w.queue_removed {
+        let slot = loaded.uids.entry(q.key.clone()).or_default();
+        slot.pending
+            .retain(|p| recurrence_key(p.recurrence_id) != q.recurrence_key);
+    }
     for (k, e) in &w.queue {
-        loaded.uids.entry(k.clone()).or_default().pending = Some(Pending {
+        let slot = loaded.uids.entry(k.clone()).or_default();
+        slot.pending.retain(|p| p.recurrence_id != e.recurrence_id);
+        slot.pending.push(Pending {
+            recurrence_id: e.recurrence_id,
             organizer: e.organizer.clone(),
             sequence: e.sequence,
             dtstamp: e.dtstamp,
+            proposal: crate::model::Proposal {
+                components: serde_json::from_value(e.data["components"].clone()).unwrap(),
+                timezones: serde_json::from_value(e.data["timezones"].clone()).unwrap(),
+                raw: e.data["raw"].as_str().map(Into::into).unwrap_or_default(),
+            },
         });
     }
     for l in &w.log {

@@ -4,7 +4,7 @@
 use super::test_fixtures::{ctx_with, payload_of, z};
 use super::*;
 use crate::limits::{Limits, MessageBudget, Usage, freebusy_rows, quota};
-use crate::model::{Ctx, Disposition, Outcome, Period, UidState};
+use crate::model::{Ctx, Disposition, Outcome, Pending, Period, QueueOp, UidState};
 use chrono::Duration;
 use imipflow_schema::{
     Component, ComponentKind, Method, Party, Payload, RecurrenceId, Time, Transparency,
@@ -131,7 +131,13 @@ fn the_message_budget_counts_only_what_would_be_written() {
     not_applied.disposition = Disposition::Stale("older".into());
     assert!(budget.charge(&not_applied).is_ok());
     let mut pending = hourly("h");
-    pending.enqueue = true;
+    pending.queue = vec![QueueOp::Add(Pending {
+        recurrence_id: None,
+        organizer: None,
+        sequence: 0,
+        dtstamp: None,
+        proposal: Default::default(),
+    })];
     assert!(budget.charge(&pending).is_ok());
     assert!(budget.charge(&hourly("h")).is_err());
 }

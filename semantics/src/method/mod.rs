@@ -19,12 +19,13 @@
 //! Decisions where SPEC is silent are documented on the functions that take them.
 
 mod delegation;
+mod queue;
 mod recurrence;
 mod uninvite;
 
 use crate::model::{
-    AnswerStamp, Change, Ctx, Disposition, FbType, Outcome, Period, StoredObject, UidState,
-    is_scheduling_method,
+    AnswerStamp, Change, Ctx, Disposition, FbType, Outcome, Period, QueueOp, StoredObject,
+    UidState, is_scheduling_method,
 };
 use chrono::{DateTime, Utc};
 use imipflow_schema::{
@@ -57,13 +58,12 @@ pub fn apply(state: &UidState, payload: &Payload, uid: &str, ctx: &Ctx) -> Outco
     let result = if from_other {
         incoming(state, payload, uid, ctx, &user)
     } else {
-        transition(state, payload, uid, ctx, &user).map(|s| (s, QueueEffect::Remove))
+        transition(state, payload, uid, ctx, &user)
     };
     match result {
         Ok((new, queue)) => {
             let mut o = applied(state, new, uid, &user, ctx);
-            o.dequeue = queue == QueueEffect::Remove;
-            o.enqueue = queue == QueueEffect::Add;
+            o.queue = queue;
             o
         }
         Err(disposition) => {
@@ -74,8 +74,7 @@ pub fn apply(state: &UidState, payload: &Payload, uid: &str, ctx: &Ctx) -> Outco
                 periods: m.periods,
                 open_ended: m.open_ended,
                 complete_until: m.complete_until,
-                dequeue: false,
-                enqueue: false,
+                queue: Vec::new(),
                 changes: Vec::new(),
             }
         }
@@ -249,32 +248,50 @@ fn stale(what: &str, msg: AnswerStamp, stored: AnswerStamp) -> Disposition {
     ))
 }
 
-/// Checks, selection and dispatch; `Err` carries a disposition that changes nothing.
+/// U's own mail (or a manager's for U): checks, selection and dispatch;
+/// `Err` carries a disposition that changes nothing. U's REQUEST or CANCEL
+/// (U organizes) leaves nothing pending; U's answer accepts what it answers
+/// ([`queue::accept`]).
 fn transition(
     state: &UidState,
     payload: &Payload,
     uid: &str,
     ctx: &Ctx,
     user: &str,
-) -> Result<UidState, Disposition> {
+) -> Result<(UidState, Vec<QueueOp>), Disposition> {
     let msgs = select(payload, uid, ctx)?;
     check_trust(&payload.method, &msgs, uid, state, user, Actor::User)?;
     match payload.method {
-        Method::Request | Method::Publish => request(state, &msgs, payload),
-        Method::Reply => reply(state, &msgs, payload, user, ctx),
-        Method::Cancel => cancel(state, &msgs, user, ctx),
+        Method::Request | Method::Publish => {
+            let new = request(state, &msgs, Source::of(payload))?;
+            Ok((new, queue::remove_all(state)))
+        }
+        Method::Reply => {
+            let (proposed, ops) = queue::accept(state, &msgs, payload, ctx);
+            let new = reply(&proposed, &msgs, Source::of(payload), user, ctx)?;
+            Ok((new, ops))
+        }
+        Method::Cancel => Ok((cancel(state, &msgs, user, ctx)?, queue::remove_all(state))),
         ref other => Err(Disposition::Ignored(format!(
             "method {other} has no effect on the user's records"
         ))),
     }
 }
 
-/// What a message does to the user's request queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum QueueEffect {
-    Keep,
-    Add,
-    Remove,
+/// Where stored components come from: a message, or a pending request.
+#[derive(Clone, Copy)]
+struct Source<'a> {
+    zones: &'a BTreeMap<String, Zone>,
+    raw: &'a str,
+}
+
+impl<'a> Source<'a> {
+    fn of(payload: &'a Payload) -> Self {
+        Source {
+            zones: &payload.timezones,
+            raw: &payload.raw,
+        }
+    }
 }
 
 /// Who acts on U's records: U (U's own outgoing mail, or a manager's for U)
@@ -298,19 +315,19 @@ fn incoming(
     uid: &str,
     ctx: &Ctx,
     user: &str,
-) -> Result<(UidState, QueueEffect), Disposition> {
+) -> Result<(UidState, Vec<QueueOp>), Disposition> {
     let msgs = select(payload, uid, ctx)?;
     let sender = norm(&payload.sender);
     let actor = Actor::Other(&sender);
     match payload.method {
         Method::Request | Method::Publish => {
             check_organizer(&payload.method, &msgs, uid, state, user, actor)?;
-            newer_than_pending(state, payload, uid)?;
-            Ok((state.clone(), QueueEffect::Add))
+            Ok((state.clone(), queue::requested(state, &msgs, payload)?))
         }
         Method::Cancel => {
             check_organizer(&Method::Cancel, &msgs, uid, state, user, actor)?;
-            Ok((cancel(state, &msgs, user, ctx)?, QueueEffect::Remove))
+            let ops = queue::cancelled(state, &msgs, user, ctx);
+            Ok((cancel(state, &msgs, user, ctx)?, ops))
         }
         Method::Reply => {
             check_reply(&msgs, uid, &sender)?;
@@ -329,37 +346,14 @@ fn incoming(
                 may_answer(state, m.c, &sender, uid, user)?;
             }
             Ok((
-                reply(state, &msgs, payload, &sender, ctx)?,
-                QueueEffect::Keep,
+                reply(state, &msgs, Source::of(payload), &sender, ctx)?,
+                Vec::new(),
             ))
         }
         ref other => Err(Disposition::Ignored(format!(
             "incoming {other} has no effect on the user's records"
         ))),
     }
-}
-
-/// An incoming REQUEST older than the pending one is stale (RFC 5546
-/// §2.1.5), compared as the queue row is: highest SEQUENCE, then latest
-/// DTSTAMP of the UID's components, a missing DTSTAMP lowest.
-fn newer_than_pending(state: &UidState, payload: &Payload, uid: &str) -> Result<(), Disposition> {
-    let Some(p) = &state.pending else {
-        return Ok(());
-    };
-    let comps = || payload.components.iter().filter(|c| c.uid == uid);
-    let msg = AnswerStamp {
-        sequence: comps().map(|c| c.sequence).max().unwrap_or(0),
-        dtstamp: comps().filter_map(|c| c.dtstamp).max(),
-    };
-    let queued = AnswerStamp {
-        sequence: p.sequence,
-        dtstamp: p.dtstamp,
-    };
-    let key = |s: AnswerStamp| (s.sequence, s.dtstamp.unwrap_or(DateTime::<Utc>::MIN_UTC));
-    if key(msg) < key(queued) {
-        return Err(stale("pending request", msg, queued));
-    }
-    Ok(())
 }
 
 /// The message's VEVENTs of this UID, one per key; `Err` when there is nothing to apply.
@@ -391,7 +385,7 @@ fn select<'a>(payload: &'a Payload, uid: &str, ctx: &Ctx) -> Result<Vec<Msg<'a>>
         };
         return Err(Disposition::Ignored(format!("{kinds} ignored: {why}")));
     }
-    let msgs = dedupe(&events, payload, ctx);
+    let msgs = dedupe(&events, &payload.timezones, ctx);
     if msgs.is_empty() {
         return Err(Disposition::Ignored(
             "no RECURRENCE-ID of the message could be resolved".into(),
@@ -403,12 +397,12 @@ fn select<'a>(payload: &'a Payload, uid: &str, ctx: &Ctx) -> Result<Vec<Msg<'a>>
 /// One component per key (SPEC "Duplicates"): of copies with the same
 /// RECURRENCE-ID the newest wins, the first among equals. Components whose
 /// RECURRENCE-ID cannot be turned into an instant are dropped.
-fn dedupe<'a>(events: &[&'a Component], payload: &Payload, ctx: &Ctx) -> Vec<Msg<'a>> {
+fn dedupe<'a>(events: &[&'a Component], zones: &BTreeMap<String, Zone>, ctx: &Ctx) -> Vec<Msg<'a>> {
     let mut out: Vec<Msg<'a>> = Vec::new();
     for c in events {
         let rid = match &c.recurrence_id {
             None => None,
-            Some(r) => match resolve(&r.time, &payload.timezones, ctx.default_tz) {
+            Some(r) => match resolve(&r.time, zones, ctx.default_tz) {
                 Some(t) => Some(t),
                 None => continue,
             },
@@ -668,13 +662,13 @@ fn zones_used(c: &Component, zones: &BTreeMap<String, Zone>) -> BTreeMap<String,
         .collect()
 }
 
-fn stored(m: &Msg<'_>, payload: &Payload, answers: BTreeMap<String, AnswerStamp>) -> StoredObject {
+fn stored(m: &Msg<'_>, src: Source<'_>, answers: BTreeMap<String, AnswerStamp>) -> StoredObject {
     StoredObject {
         recurrence_id: m.rid,
         component: m.c.clone(),
-        timezones: zones_used(m.c, &payload.timezones),
+        timezones: zones_used(m.c, src.zones),
         // One allocation for every object this message stores.
-        raw: crate::model::Raw::shared(&payload.raw),
+        raw: crate::model::Raw::shared(src.raw),
         answers,
     }
 }
@@ -690,7 +684,7 @@ fn sort_objects(objects: &mut [StoredObject]) {
 /// counterpart if not older, or, when new, if the stored master's SEQUENCE is
 /// not higher. Stored attendee answer stamps survive a new version, so that
 /// replies older than the last one applied stay stale.
-fn request(state: &UidState, msgs: &[Msg<'_>], payload: &Payload) -> Result<UidState, Disposition> {
+fn request(state: &UidState, msgs: &[Msg<'_>], src: Source<'_>) -> Result<UidState, Disposition> {
     let old_master = state.objects.iter().find(|o| o.recurrence_id.is_none());
     let master_msg = msgs.iter().find(|m| m.rid.is_none());
     let mut objects = match master_msg {
@@ -701,7 +695,7 @@ fn request(state: &UidState, msgs: &[Msg<'_>], payload: &Payload) -> Result<UidS
                 return Err(stale("series", stamp(m.c), stamp(&om.component)));
             }
             let answers = old_master.map(|o| o.answers.clone()).unwrap_or_default();
-            vec![stored(m, payload, answers)]
+            vec![stored(m, src, answers)]
         }
         None => state.objects.clone(),
     };
@@ -724,7 +718,7 @@ fn request(state: &UidState, msgs: &[Msg<'_>], payload: &Payload) -> Result<UidS
         }
         let answers = existing.map(|o| o.answers.clone()).unwrap_or_default();
         objects.retain(|o| o.recurrence_id != m.rid);
-        objects.push(stored(m, payload, answers));
+        objects.push(stored(m, src, answers));
         applied = true;
     }
     if !applied {
@@ -833,7 +827,7 @@ fn derived_override(master: &StoredObject, rid: DateTime<Utc>, ctx: &Ctx) -> Sto
 fn reply(
     state: &UidState,
     msgs: &[Msg<'_>],
-    payload: &Payload,
+    src: Source<'_>,
     user: &str,
     ctx: &Ctx,
 ) -> Result<UidState, Disposition> {
@@ -868,7 +862,7 @@ fn reply(
                 let master = objects.iter().find(|o| o.recurrence_id.is_none());
                 let mut o = match (m.rid, master) {
                     (Some(rid), Some(master)) => derived_override(master, rid, ctx),
-                    _ => stored(m, payload, BTreeMap::new()),
+                    _ => stored(m, src, BTreeMap::new()),
                 };
                 merge_answers(&mut o, own, &delegates, at);
                 delegation::merge(&mut o, &delegators, at);
@@ -1066,14 +1060,15 @@ fn applied(old: &UidState, new: UidState, uid: &str, user: &str, ctx: &Ctx) -> O
         periods,
         open_ended,
         complete_until,
-        dequeue: true,
-        enqueue: false,
+        queue: Vec::new(),
         changes,
     }
 }
 
 #[cfg(test)]
 mod bounds_tests;
+#[cfg(test)]
+mod queue_tests;
 #[cfg(test)]
 pub(crate) mod test_fixtures;
 #[cfg(test)]

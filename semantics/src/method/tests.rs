@@ -273,7 +273,7 @@ fn request_stores_the_event_and_makes_the_organizer_busy() {
     };
     assert_eq!(o.periods, vec![p]);
     assert!(!o.open_ended);
-    assert!(o.dequeue);
+    assert!(o.queue.is_empty(), "nothing was pending");
     assert_eq!(
         o.changes,
         vec![
@@ -659,7 +659,7 @@ fn resending_the_same_version_changes_nothing() {
     let o = ok(&s1, Method::Request, vec![c]);
     assert_eq!(o.state, s1);
     assert!(o.changes.is_empty());
-    assert!(o.dequeue);
+    assert!(o.queue.is_empty(), "nothing was pending");
 }
 
 #[test]
@@ -1056,7 +1056,7 @@ fn reply_to_the_series_sets_the_answer_and_free_busy_follows() {
         ]
     );
     assert!(o.periods.iter().all(|p| p.fbtype == FbType::Busy));
-    assert!(o.dequeue);
+    assert!(o.queue.is_empty(), "nothing was pending");
     assert_eq!(o.changes.len(), 2);
 
     let r = answer(
@@ -1216,7 +1216,7 @@ fn older_reply_is_stale() {
         assert!(matches!(o.disposition, Disposition::Stale(_)), "{o:?}");
         assert_eq!(o.state, s);
         assert!(o.changes.is_empty());
-        assert!(!o.dequeue);
+        assert!(o.queue.is_empty());
         assert_eq!(o.periods.len(), 3);
     }
     let o = ok(
@@ -1332,7 +1332,7 @@ fn cancel_of_one_instance_removes_it_as_if_by_exdate() {
             },
         ]
     );
-    assert!(o.dequeue);
+    assert!(o.queue.is_empty(), "nothing was pending");
 }
 
 #[test]
@@ -1550,7 +1550,7 @@ fn cancel_of_an_unknown_object_is_recorded_and_removes_nothing() {
     let o = ok(&empty(), Method::Cancel, vec![c]);
     assert!(o.state.objects.is_empty());
     assert!(o.changes.is_empty());
-    assert!(o.dequeue);
+    assert!(o.queue.is_empty(), "nothing was pending");
 }
 
 #[test]
@@ -1600,7 +1600,7 @@ fn older_requests_are_stale() {
         }
         assert_eq!(o.state, s);
         assert!(o.changes.is_empty());
-        assert!(!o.dequeue);
+        assert!(o.queue.is_empty());
     }
     // Same sequence, later stamp: applies.
     let o = ok(
@@ -1654,7 +1654,7 @@ fn request_or_cancel_by_someone_other_than_the_organizer_is_refused() {
         );
         assert!(o.state.objects.is_empty());
         assert!(o.changes.is_empty());
-        assert!(!o.dequeue);
+        assert!(o.queue.is_empty());
     }
     // U writing as the organizer's SENT-BY is not: SENT-BY grants nothing.
     let mut c = c;
@@ -1708,7 +1708,7 @@ fn other_methods_and_components_are_ignored() {
         assert!(matches!(o.disposition, Disposition::Ignored(_)), "{m}");
         assert_eq!(o.state, s);
         assert!(o.changes.is_empty());
-        assert!(!o.dequeue);
+        assert!(o.queue.is_empty());
         assert_eq!(o.periods.len(), 1);
     }
     for kind in [
@@ -1757,7 +1757,7 @@ fn incoming_messages_apply_only_from_managers() {
         o.disposition
     );
     assert!(o.state.objects.is_empty());
-    assert!(!o.enqueue);
+    assert!(!o.enqueues());
     p.sender = "Calendar@Example.org".into();
     let o = apply(&empty(), &p, UID, &ctx());
     assert_eq!(o.disposition, Disposition::Applied);
@@ -2001,8 +2001,12 @@ fn an_incoming_request_waits_in_the_queue_without_busy_time() {
         &ctx(),
     );
     assert_eq!(o.disposition, Disposition::Applied);
-    assert!(o.enqueue);
-    assert!(!o.dequeue);
+    assert!(o.enqueues());
+    assert!(
+        matches!(&o.queue[..], [crate::model::QueueOp::Add(p)] if p.recurrence_id.is_none()),
+        "{:?}",
+        o.queue
+    );
     assert!(o.state.objects.is_empty());
     assert!(o.periods.is_empty());
     assert!(o.changes.is_empty());
@@ -2014,7 +2018,7 @@ fn an_incoming_request_waits_in_the_queue_without_busy_time() {
         &ctx(),
     );
     assert!(matches!(o.disposition, Disposition::Refused(_)));
-    assert!(!o.enqueue);
+    assert!(!o.enqueues());
 }
 
 #[test]
@@ -2030,7 +2034,7 @@ fn an_incoming_cancel_from_the_organizer_removes_the_entry_and_the_records() {
         &ctx(),
     );
     assert_eq!(o.disposition, Disposition::Applied);
-    assert!(o.dequeue);
+    assert!(o.queue.is_empty(), "nothing was pending");
     assert!(o.state.objects.is_empty());
     assert!(o.periods.is_empty());
     let o = apply(

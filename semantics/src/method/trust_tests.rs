@@ -6,7 +6,7 @@
 
 use super::test_fixtures::{att, ctx_with, z};
 use super::*;
-use crate::model::{Ctx, Disposition, Pending, QueueChange, StoredObject, UidState};
+use crate::model::{Ctx, Disposition, Pending, QueueChange, QueueOp, StoredObject, UidState};
 use chrono::Duration;
 use imipflow_schema::{
     Attendee, Component, ComponentKind, Direction, Method, PartStat, Party, Payload, Time,
@@ -75,7 +75,7 @@ fn state(c: Component) -> UidState {
             raw: "".into(),
             answers: BTreeMap::new(),
         }],
-        pending: None,
+        pending: Vec::new(),
     }
 }
 
@@ -117,7 +117,7 @@ fn refused(s: &UidState, p: &Payload, why: &str) {
     }
     assert_eq!(&o.state, s);
     assert!(o.changes.is_empty());
-    assert!(!o.dequeue && !o.enqueue);
+    assert!(o.queue.is_empty());
 }
 
 fn applied(s: &UidState, p: &Payload) -> Outcome {
@@ -179,7 +179,7 @@ fn an_organizer_change_is_refused_even_from_the_stored_organizer() {
     let mut update = alices(PartStat::NeedsAction);
     update.sequence = 1;
     let o = applied(&s, &mail(Method::Request, BOB, ALICE, vec![update]));
-    assert!(o.enqueue);
+    assert!(o.enqueues());
     assert_eq!(o.state, s);
 }
 
@@ -187,11 +187,13 @@ fn an_organizer_change_is_refused_even_from_the_stored_organizer() {
 fn an_incoming_request_is_checked_against_the_pending_organizer() {
     let s = UidState {
         objects: vec![],
-        pending: Some(Pending {
+        pending: vec![Pending {
+            recurrence_id: None,
             organizer: Some(format!("mailto:{ALICE}")),
             sequence: 1,
             dtstamp: Some(z("2027-01-02T00:00:00Z")),
-        }),
+            proposal: Default::default(),
+        }],
     };
     let mut hers = meeting(Some(MALLORY), 5, vec![att(BOB, PartStat::NeedsAction)]);
     refused(
@@ -212,14 +214,17 @@ fn an_incoming_request_is_checked_against_the_pending_organizer() {
     );
     // Alice's newer version replaces it; an older one is stale.
     let newer = meeting(Some(ALICE), 2, vec![att(BOB, PartStat::NeedsAction)]);
-    assert!(applied(&s, &mail(Method::Request, BOB, ALICE, vec![newer])).enqueue);
+    assert!(applied(&s, &mail(Method::Request, BOB, ALICE, vec![newer])).enqueues());
     let older = meeting(Some(ALICE), 0, vec![att(BOB, PartStat::NeedsAction)]);
     let o = run(&s, &mail(Method::Request, BOB, ALICE, vec![older]));
     assert!(matches!(o.disposition, Disposition::Stale(_)), "{o:?}");
-    assert!(!o.enqueue);
+    assert!(!o.enqueues());
     // Alice cancels her pending invitation.
     let cancel = meeting(Some(ALICE), 2, vec![att(BOB, PartStat::NeedsAction)]);
-    assert!(applied(&s, &mail(Method::Cancel, BOB, ALICE, vec![cancel])).dequeue);
+    assert_eq!(
+        applied(&s, &mail(Method::Cancel, BOB, ALICE, vec![cancel])).queue,
+        [QueueOp::Remove(None)]
+    );
 }
 
 #[test]
@@ -273,11 +278,13 @@ fn the_user_cannot_reorganize_someone_elses_event() {
     // Nor a pending invitation.
     let pending = UidState {
         objects: vec![],
-        pending: Some(Pending {
+        pending: vec![Pending {
+            recurrence_id: None,
             organizer: Some(ALICE.into()),
             sequence: 0,
             dtstamp: None,
-        }),
+            proposal: Default::default(),
+        }],
     };
     taken.organizer = Some(party(BOB, None));
     refused(
@@ -574,11 +581,13 @@ fn a_delegates_reply_sent_by_the_delegate_user_marks_the_delegator_in_their_copy
 #[test]
 fn a_pending_entry_is_carried_unchanged_through_an_outcome() {
     let mut s = organizers_copy();
-    s.pending = Some(Pending {
+    s.pending = vec![Pending {
+        recurrence_id: None,
         organizer: Some(ALICE.into()),
         sequence: 0,
         dtstamp: None,
-    });
+        proposal: Default::default(),
+    }];
     let r = reply("2027-02-05T00:00:00Z", vec![att(BOB, PartStat::Accepted)]);
     let o = applied(&s, &mail(Method::Reply, ALICE, BOB, vec![r]));
     assert_eq!(o.state.pending, s.pending);
