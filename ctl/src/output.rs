@@ -9,7 +9,7 @@ use serde::Serialize;
 pub enum Format {
     Text,
     Json,
-    /// iCalendar (`--ics`): VFREEBUSY, or a stored object's raw text.
+    /// iCalendar (`--ics`): VFREEBUSY, or a stored object as the calendar holds it.
     Ics,
 }
 

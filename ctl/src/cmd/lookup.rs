@@ -1,10 +1,12 @@
 //! `imip-ctl freebusy`, `object` and `objects`: the per-user reads of
-//! [`crate::query`], printed as text, JSON or iCalendar.
+//! [`crate::query`], printed as text, JSON or iCalendar ([`crate::ics`]).
 
+use crate::ics;
 use crate::output::{Format, json_line, json_pretty};
 use crate::query::{self, FreeBusy};
 use anyhow::bail;
 use chrono::{DateTime, Utc};
+use imipflow_processor::model::StoredObject;
 use imipflow_processor::{Settings, connect::connect};
 use serde_json::json;
 
@@ -79,15 +81,25 @@ pub async fn object(
 ) -> anyhow::Result<()> {
     let user = user_arg(user)?;
     let db = connect(s).await?;
-    let objs = query::objects(&db, &user, Some(uid)).await?;
-    let Some((_, o)) = objs
+    let mut objs: Vec<StoredObject> = query::objects(&db, &user, Some(uid))
+        .await?
         .into_iter()
-        .find(|(_, o)| o.recurrence_id == recurrence_id)
-    else {
+        .map(|(_, o)| o)
+        .collect();
+    if format == Format::Ics && recurrence_id.is_none() {
+        // The whole UID as the calendar holds it: master first, then overrides.
+        objs.sort_by_key(|o| o.recurrence_id);
+        if objs.is_empty() {
+            bail!("no object {uid} for {user}");
+        }
+        print!("{}", ics::calendar(&objs.iter().collect::<Vec<_>>()));
+        return Ok(());
+    }
+    let Some(o) = objs.into_iter().find(|o| o.recurrence_id == recurrence_id) else {
         bail!("no object {uid} for {user}");
     };
     if format == Format::Ics {
-        print!("{}", o.raw);
+        print!("{}", ics::calendar(&[&o]));
         return Ok(());
     }
     let c = &o.component;
