@@ -58,7 +58,15 @@ pub async fn replay(s: &Settings, id: i64) -> anyhow::Result<()> {
     let letter = pending(&db, id).await?;
     reapply(&mut db, s, &ns, &letter).await?;
     let js = jetstream(s).await?;
-    relay::flush(&db, &Default::default(), &js, &Publisher::Serial, &ns, letter.partition).await?;
+    relay::flush(
+        &db,
+        &Default::default(),
+        &js,
+        &Publisher::Serial,
+        &ns,
+        letter.partition,
+    )
+    .await?;
     println!("dead letter {id} applied");
     Ok(())
 }

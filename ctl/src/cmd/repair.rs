@@ -54,7 +54,15 @@ async fn flush_events(db: &tokio_postgres::Client, s: &Settings, user: &str) -> 
     let ns = s.namespace()?;
     let js = jetstream(s).await?;
     let partition = imipflow_schema::partition(user, s.partitions) as i32;
-    relay::flush(db, &Default::default(), &js, &Publisher::Serial, &ns, partition).await?;
+    relay::flush(
+        db,
+        &Default::default(),
+        &js,
+        &Publisher::Serial,
+        &ns,
+        partition,
+    )
+    .await?;
     Ok(())
 }
 

@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{Row, Transaction};
 
-const LOAD_LOG: &str = "SELECT l.user_addr, l.dedupe_id FROM unnest($2::text[], $3::text[]) AS k(u, d)
+const LOAD_LOG: &str =
+    "SELECT l.user_addr, l.dedupe_id FROM unnest($2::text[], $3::text[]) AS k(u, d)
      CROSS JOIN LATERAL (SELECT user_addr, dedupe_id FROM message_log l
          WHERE l.partition = $1 AND l.user_addr = k.u AND l.dedupe_id = k.d OFFSET 0) AS l";
 const LOAD_OBJECTS: &str = "SELECT o.user_addr, o.uid, o.data, o.text_digest
@@ -28,7 +29,8 @@ const LOAD_TEXTS: &str = "SELECT t.user_addr, t.uid, t.digest, t.raw
      FROM unnest($2::text[], $3::text[]) AS k(u, i)
      CROSS JOIN LATERAL (SELECT user_addr, uid, digest, raw FROM object_texts t
          WHERE t.partition = $1 AND t.user_addr = k.u AND t.uid = k.i OFFSET 0) AS t";
-const LOAD_BUSY: &str = "SELECT f.user_addr, f.uid, lower(f.period), upper(f.period), f.fbtype, f.recurrence_id
+const LOAD_BUSY: &str =
+    "SELECT f.user_addr, f.uid, lower(f.period), upper(f.period), f.fbtype, f.recurrence_id
      FROM unnest($2::text[], $3::text[]) AS k(u, i)
      CROSS JOIN LATERAL (SELECT user_addr, uid, period, fbtype, recurrence_id FROM freebusy f
          WHERE f.partition = $1 AND f.user_addr = k.u AND f.uid = k.i OFFSET 0) AS f";

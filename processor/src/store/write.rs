@@ -39,8 +39,7 @@ const DELETE_BUSY: &str =
          SELECT o.ctid FROM unnest($2::text[], $3::text[], $4::timestamptz[]) AS k(u, i, n)
          CROSS JOIN LATERAL (SELECT ctid FROM freebusy o
              WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i AND o.instance = k.n OFFSET 0) AS o))";
-const DELETE_OPEN: &str =
-    "DELETE FROM open_series t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
+const DELETE_OPEN: &str = "DELETE FROM open_series t WHERE t.partition = $1 AND t.ctid = ANY(ARRAY(
          SELECT o.ctid FROM unnest($2::text[], $3::text[]) AS k(u, i)
          CROSS JOIN LATERAL (SELECT ctid FROM open_series o
              WHERE o.partition = $1 AND o.user_addr = k.u AND o.uid = k.i OFFSET 0) AS o))";
