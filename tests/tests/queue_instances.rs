@@ -85,6 +85,23 @@ impl World {
         self.env.ctl_json(&args).await
     }
 
+    /// `imip-ctl object --ics`, unfolded.
+    async fn ics(&self) -> String {
+        let out = self
+            .env
+            .run("imip-ctl", &["object", ALICE, UID, "--ics"], b"")
+            .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .replace("\r\n ", "")
+            .replace("\r\n\t", "")
+    }
+
     async fn outcomes(&self) -> Vec<String> {
         let db = self.env.pg().await;
         db.query(
@@ -179,6 +196,21 @@ async fn accepting_keeps_the_invitation_and_a_cancel_of_one_instance_leaves_anot
             "2027-04-26T08:00:00Z 2027-04-26T09:00:00Z",
         ])
     );
+    // The calendar's copy is Bob's invitation: its description, location
+    // and alarm, every attendee, the moved instance as its own VEVENT.
+    let ics = w.ics().await;
+    for want in [
+        "DESCRIPTION;LANGUAGE=en-US:Agenda: budget\\, hiring\\, roadmap.\\n",
+        "LOCATION;LANGUAGE=en-US:Room 7",
+        "LOCATION;LANGUAGE=en-US:Room 9",
+        "TRIGGER;RELATED=START:-PT15M",
+        "EXDATE",
+    ] {
+        assert!(ics.contains(want), "{want:?} not in\n{ics}");
+    }
+    assert_eq!(ics.matches("BEGIN:VEVENT").count(), 2, "{ics}");
+    assert_eq!(ics.matches("carol@example.org").count(), 2, "{ics}");
+    assert!(!ics.contains("METHOD:"), "{ics}");
     let moved = w.object(Some("2027-04-12T08:00:00Z")).await;
     assert_eq!(partstats(&moved).len(), 3, "{moved:#}");
     assert_eq!(moved["sequence"], 1);
