@@ -106,7 +106,7 @@ enum QueueWrite {
 
 /// One change of a queue entry, with the row it writes.
 enum Queued {
-    Upsert(Pending, QueueEntry),
+    Upsert(Box<(Pending, QueueEntry)>),
     Remove(Option<DateTime<Utc>>),
 }
 
@@ -361,7 +361,7 @@ impl<'a> Applier<'a> {
             .iter()
             .map(|op| match op {
                 QueueOp::Add(p) | QueueOp::Amend(p) => {
-                    Queued::Upsert(p.clone(), queue_row(payload, p))
+                    Queued::Upsert(Box::new((p.clone(), queue_row(payload, p))))
                 }
                 QueueOp::Remove(rid) => Queued::Remove(*rid),
             })
@@ -399,7 +399,7 @@ impl<'a> Applier<'a> {
             };
             for q in queued {
                 let (recurrence_id, change) = match q {
-                    Queued::Upsert(p, _) => (p.recurrence_id, QueueChange::Added),
+                    Queued::Upsert(u) => (u.0.recurrence_id, QueueChange::Added),
                     Queued::Remove(rid) if slot.pending.iter().any(|p| p.recurrence_id == *rid) => {
                         (*rid, QueueChange::Removed)
                     }
@@ -449,7 +449,8 @@ impl<'a> Applier<'a> {
             };
             for q in queued {
                 match q {
-                    Queued::Upsert(p, entry) => {
+                    Queued::Upsert(u) => {
+                        let (p, entry) = *u;
                         let rk = recurrence_key(p.recurrence_id);
                         slot.pending.retain(|x| x.recurrence_id != p.recurrence_id);
                         slot.pending.push(p);
