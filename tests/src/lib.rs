@@ -614,6 +614,25 @@ Content-Type: text/calendar; method={method}; charset=UTF-8\r\n\r\n{ics}"
     .into_bytes()
 }
 
+/// "address PARTSTAT" of each attendee of an `imip-ctl object --json`
+/// document, sorted.
+pub fn partstats(object: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = object["attendees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {}",
+                a["address"].as_str().unwrap(),
+                a["partstat"].as_str().unwrap()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// A VEVENT as content lines: `lines` are inserted between BEGIN and END.
 pub fn vevent(lines: &[&str]) -> Vec<String> {
     let mut v = vec!["BEGIN:VEVENT".to_owned()];

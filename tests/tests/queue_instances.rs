@@ -12,7 +12,7 @@
 //!
 //! docs/semantics.md "Request queue".
 
-use imipflow_tests::{TestEnv, fixture};
+use imipflow_tests::{TestEnv, fixture, partstats};
 use serde_json::Value;
 
 const ALICE: &str = "alice@example.com";
@@ -114,23 +114,6 @@ impl World {
         .map(|r| r.get(0))
         .collect()
     }
-}
-
-fn partstats(object: &Value) -> Vec<String> {
-    let mut v: Vec<String> = object["attendees"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            format!(
-                "{} {}",
-                a["address"].as_str().unwrap(),
-                a["partstat"].as_str().unwrap()
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 fn busy(lines: &[&str]) -> Vec<String> {

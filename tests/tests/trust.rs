@@ -5,7 +5,7 @@
 //! does not trust are refused: nothing changes, `message_log` records the
 //! outcome `refused` with the reason, and `imip-ctl status --json` counts them.
 
-use imipflow_tests::{TestEnv, imip_mail, vevent};
+use imipflow_tests::{TestEnv, imip_mail, partstats, vevent};
 use serde_json::Value;
 
 const ALICE: &str = "alice@example.com";
@@ -466,23 +466,6 @@ fn answer(stamp: &str, attendees: &[String]) -> Vec<String> {
         format!("ORGANIZER:mailto:{ALICE}"),
     ];
     v.extend(attendees.iter().cloned());
-    v
-}
-
-fn partstats(object: &Value) -> Vec<String> {
-    let mut v: Vec<String> = object["attendees"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            format!(
-                "{} {}",
-                a["address"].as_str().unwrap(),
-                a["partstat"].as_str().unwrap()
-            )
-        })
-        .collect();
-    v.sort();
     v
 }
 

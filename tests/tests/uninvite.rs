@@ -8,7 +8,7 @@
 //! `delegate-reply-rfc5546.eml`) sets both the delegate's and the
 //! delegator's line. docs/semantics.md "CANCEL: whole event or uninvite".
 
-use imipflow_tests::{TestEnv, fixture, imip_mail, vevent};
+use imipflow_tests::{TestEnv, fixture, imip_mail, partstats, vevent};
 use serde_json::Value;
 
 const ALICE: &str = "alice@example.com";
@@ -150,23 +150,6 @@ fn addresses(object: &Value) -> Vec<String> {
         .unwrap()
         .iter()
         .map(|a| a["address"].as_str().unwrap().to_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-fn partstats(object: &Value) -> Vec<String> {
-    let mut v: Vec<String> = object["attendees"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            format!(
-                "{} {}",
-                a["address"].as_str().unwrap(),
-                a["partstat"].as_str().unwrap()
-            )
-        })
         .collect();
     v.sort();
     v

@@ -3,10 +3,10 @@
 //! request superseding older instance updates, staleness per key, and the
 //! user's answer storing the queued invitation rather than the thin REPLY.
 
-use super::test_fixtures::{att, ctx_with, payload_of, z};
+use super::test_fixtures::{att, ctx_with, payload_of, weekly_meeting, z};
 use super::*;
 use crate::model::{Disposition, Outcome, QueueOp, UidState};
-use imipflow_schema::{Component, ComponentKind, Direction, Method, PartStat, Party, Time};
+use imipflow_schema::{Component, Direction, Method, PartStat, Time};
 
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.org";
@@ -14,41 +14,23 @@ const CAROL: &str = "carol@example.org";
 const DAVE: &str = "dave@example.org";
 const UID: &str = "weekly";
 
-fn party(address: &str) -> Party {
-    Party {
-        address: address.into(),
-        cn: None,
-        sent_by: None,
-    }
-}
-
 /// Alice's weekly meeting, Mondays 5 April – 26 April 2027 at 09:00 UTC,
 /// inviting Bob, Carol and Dave.
 fn series() -> Component {
-    Component {
-        kind: ComponentKind::Event,
-        uid: UID.into(),
-        recurrence_id: None,
-        sequence: 0,
-        dtstamp: Some(z("2027-03-01T00:00:00Z")),
-        start: Some(Time::utc(z("2027-04-05T09:00:00Z"))),
-        end: Some(Time::utc(z("2027-04-05T10:00:00Z"))),
-        duration_seconds: None,
-        all_day: false,
-        floating: false,
-        rrule: vec!["FREQ=WEEKLY;COUNT=4".into()],
-        rdate: vec![],
-        exdate: vec![],
-        status: None,
-        transp: Transparency::Opaque,
-        summary: Some("Planning".into()),
-        organizer: Some(party(ALICE)),
-        attendees: vec![
+    let mut c = weekly_meeting(
+        UID,
+        "2027-04-05T09:00:00Z",
+        4,
+        ALICE,
+        vec![
             att(BOB, PartStat::NeedsAction),
             att(CAROL, PartStat::Accepted),
             att(DAVE, PartStat::Tentative),
         ],
-    }
+    );
+    c.dtstamp = Some(z("2027-03-01T00:00:00Z"));
+    c.summary = Some("Planning".into());
+    c
 }
 
 /// Alice's update (or cancel) of one instance: `day` at 09:00 UTC, moved

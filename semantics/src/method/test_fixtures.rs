@@ -1,10 +1,13 @@
 //! Builders shared by the semantics' unit tests (`tests`, `trust_tests`,
-//! `bounds_tests`, and the batch step's `apply::tests`): instants, a context, attendees and a payload, so that
+//! `bounds_tests`, `uninvite_tests`, `queue_tests`, and the batch step's `apply::tests`): instants, a context, attendees and a payload, so that
 //! each test file only spells out what its cases are about.
 
 use crate::model::Ctx;
 use chrono::{DateTime, Duration, Utc};
-use imipflow_schema::{Attendee, Component, Direction, Method, PartStat, Payload};
+use imipflow_schema::{
+    Attendee, Component, ComponentKind, Direction, Method, PartStat, Party, Payload, Time,
+    Transparency,
+};
 
 /// An RFC 3339 instant.
 pub(crate) fn z(s: &str) -> DateTime<Utc> {
@@ -55,5 +58,46 @@ pub(crate) fn payload_of(user: &str, method: Method, components: Vec<Component>)
         timezones: Default::default(),
         warnings: vec![],
         raw: "BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n".into(),
+    }
+}
+
+/// An ORGANIZER with an address only.
+pub(crate) fn party(address: &str) -> Party {
+    Party {
+        address: address.into(),
+        cn: None,
+        sent_by: None,
+    }
+}
+
+/// A one-hour weekly series of `count` instances from `start` (UTC),
+/// organised by `organizer`, SEQUENCE 0, with `attendees`.
+pub(crate) fn weekly_meeting(
+    uid: &str,
+    start: &str,
+    count: u32,
+    organizer: &str,
+    attendees: Vec<Attendee>,
+) -> Component {
+    let start = z(start);
+    Component {
+        kind: ComponentKind::Event,
+        uid: uid.into(),
+        recurrence_id: None,
+        sequence: 0,
+        dtstamp: Some(z("2027-01-01T00:00:00Z")),
+        start: Some(Time::utc(start)),
+        end: Some(Time::utc(start + Duration::hours(1))),
+        duration_seconds: None,
+        all_day: false,
+        floating: false,
+        rrule: vec![format!("FREQ=WEEKLY;COUNT={count}")],
+        rdate: vec![],
+        exdate: vec![],
+        status: None,
+        transp: Transparency::Opaque,
+        summary: Some("Weekly".into()),
+        organizer: Some(party(organizer)),
+        attendees,
     }
 }

@@ -4,10 +4,10 @@
 //! cancels, per instance too, and seen by the removed attendee it is a
 //! cancel of the event for them.
 
-use super::test_fixtures::{att, ctx_with, payload_of, z};
+use super::test_fixtures::{att, ctx_with, payload_of, weekly_meeting, z};
 use super::*;
 use crate::model::{Disposition, Outcome, UidState};
-use imipflow_schema::{Component, ComponentKind, Direction, Method, PartStat, Party, Time};
+use imipflow_schema::{Component, Direction, Method, PartStat, Time};
 
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.org";
@@ -15,41 +15,20 @@ const CAROL: &str = "carol@example.org";
 const DAVE: &str = "dave@example.org";
 const UID: &str = "u1";
 
-fn party(address: &str) -> Party {
-    Party {
-        address: address.into(),
-        cn: None,
-        sent_by: None,
-    }
-}
-
 /// Alice's weekly meeting (three Mondays from 15 March 2027, 09:00 UTC)
 /// with Bob, Carol and Dave.
 fn series() -> Component {
-    Component {
-        kind: ComponentKind::Event,
-        uid: UID.into(),
-        recurrence_id: None,
-        sequence: 0,
-        dtstamp: Some(z("2027-01-01T00:00:00Z")),
-        start: Some(Time::utc(z("2027-03-15T09:00:00Z"))),
-        end: Some(Time::utc(z("2027-03-15T10:00:00Z"))),
-        duration_seconds: None,
-        all_day: false,
-        floating: false,
-        rrule: vec!["FREQ=WEEKLY;COUNT=3".into()],
-        rdate: vec![],
-        exdate: vec![],
-        status: None,
-        transp: Transparency::Opaque,
-        summary: Some("Weekly".into()),
-        organizer: Some(party(ALICE)),
-        attendees: vec![
+    weekly_meeting(
+        UID,
+        "2027-03-15T09:00:00Z",
+        3,
+        ALICE,
+        vec![
             att(BOB, PartStat::Accepted),
             att(CAROL, PartStat::NeedsAction),
             att(DAVE, PartStat::Accepted),
         ],
-    }
+    )
 }
 
 /// The CANCEL Alice's client sends: SEQUENCE 1, naming `who`, with `status`.
