@@ -7,7 +7,12 @@ use clap::{Args, Parser};
 #[command(
     name = "imip-publisher",
     version,
-    about = "Serve each user's free/busy over HTTP (/freebusy/<user>.ifb and .json), kept current from imipflow's change events"
+    about = "Serve each user's free/busy over HTTP (/freebusy/<user>.ifb and .json), kept current from imipflow's change events",
+    after_help = "Connection and settings come from flags, IMIP_* variables or the --config file \
+(docs/configuration.md).\n\n\
+Examples:\n  imip-publisher\n  \
+imip-publisher --listen 0.0.0.0:8080 --config /etc/imipflow/imipflow.toml\n  \
+curl http://127.0.0.1:8080/freebusy/alice@example.com.ifb"
 )]
 struct Cli {
     #[command(flatten)]
