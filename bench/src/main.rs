@@ -45,8 +45,10 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The whole suite: ingest, processor, latency, growth, then a summary of their ratios.
-    #[command(after_help = "Examples:\n  imip-bench all\n  imip-bench all --smoke\n  \
-imip-bench all --skip growth,latency --out-dir /tmp/results")]
+    #[command(
+        after_help = "Examples:\n  imip-bench all\n  imip-bench all --smoke\n  \
+imip-bench all --skip growth,latency --out-dir /tmp/results"
+    )]
     All(all::AllArgs),
     /// imip-ingest per message, next to a process spawn and a JetStream publish-with-ack.
     #[command(after_help = "Examples:\n  imip-bench ingest\n  \
@@ -57,10 +59,14 @@ imip-bench ingest --ingest target/ingest/imip-ingest --iterations 500")]
 imip-bench processor --workloads mix --shapes hot --batch-size 64 --repeat 3")]
     Processor(processor::ProcessorArgs),
     /// Ingest exit to change event, at fixed offered rates and at saturation.
-    #[command(after_help = "Examples:\n  imip-bench latency\n  imip-bench latency --seconds 30 --users 256")]
+    #[command(
+        after_help = "Examples:\n  imip-bench latency\n  imip-bench latency --seconds 30 --users 256"
+    )]
     Latency(latency::LatencyArgs),
     /// Free/busy query and apply cost as one user grows to 100,000 events; series instances.
-    #[command(after_help = "Examples:\n  imip-bench growth\n  imip-bench growth --sizes 10,1000,100000 --queries 50")]
+    #[command(
+        after_help = "Examples:\n  imip-bench growth\n  imip-bench growth --sizes 10,1000,100000 --queries 50"
+    )]
     Growth(growth::GrowthArgs),
     /// Internal: spawns and reaps the measured children (see `measure.rs`).
     #[command(hide = true)]

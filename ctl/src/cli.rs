@@ -163,6 +163,22 @@ imip-ctl replay --from 5000 --to 5999 --user alice@example.com --json"
         #[arg(long)]
         json: bool,
     },
+    /// A shell completion script on stdout.
+    #[command(after_help = "Examples:\n  \
+imip-ctl completions bash > /usr/share/bash-completion/completions/imip-ctl\n  \
+imip-ctl completions zsh > /usr/local/share/zsh/site-functions/_imip-ctl\n  \
+imip-ctl completions fish > ~/.config/fish/completions/imip-ctl.fish")]
+    Completions {
+        /// The shell: bash, zsh or fish.
+        shell: CompletionShell,
+    },
+    /// Write the manual pages of every imipflow binary (and of each
+    /// subcommand) into DIR; the install steps run it.
+    #[command(hide = true)]
+    Man {
+        /// Where the .1 pages go (e.g. /usr/local/share/man/man1).
+        dir: std::path::PathBuf,
+    },
     /// Calendar data imip-ingest refused: list, show, release, delete.
     #[command(after_help = "Examples:\n  \
 imip-ctl quarantine list\n  \
@@ -234,4 +250,12 @@ pub enum DlqAction {
         /// The dead letter's ID (from `dlq list`).
         id: i64,
     },
+}
+
+/// The shells `imip-ctl completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }

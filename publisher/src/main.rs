@@ -1,23 +1,8 @@
 //! `imip-publisher` binary: settings, logging, signals; the work is in the library.
 
 use anyhow::Context;
-use clap::{Args, Parser};
-
-#[derive(Parser)]
-#[command(
-    name = "imip-publisher",
-    version,
-    about = "Serve each user's free/busy over HTTP (/freebusy/<user>.ifb and .json), kept current from imipflow's change events",
-    after_help = "Connection and settings come from flags, IMIP_* variables or the --config file \
-(docs/configuration.md).\n\n\
-Examples:\n  imip-publisher\n  \
-imip-publisher --listen 0.0.0.0:8080 --config /etc/imipflow/imipflow.toml\n  \
-curl http://127.0.0.1:8080/freebusy/alice@example.com.ifb"
-)]
-struct Cli {
-    #[command(flatten)]
-    settings: imipflow_publisher::Settings,
-}
+use clap::Args;
+use imipflow_publisher::cli::Cli;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

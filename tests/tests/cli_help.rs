@@ -199,3 +199,59 @@ fn from_and_to_take_a_date_or_an_instant_and_the_help_says_so() {
         assert!(!err.contains("invalid value"), "{from} {to}: {err}");
     }
 }
+
+#[test]
+fn completions_are_shell_scripts_naming_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(bin("imip-ctl"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{shell}: {:?}", out.status);
+        let script = String::from_utf8(out.stdout).unwrap();
+        for sub in ["freebusy", "rebuild", "replay", "quarantine", "completions"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+        if shell == "bash" {
+            assert!(script.contains("complete -F"), "not a bash completion");
+            let dir = imipflow_tests::servers::TempDir::new("completions");
+            let path = dir.0.join("imip-ctl.bash");
+            std::fs::write(&path, &script).unwrap();
+            let check = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+            assert!(
+                check.status.success(),
+                "bash -n: {}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn man_pages_are_written_for_every_binary_and_subcommand() {
+    let dir = imipflow_tests::servers::TempDir::new("man");
+    let out = Command::new(bin("imip-ctl"))
+        .arg("man")
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    for page in [
+        "imip-ingest.1",
+        "imip-processor.1",
+        "imip-processor-run.1",
+        "imip-ctl.1",
+        "imip-ctl-freebusy.1",
+        "imip-ctl-quarantine-release.1",
+        "imip-publisher.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.0.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH "), "{page} has no .TH");
+    }
+    let freebusy = std::fs::read_to_string(dir.0.join("imip-ctl-freebusy.1")).unwrap();
+    assert!(
+        freebusy.contains("RFC 3339"),
+        "the page is not the help's text"
+    );
+}
