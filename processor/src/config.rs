@@ -347,15 +347,17 @@ impl Settings {
             Ok(())
         });
         for item in self.manager_addresses.split(',') {
-            check(
-                if item.trim().is_empty() || imipflow_schema::normalize_address(item).is_some() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "IMIP_MANAGER_ADDRESSES: {item:?} is not an address"
-                    ))
-                },
-            );
+            check(if item.trim().is_empty() {
+                Ok(())
+            } else {
+                manager_address(item).map(drop).map_err(|why| {
+                    format!(
+                        "IMIP_MANAGER_ADDRESSES: {:?} is not an address ({why}); \
+                         write local@domain, comma-separated",
+                        item.trim()
+                    )
+                })
+            });
         }
         out
     }
@@ -460,5 +462,67 @@ impl Settings {
 
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.retention_days * 86_400)
+    }
+}
+
+/// A manager address as the processor compares it (normalised), or why it is
+/// not one: a trusted sender that can never match (a typo, a display name, a
+/// `;` list) would silently turn the manager's mail into ordinary mail, so
+/// `config check` and `run` refuse it.
+pub fn manager_address(item: &str) -> Result<String, &'static str> {
+    let a = imipflow_schema::normalize_address(item).ok_or("empty")?;
+    let (local, domain) = a.split_once('@').ok_or("no @domain")?;
+    if domain.contains('@') {
+        return Err("more than one @");
+    }
+    if local.is_empty() {
+        return Err("nothing before the @");
+    }
+    let bad = |c: char| c.is_whitespace() || c.is_control() || "<>()[],;:\\\"".contains(c);
+    if local.chars().any(bad) {
+        return Err("a space or one of <>()[],;:\\\" before the @");
+    }
+    if domain.is_empty() {
+        return Err("no domain after the @");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    if !domain.split('.').all(label_ok) {
+        return Err("the domain is not host names joined by dots");
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod manager_address_tests {
+    use super::manager_address;
+
+    #[test]
+    fn well_formed_addresses_pass_and_malformed_ones_say_why() {
+        for ok in [
+            "cal@example.com",
+            "<Cal@Example.COM>",
+            "mailto:cal@example.com",
+            "a.b+c@sub.example.org",
+        ] {
+            assert!(manager_address(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "bob",
+            "a@@b",
+            "@example.com",
+            "bob@",
+            "bob smith@example.com",
+            "bob@exa mple.com",
+            "bob@example.com;x@y",
+            "bob@.example.com",
+            "bob@-x.com",
+        ] {
+            assert!(manager_address(bad).is_err(), "{bad}");
+        }
     }
 }

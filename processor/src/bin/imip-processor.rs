@@ -33,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
             }
         }
-        Command::Run => run(layered.cli.settings).await?,
+        Command::Run => {
+            refuse_invalid(&layered.cli.settings);
+            run(layered.cli.settings).await?
+        }
     }
     Ok(())
 }
@@ -70,6 +73,21 @@ fn config_check(layered: &imipflow_config::layered::Layered<Cli>, json: bool) {
         }
     }
     if !problems.is_empty() {
+        std::process::exit(78);
+    }
+}
+
+/// Exits 78 (EX_CONFIG) with one `invalid:` line per problem, as `config
+/// check` does, before `run` starts: a setting that can never work (an
+/// unknown zone, a malformed manager address) is the operator's to fix, and
+/// a supervisor should not restart the processor as if it had crashed.
+fn refuse_invalid(settings: &Settings) {
+    let problems = settings.problems();
+    for p in &problems {
+        eprintln!("invalid: {p}");
+    }
+    if !problems.is_empty() {
+        eprintln!("imip-processor: invalid settings (imip-processor config check shows them all)");
         std::process::exit(78);
     }
 }
