@@ -41,6 +41,11 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin imip
 COPY --from=builder /out/ /usr/local/bin/
+# Man pages and bash completion from the clap definitions (imip-ctl man,
+# imip-ctl completions), as docs/operations.md installs them.
+RUN mkdir -p /usr/local/share/man/man1 /usr/share/bash-completion/completions \
+    && imip-ctl man /usr/local/share/man/man1 \
+    && imip-ctl completions bash > /usr/share/bash-completion/completions/imip-ctl
 # Health checks without curl or wget (bash's /dev/tcp): see deploy/healthcheck.sh.
 COPY deploy/healthcheck.sh /usr/local/bin/imip-healthcheck
 USER imip

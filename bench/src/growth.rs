@@ -55,7 +55,12 @@ pub struct GrowthArgs {
     #[arg(long)]
     pub smoke: bool,
     /// NATS server.
-    #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "IMIP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        help_heading = "Connection"
+    )]
     pub nats_url: String,
 }
 

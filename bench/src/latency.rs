@@ -54,7 +54,12 @@ pub struct LatencyArgs {
     #[arg(long = "processor-env", value_parser = parse_env)]
     pub processor_env: Vec<(String, String)>,
     /// NATS server.
-    #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "IMIP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        help_heading = "Connection"
+    )]
     pub nats_url: String,
 }
 

@@ -30,7 +30,12 @@ use std::time::{Duration, Instant};
 #[command(
     name = "imip-bench",
     version,
-    about = "Benchmarks of imipflow against same-run baselines"
+    about = "Benchmarks of imipflow against same-run baselines",
+    after_help = "Results go to bench/results (bench/README.md says how to read them).\n\n\
+Examples:\n  \
+imip-bench all --smoke\n  \
+imip-bench ingest --bin-dir target/release\n  \
+imip-bench processor --workloads single,series --shapes many"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -40,14 +45,28 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// The whole suite: ingest, processor, latency, growth, then a summary of their ratios.
+    #[command(
+        after_help = "Examples:\n  imip-bench all\n  imip-bench all --smoke\n  \
+imip-bench all --skip growth,latency --out-dir /tmp/results"
+    )]
     All(all::AllArgs),
     /// imip-ingest per message, next to a process spawn and a JetStream publish-with-ack.
+    #[command(after_help = "Examples:\n  imip-bench ingest\n  \
+imip-bench ingest --ingest target/ingest/imip-ingest --iterations 500")]
     Ingest(IngestArgs),
     /// imip-processor messages/s, next to a bare JetStream consumer and plain batched SQL.
+    #[command(after_help = "Examples:\n  imip-bench processor\n  \
+imip-bench processor --workloads mix --shapes hot --batch-size 64 --repeat 3")]
     Processor(processor::ProcessorArgs),
     /// Ingest exit to change event, at fixed offered rates and at saturation.
+    #[command(
+        after_help = "Examples:\n  imip-bench latency\n  imip-bench latency --seconds 30 --users 256"
+    )]
     Latency(latency::LatencyArgs),
     /// Free/busy query and apply cost as one user grows to 100,000 events; series instances.
+    #[command(
+        after_help = "Examples:\n  imip-bench growth\n  imip-bench growth --sizes 10,1000,100000 --queries 50"
+    )]
     Growth(growth::GrowthArgs),
     /// Internal: spawns and reaps the measured children (see `measure.rs`).
     #[command(hide = true)]
@@ -80,7 +99,12 @@ struct IngestArgs {
     #[arg(long)]
     no_callgrind: bool,
     /// NATS server.
-    #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "IMIP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        help_heading = "Connection"
+    )]
     nats_url: String,
 }
 

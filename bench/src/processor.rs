@@ -73,7 +73,12 @@ pub struct ProcessorArgs {
     #[arg(long)]
     no_baselines: bool,
     /// NATS server.
-    #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "IMIP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        help_heading = "Connection"
+    )]
     nats_url: String,
 }
 

@@ -21,7 +21,7 @@ pub const CONFIG_KEY: &str = "config";
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConfigFile {
     /// TOML file with settings (keys are the long flag names with `_`).
-    #[arg(long = "config", id = CONFIG_KEY, env = "IMIP_CONFIG", value_name = "PATH", global = true)]
+    #[arg(long = "config", id = CONFIG_KEY, help_heading = "Connection", env = "IMIP_CONFIG", value_name = "PATH", global = true)]
     pub config: Option<PathBuf>,
 }
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 /// one of user/password, token, nkey and credentials file may be given;
 /// `nats://user:password@host` in the URL also works (async-nats reads it).
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Connection")]
 pub struct NatsAuth {
     /// NATS user name (with a password).
     #[arg(long, env = "IMIP_NATS_USER", global = true)]

@@ -65,6 +65,7 @@ impl SslMode {
 /// How the long-running binaries authenticate to PostgreSQL and secure the
 /// connection, on top of what `IMIP_DATABASE_URL` says.
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Connection")]
 pub struct PgAuth {
     /// PostgreSQL password (overrides one in the URL; prefer the file variant).
     #[arg(

@@ -10,7 +10,13 @@ use imipflow_processor::Settings;
 #[command(
     name = "imip-ctl",
     version,
-    about = "Inspect and operate imipflow's store"
+    about = "Inspect and operate imipflow's store",
+    after_help = "Connection and settings come from flags, IMIP_* variables or the --config file \
+(docs/configuration.md); `imip-ctl COMMAND --help` shows each command's examples.\n\n\
+Examples:\n  \
+imip-ctl status\n  \
+imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-05-01\n  \
+IMIP_DATABASE_URL=postgresql://imip@db/imip imip-ctl objects alice@example.com --json"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -22,72 +28,127 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// A user's busy periods in a window.
+    #[command(after_help = "Examples:\n  \
+imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-05-01\n  \
+imip-ctl freebusy alice@example.com --from 2027-04-01T08:00:00Z --to 2027-04-01T18:00:00+02:00 --json\n  \
+imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-04-08 --ics > alice.ifb")]
     Freebusy {
+        /// The user's address.
         user: String,
-        #[arg(long)]
+        /// Start of the window: a date (2027-04-01, meaning 00:00 UTC that day) or an RFC 3339 instant.
+        #[arg(long, value_parser = imipflow_ctl::args::instant)]
         from: DateTime<Utc>,
-        #[arg(long)]
+        /// End of the window (exclusive): a date (00:00 UTC that day) or an RFC 3339 instant.
+        #[arg(long, value_parser = imipflow_ctl::args::instant)]
         to: DateTime<Utc>,
+        /// One JSON document on stdout.
         #[arg(long, conflicts_with = "ics")]
         json: bool,
+        /// An iCalendar VFREEBUSY on stdout.
         #[arg(long)]
         ics: bool,
     },
     /// One stored object (the master, or one recurrence).
+    #[command(after_help = "Examples:\n  \
+imip-ctl object alice@example.com 040000008200E00074C5B7101A82E008\n  \
+imip-ctl object alice@example.com weekly-sync@example.com --recurrence-id 2027-04-08T09:00:00Z --json\n  \
+imip-ctl object alice@example.com weekly-sync@example.com --ics")]
     Object {
+        /// The user's address.
         user: String,
+        /// The object's UID.
         uid: String,
-        #[arg(long)]
+        /// One recurrence instead of the master: its RECURRENCE-ID, a date (00:00 UTC) or an RFC 3339 instant.
+        #[arg(long, value_parser = imipflow_ctl::args::instant)]
         recurrence_id: Option<DateTime<Utc>>,
+        /// One JSON document on stdout.
         #[arg(long, conflicts_with = "ics")]
         json: bool,
+        /// The object as an iCalendar VCALENDAR, as the user's calendar holds it.
         #[arg(long)]
         ics: bool,
     },
     /// All of a user's stored objects.
+    #[command(after_help = "Examples:\n  \
+imip-ctl objects alice@example.com\n  \
+imip-ctl objects alice@example.com --json")]
     Objects {
+        /// The user's address.
         user: String,
+        /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// A user's pending requests.
+    #[command(after_help = "Examples:\n  \
+imip-ctl queue alice@example.com\n  \
+imip-ctl queue alice@example.com --json")]
     Queue {
+        /// The user's address.
         user: String,
+        /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Change events from the events stream.
+    #[command(after_help = "Examples:\n  \
+imip-ctl events --user alice@example.com\n  \
+imip-ctl events --since 1200 --follow --json")]
     Events {
+        /// Only this user's events.
         #[arg(long)]
         user: Option<String>,
         /// Start after this per-user sequence (with --user) or stream sequence.
         #[arg(long, default_value_t = 0)]
         since: u64,
+        /// Keep waiting for new events (Ctrl-C ends).
         #[arg(long)]
         follow: bool,
+        /// JSON on stdout, one event per line.
         #[arg(long)]
         json: bool,
     },
     /// Dead letters: list, or replay one.
+    #[command(after_help = "Examples:\n  \
+imip-ctl dlq list\n  \
+imip-ctl dlq replay 42")]
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
     },
     /// Partitions, owners, positions, DLQ count.
+    #[command(after_help = "Examples:\n  \
+imip-ctl status\n  \
+imip-ctl status --json")]
     Status {
+        /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Recompute a user's free/busy rows from their stored objects (emits
     /// freebusy.changed where they differed).
+    #[command(
+        after_help = "Shows a progress bar with rate and ETA on a terminal.\n\n\
+Examples:\n  \
+imip-ctl rebuild alice@example.com\n  \
+imip-ctl rebuild alice@example.com --json"
+    )]
     Rebuild {
+        /// The user's address.
         user: String,
+        /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Re-apply a range of the messages stream, idempotently: messages already
     /// applied change nothing; messages past a partition's applied position
     /// are left to its lane.
+    #[command(
+        after_help = "Shows a progress bar with rate and ETA on a terminal.\n\n\
+Examples:\n  \
+imip-ctl replay --from 1\n  \
+imip-ctl replay --from 5000 --to 5999 --user alice@example.com --json"
+    )]
     Replay {
         /// First stream sequence.
         #[arg(long)]
@@ -98,10 +159,32 @@ pub enum Command {
         /// Only this user's messages.
         #[arg(long)]
         user: Option<String>,
+        /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
+    /// A shell completion script on stdout.
+    #[command(after_help = "Examples:\n  \
+imip-ctl completions bash > /usr/share/bash-completion/completions/imip-ctl\n  \
+imip-ctl completions zsh > /usr/local/share/zsh/site-functions/_imip-ctl\n  \
+imip-ctl completions fish > ~/.config/fish/completions/imip-ctl.fish")]
+    Completions {
+        /// The shell: bash, zsh or fish.
+        shell: CompletionShell,
+    },
+    /// Write the manual pages of every imipflow binary (and of each
+    /// subcommand) into DIR; the install steps run it.
+    #[command(hide = true)]
+    Man {
+        /// Where the .1 pages go (e.g. /usr/local/share/man/man1).
+        dir: std::path::PathBuf,
+    },
     /// Calendar data imip-ingest refused: list, show, release, delete.
+    #[command(after_help = "Examples:\n  \
+imip-ctl quarantine list\n  \
+imip-ctl quarantine show 7\n  \
+IMIP_MAX_ATTENDEES=5000 imip-ctl quarantine release 7\n  \
+imip-ctl quarantine delete 7")]
     Quarantine {
         #[command(subcommand)]
         action: QuarantineAction,
@@ -111,36 +194,68 @@ pub enum Command {
 #[derive(Subcommand)]
 pub enum QuarantineAction {
     /// Every record (ID = stream sequence), oldest first.
+    #[command(
+        after_help = "Examples:\n  imip-ctl quarantine list\n  imip-ctl quarantine list --json"
+    )]
     List {
+        /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// One record, with the refused data.
+    #[command(
+        after_help = "Examples:\n  imip-ctl quarantine show 7\n  imip-ctl quarantine show 7 --json"
+    )]
     Show {
+        /// The record's ID (from `quarantine list`).
         id: u64,
+        /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Re-plan the record under the current limits (IMIP_MAX_*), publish the
     /// payloads to the messages stream, delete the record.
+    #[command(
+        after_help = "Examples:\n  imip-ctl quarantine release 7\n  IMIP_MAX_ATTENDEES=5000 imip-ctl quarantine release 7 --json"
+    )]
     Release {
+        /// The record's ID (from `quarantine list`).
         id: u64,
+        /// JSON on stdout.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         limits: imipflow_ingest::Limits,
     },
     /// Delete a record without releasing it.
-    Delete { id: u64 },
+    #[command(after_help = "Example:\n  imip-ctl quarantine delete 7")]
+    Delete {
+        /// The record's ID (from `quarantine list`).
+        id: u64,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum DlqAction {
+    /// Every dead letter, oldest first.
+    #[command(after_help = "Examples:\n  imip-ctl dlq list\n  imip-ctl dlq list --json")]
     List {
+        /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
+    /// Apply a dead letter's message again, the way the lane does.
+    #[command(after_help = "Example:\n  imip-ctl dlq replay 42")]
     Replay {
+        /// The dead letter's ID (from `dlq list`).
         id: i64,
     },
+}
+
+/// The shells `imip-ctl completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }

@@ -17,6 +17,49 @@ async fn main() -> anyhow::Result<()> {
     run(&cli.settings, cli.command).await
 }
 
+/// `imip-ctl completions SHELL`: the script, from the clap definition.
+fn completions(shell: cli::CompletionShell) -> anyhow::Result<()> {
+    use clap_complete::Shell;
+    let shell = match shell {
+        cli::CompletionShell::Bash => Shell::Bash,
+        cli::CompletionShell::Zsh => Shell::Zsh,
+        cli::CompletionShell::Fish => Shell::Fish,
+    };
+    // Rendered first: clap_complete panics on a failed write, and
+    // `imip-ctl completions bash | head` must end quietly.
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd::<Cli>(), "imip-ctl", &mut script);
+    use std::io::Write;
+    match std::io::stdout().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `imip-ctl man DIR`: a page per binary and per subcommand
+/// (`imip-ctl-freebusy.1`, …), from the same definitions `--help` prints.
+fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for command in [
+        cmd::<Cli>(),
+        cmd::<imipflow_processor::cli::Cli>(),
+        cmd::<imipflow_publisher::cli::Cli>(),
+        cmd::<imipflow_ingest::Args>(),
+    ] {
+        let name = command.get_name().to_owned();
+        clap_mangen::generate_to(command, dir).map_err(|e| {
+            anyhow::anyhow!("writing {name}'s manual pages into {}: {e}", dir.display())
+        })?;
+    }
+    println!("manual pages written to {}", dir.display());
+    Ok(())
+}
+
+/// A binary's clap command, as `--help` shows it.
+fn cmd<C: clap::CommandFactory>() -> clap::Command {
+    C::command()
+}
+
 async fn run(s: &Settings, command: Command) -> anyhow::Result<()> {
     if matches!(
         command,
@@ -63,6 +106,8 @@ async fn run(s: &Settings, command: Command) -> anyhow::Result<()> {
             user,
             json,
         } => repair::replay(s, from, to, user.as_deref(), json).await,
+        Command::Completions { shell } => completions(shell),
+        Command::Man { dir } => man_pages(&dir),
         Command::Quarantine { action } => match action {
             QuarantineAction::List { json } => quarantine::list(s, json).await,
             QuarantineAction::Show { id, json } => quarantine::show(s, id, json).await,

@@ -36,7 +36,8 @@ pub fn json_pretty(doc: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A progress bar on stderr; hidden with --json or when stderr is not a terminal.
+/// A progress bar on stderr with the rate and the time left; hidden with
+/// --json or when stderr is not a terminal (a log gets only the report).
 pub fn progress(json: bool, what: &'static str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     if json || !std::io::stderr().is_terminal() {
@@ -45,10 +46,20 @@ pub fn progress(json: bool, what: &'static str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta} {msg}",
         )
         .expect("valid template"),
     );
     bar.set_prefix(what);
     bar
+}
+
+/// Ctrl-C during a long command: says where it stopped and exits 130 (as a
+/// shell reports SIGINT). `at` is what to tell the operator, e.g. "stopped at
+/// stream sequence 812; resume with --from 812"; a transaction the command
+/// had open is rolled back as the process ends.
+pub fn interrupted(bar: &indicatif::ProgressBar, at: &str) -> ! {
+    bar.abandon();
+    eprintln!("interrupted: {at}");
+    std::process::exit(130);
 }

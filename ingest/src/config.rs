@@ -29,7 +29,18 @@ impl From<DirectionArg> for Direction {
 
 /// Reads one RFC 5322 message on stdin and publishes its iMIP calendar objects.
 #[derive(Debug, Parser)]
-#[command(name = "imip-ingest", version, about, long_about = None)]
+#[command(
+    name = "imip-ingest",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit status: 0 published (or not calendar mail), 64 bad arguments, 74 stdin unreadable, \
+75 NATS unavailable or refused (the MTA keeps the mail and retries); docs/mta.md.\n\n\
+Examples:\n  \
+imip-ingest --direction outgoing --sender alice@example.com < invite.eml\n  \
+imip-ingest --direction incoming --sender bob@example.org --recipient alice@example.com < reply.eml\n  \
+imip-ingest --print --sender alice@example.com < invite.eml   # show the payloads, publish nothing"
+)]
 pub struct Args {
     /// Whose records change: the sender (outgoing) or each recipient (incoming).
     #[arg(long, value_enum, default_value = "outgoing")]
@@ -49,6 +60,7 @@ pub struct Args {
 
     /// NATS server URL(s), comma-separated.
     #[arg(
+        help_heading = "Connection",
         long,
         env = "IMIP_NATS_URL",
         hide_env_values = true,
@@ -57,15 +69,25 @@ pub struct Args {
     pub nats_url: String,
 
     /// Prefix of every stream and subject.
-    #[arg(long, env = "IMIP_NAMESPACE", default_value = "imip")]
+    #[arg(
+        help_heading = "Connection",
+        long,
+        env = "IMIP_NAMESPACE",
+        default_value = "imip"
+    )]
     pub namespace: String,
 
     /// Number of partitions (must match the processors').
-    #[arg(long, env = "IMIP_PARTITIONS", default_value_t = imipflow_schema::DEFAULT_PARTITIONS)]
+    #[arg(help_heading = "Connection", long, env = "IMIP_PARTITIONS", default_value_t = imipflow_schema::DEFAULT_PARTITIONS)]
     pub partitions: u32,
 
     /// How long to wait for the connection and for each acknowledgement, in milliseconds.
-    #[arg(long, env = "IMIP_NATS_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(
+        help_heading = "Connection",
+        long,
+        env = "IMIP_NATS_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
     pub timeout_ms: u64,
 
     #[command(flatten)]
@@ -333,6 +355,7 @@ pub fn connect_options(
 
 /// Bounds on what one message may make ingest do. Exceeding one quarantines.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Limits")]
 pub struct Limits {
     /// Largest message read, in bytes.
     #[arg(long, env = "IMIP_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]

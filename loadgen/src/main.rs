@@ -26,16 +26,24 @@ enum Mode {
 #[command(
     name = "imip-loadgen",
     version,
-    about = "Deterministic realistic iMIP traffic"
+    about = "Deterministic realistic iMIP traffic",
+    after_help = "Examples:\n  \
+imip-loadgen --messages 10 | head -1\n  \
+imip-loadgen --mode eml --out /tmp/mails --messages 500\n  \
+imip-loadgen --mode ingest --ingest-bin target/release/imip-ingest --users 1000 --messages 20000\n  \
+IMIP_NAMESPACE=load imip-loadgen --mode publish --seed 7"
 )]
 struct Cli {
+    /// Seed of the generator: the same seed gives the same mails.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Distinct users the mails are spread over.
     #[arg(long, default_value_t = 100)]
     users: usize,
     /// Mails to generate, re-deliveries included.
     #[arg(long, default_value_t = 1000)]
     messages: usize,
+    /// What to do with the generated traffic.
     #[arg(long, value_enum, default_value = "print")]
     mode: Mode,
     /// Skip the first N mails (resume a run).
@@ -50,11 +58,24 @@ struct Cli {
     /// Give up on a mail that still exits 75 after this many seconds.
     #[arg(long, default_value_t = 300)]
     retry_secs: u64,
-    #[arg(long, env = "IMIP_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL (`--mode publish`).
+    #[arg(
+        long,
+        env = "IMIP_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        help_heading = "Connection"
+    )]
     nats_url: String,
-    #[arg(long, env = "IMIP_NAMESPACE", default_value = "imip")]
+    /// Prefix of every stream and subject (`--mode publish` and `ingest`).
+    #[arg(
+        long,
+        env = "IMIP_NAMESPACE",
+        default_value = "imip",
+        help_heading = "Connection"
+    )]
     namespace: String,
-    #[arg(long, env = "IMIP_PARTITIONS", default_value_t = imipflow_schema::DEFAULT_PARTITIONS)]
+    /// Number of partitions (must match the processors').
+    #[arg(long, env = "IMIP_PARTITIONS", default_value_t = imipflow_schema::DEFAULT_PARTITIONS, help_heading = "Connection")]
     partitions: u32,
 }
 

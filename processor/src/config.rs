@@ -16,6 +16,7 @@ pub struct Settings {
 
     /// NATS server URL(s), comma-separated.
     #[arg(
+        help_heading = "Connection",
         long,
         env = "IMIP_NATS_URL",
         hide_env_values = true,
@@ -29,6 +30,7 @@ pub struct Settings {
 
     /// PostgreSQL connection URL.
     #[arg(
+        help_heading = "Connection",
         long,
         env = "IMIP_DATABASE_URL",
         hide_env_values = true,
@@ -41,23 +43,36 @@ pub struct Settings {
     pub pg_auth: PgAuth,
 
     /// Prefix of every stream, subject and consumer.
-    #[arg(long, env = "IMIP_NAMESPACE", default_value = "imip", global = true)]
+    #[arg(
+        help_heading = "Connection",
+        long,
+        env = "IMIP_NAMESPACE",
+        default_value = "imip",
+        global = true
+    )]
     pub namespace: String,
 
     /// Number of partitions (ordered lanes); must match imip-ingest's.
-    #[arg(long, env = "IMIP_PARTITIONS", default_value_t = imipflow_schema::DEFAULT_PARTITIONS, global = true)]
+    #[arg(help_heading = "Settings", long, env = "IMIP_PARTITIONS", default_value_t = imipflow_schema::DEFAULT_PARTITIONS, global = true)]
     pub partitions: u32,
 
     /// Stream replicas (3 on a NATS cluster).
-    #[arg(long, env = "IMIP_STREAM_REPLICAS", default_value_t = 1, global = true)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_STREAM_REPLICAS",
+        default_value_t = 1,
+        global = true
+    )]
     pub replicas: usize,
 
     /// How long JetStream remembers a Nats-Msg-Id to drop re-deliveries, in seconds.
-    #[arg(long, env = "IMIP_DEDUPE_WINDOW_SECS", default_value_t = 24 * 3600, global = true)]
+    #[arg(help_heading = "Settings", long, env = "IMIP_DEDUPE_WINDOW_SECS", default_value_t = 24 * 3600, global = true)]
     pub dedupe_window_secs: u64,
 
     /// Zone for floating times and all-day events of users without their own.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_DEFAULT_TIMEZONE",
         default_value = "UTC",
@@ -67,6 +82,7 @@ pub struct Settings {
 
     /// Trusted manager addresses (SPEC §3), comma-separated.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_MANAGER_ADDRESSES",
         default_value = "",
@@ -75,12 +91,24 @@ pub struct Settings {
     pub manager_addresses: String,
 
     /// Partition lease length in milliseconds; a dead worker's lanes move after this.
-    #[arg(long, env = "IMIP_LEASE_MS", default_value_t = 10_000, global = true)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_LEASE_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
     pub lease_ms: u64,
 
     /// Most messages applied in one transaction (256: per-batch costs amortised,
     /// see bench/results/processor-*.md; a batch takes only messages that have already arrived).
-    #[arg(long, env = "IMIP_BATCH_SIZE", default_value_t = 256, global = true)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_BATCH_SIZE",
+        default_value_t = 256,
+        global = true
+    )]
     pub batch_size: usize,
 
     /// Longest one message may take to apply, in milliseconds, before the lane
@@ -89,6 +117,7 @@ pub struct Settings {
     /// the lease is in effect, so that a message within its budget never
     /// outlasts its transaction.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_MESSAGE_BUDGET_MS",
         default_value_t = 5_000,
@@ -100,6 +129,7 @@ pub struct Settings {
     /// the batch ends early, commits what it applied, and the rest goes into
     /// the next one.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_BATCH_BUDGET_MS",
         default_value_t = 10_000,
@@ -111,6 +141,7 @@ pub struct Settings {
     /// for this many seconds is stalled: `/readyz` fails, `imip-ctl status`
     /// warns, `imipflow_partition_stalled` is 1 (docs/operations.md).
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_STALL_AFTER_SECS",
         default_value_t = 60,
@@ -122,6 +153,7 @@ pub struct Settings {
     /// together; a message over it is refused whole (docs/hostile-input.md,
     /// "Processor"). Each UID alone is capped at 5,000 instances.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_MAX_PERIODS_PER_MESSAGE",
         default_value_t = 20_000,
@@ -132,6 +164,7 @@ pub struct Settings {
     /// Most stored objects (events and specific recurrences) of one user; a
     /// message that would add beyond it is refused, removals always pass.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_MAX_OBJECTS_PER_USER",
         default_value_t = 500_000,
@@ -141,6 +174,7 @@ pub struct Settings {
 
     /// Most free/busy rows of one user; as `IMIP_MAX_OBJECTS_PER_USER`.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_MAX_FREEBUSY_PER_USER",
         default_value_t = 1_000_000,
@@ -151,6 +185,7 @@ pub struct Settings {
     /// Most periods one `imip-ctl freebusy` answer holds (the first ones by
     /// start); a longer answer is cut and says so.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_MAX_QUERY_PERIODS",
         default_value_t = 100_000,
@@ -160,16 +195,29 @@ pub struct Settings {
 
     /// How far ahead series instances are materialised, in days (later ones are
     /// computed at query time).
-    #[arg(long, env = "IMIP_HORIZON_DAYS", default_value_t = 366, global = true)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_HORIZON_DAYS",
+        default_value_t = 366,
+        global = true
+    )]
     pub horizon_days: i64,
 
     /// How long the messages stream keeps messages (for replay), in days.
-    #[arg(long, env = "IMIP_RETENTION_DAYS", default_value_t = 7, global = true)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_RETENTION_DAYS",
+        default_value_t = 7,
+        global = true
+    )]
     pub retention_days: u64,
 
     /// Address of `imip-processor run`'s HTTP listener for `/metrics`,
     /// `/healthz` and `/readyz` (docs/operations.md); empty disables it.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_METRICS_LISTEN",
         default_value = "127.0.0.1:9464",
@@ -179,13 +227,14 @@ pub struct Settings {
 
     /// This instance's name as shown as partition owner (`imip-ctl status`),
     /// followed by `:pid`; default: the host name.
-    #[arg(long, env = "IMIP_INSTANCE", global = true)]
+    #[arg(help_heading = "Settings", long, env = "IMIP_INSTANCE", global = true)]
     pub instance: Option<String>,
 
     /// The table layout `imip-processor migrate` leaves: `plain` tables, or
     /// `list`, the partition-keyed tables as native PostgreSQL LIST
     /// partitions with one child per partition (docs/scaling.md).
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_DB_LAYOUT",
         value_enum,
@@ -298,15 +347,17 @@ impl Settings {
             Ok(())
         });
         for item in self.manager_addresses.split(',') {
-            check(
-                if item.trim().is_empty() || imipflow_schema::normalize_address(item).is_some() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "IMIP_MANAGER_ADDRESSES: {item:?} is not an address"
-                    ))
-                },
-            );
+            check(if item.trim().is_empty() {
+                Ok(())
+            } else {
+                manager_address(item).map(drop).map_err(|why| {
+                    format!(
+                        "IMIP_MANAGER_ADDRESSES: {:?} is not an address ({why}); \
+                         write local@domain, comma-separated",
+                        item.trim()
+                    )
+                })
+            });
         }
         out
     }
@@ -411,5 +462,67 @@ impl Settings {
 
     pub fn retention(&self) -> Duration {
         Duration::from_secs(self.retention_days * 86_400)
+    }
+}
+
+/// A manager address as the processor compares it (normalised), or why it is
+/// not one: a trusted sender that can never match (a typo, a display name, a
+/// `;` list) would silently turn the manager's mail into ordinary mail, so
+/// `config check` and `run` refuse it.
+pub fn manager_address(item: &str) -> Result<String, &'static str> {
+    let a = imipflow_schema::normalize_address(item).ok_or("empty")?;
+    let (local, domain) = a.split_once('@').ok_or("no @domain")?;
+    if domain.contains('@') {
+        return Err("more than one @");
+    }
+    if local.is_empty() {
+        return Err("nothing before the @");
+    }
+    let bad = |c: char| c.is_whitespace() || c.is_control() || "<>()[],;:\\\"".contains(c);
+    if local.chars().any(bad) {
+        return Err("a space or one of <>()[],;:\\\" before the @");
+    }
+    if domain.is_empty() {
+        return Err("no domain after the @");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    if !domain.split('.').all(label_ok) {
+        return Err("the domain is not host names joined by dots");
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod manager_address_tests {
+    use super::manager_address;
+
+    #[test]
+    fn well_formed_addresses_pass_and_malformed_ones_say_why() {
+        for ok in [
+            "cal@example.com",
+            "<Cal@Example.COM>",
+            "mailto:cal@example.com",
+            "a.b+c@sub.example.org",
+        ] {
+            assert!(manager_address(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "bob",
+            "a@@b",
+            "@example.com",
+            "bob@",
+            "bob smith@example.com",
+            "bob@exa mple.com",
+            "bob@example.com;x@y",
+            "bob@.example.com",
+            "bob@-x.com",
+        ] {
+            assert!(manager_address(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! [`config`] gathers settings; [`migrate`] creates the database, applies the
 //! migrations that live in `schema/`, and creates the JetStream streams.
 
+pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod error;

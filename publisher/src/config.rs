@@ -15,6 +15,7 @@ pub struct Settings {
 
     /// NATS server URL(s), comma-separated.
     #[arg(
+        help_heading = "Connection",
         long,
         env = "IMIP_NATS_URL",
         hide_env_values = true,
@@ -28,6 +29,7 @@ pub struct Settings {
     /// PostgreSQL connection URL (read only: a user's free/busy is loaded once,
     /// on the first request for that user).
     #[arg(
+        help_heading = "Connection",
         long,
         env = "IMIP_DATABASE_URL",
         hide_env_values = true,
@@ -39,36 +41,57 @@ pub struct Settings {
     pub pg_auth: PgAuth,
 
     /// Prefix of every stream, subject and consumer.
-    #[arg(long, env = "IMIP_NAMESPACE", default_value = "imip")]
+    #[arg(
+        help_heading = "Connection",
+        long,
+        env = "IMIP_NAMESPACE",
+        default_value = "imip"
+    )]
     pub namespace: String,
 
     /// Address and port the HTTP server listens on.
-    #[arg(long, env = "IMIP_PUBLISHER_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_PUBLISHER_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Durable consumer on the events stream (default `<namespace>-publisher`).
     /// Each running publisher needs its own: instances sharing one consumer
     /// would split the events between them.
-    #[arg(long, env = "IMIP_PUBLISHER_CONSUMER")]
+    #[arg(help_heading = "Settings", long, env = "IMIP_PUBLISHER_CONSUMER")]
     pub consumer: Option<String>,
 
     /// Most users whose free/busy is kept in memory; past it, some are
     /// dropped and loaded again when asked for.
-    #[arg(long, env = "IMIP_PUBLISHER_MAX_USERS", default_value_t = 100_000)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_PUBLISHER_MAX_USERS",
+        default_value_t = 100_000
+    )]
     pub max_users: usize,
 
     /// PostgreSQL connections used for loading users.
-    #[arg(long, env = "IMIP_PUBLISHER_DB_CONNECTIONS", default_value_t = 4)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_PUBLISHER_DB_CONNECTIONS",
+        default_value_t = 4
+    )]
     pub db_connections: usize,
 
     /// Bytes of free/busy the cache may hold (an estimate of the heap it
     /// takes); past it, users are dropped and loaded again when asked for.
-    #[arg(long, env = "IMIP_PUBLISHER_CACHE_BYTES", default_value_t = 256 << 20)]
+    #[arg(help_heading = "Settings", long, env = "IMIP_PUBLISHER_CACHE_BYTES", default_value_t = 256 << 20)]
     pub cache_bytes: usize,
 
     /// Most stored busy periods (all time) of a user kept in the cache; a
     /// user with more is answered from PostgreSQL, window by window.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_PUBLISHER_MAX_CACHED_PERIODS",
         default_value_t = 50_000
@@ -77,17 +100,28 @@ pub struct Settings {
 
     /// Most busy periods in one answer; a window with more is answered up to
     /// the start of the first period left out (`to`/DTEND say so).
-    #[arg(long, env = "IMIP_PUBLISHER_MAX_PERIODS", default_value_t = 20_000)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_PUBLISHER_MAX_PERIODS",
+        default_value_t = 20_000
+    )]
     pub max_periods: usize,
 
     /// Longest window (`to` − `from`) a request may ask for, in days.
-    #[arg(long, env = "IMIP_PUBLISHER_MAX_WINDOW_DAYS", default_value_t = 1830)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_PUBLISHER_MAX_WINDOW_DAYS",
+        default_value_t = 1830
+    )]
     pub max_window_days: u32,
 
     /// What an address with no events and no busy time gets: `not-found`
     /// (404, which tells an outsider which addresses exist) or `empty` (an
     /// empty VFREEBUSY / period list, as for a known user who is free).
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_PUBLISHER_UNKNOWN_USERS",
         value_enum,
@@ -99,6 +133,7 @@ pub struct Settings {
     /// from the connection's start or the end of the previous answer: the
     /// bound on half-sent requests and on idle keep-alive connections.
     #[arg(
+        help_heading = "Settings",
         long,
         env = "IMIP_PUBLISHER_HEADER_READ_TIMEOUT_MS",
         default_value_t = 5000
@@ -107,14 +142,23 @@ pub struct Settings {
 
     /// Most milliseconds a connection may go without a byte moving either
     /// way (a client that stops reading its answer).
-    #[arg(long, env = "IMIP_PUBLISHER_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_PUBLISHER_IDLE_TIMEOUT_MS",
+        default_value_t = 30_000
+    )]
     pub idle_timeout_ms: u64,
 
     /// Most connections open at once (default: 4096, or fewer when the
     /// descriptor limit cannot carry them). At the limit a new connection
     /// displaces the longest-idle one without a request in progress, or is
     /// answered 503 and closed when every one is busy.
-    #[arg(long, env = "IMIP_PUBLISHER_MAX_CONNECTIONS")]
+    #[arg(
+        help_heading = "Settings",
+        long,
+        env = "IMIP_PUBLISHER_MAX_CONNECTIONS"
+    )]
     pub max_connections: Option<usize>,
 }
 

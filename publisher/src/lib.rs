@@ -8,6 +8,7 @@
 //! [`health`] answers `/readyz` and `/metrics`.
 
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub use imipflow_telemetry::connections;
 pub mod error;

@@ -1,18 +1,8 @@
 //! `imip-publisher` binary: settings, logging, signals; the work is in the library.
 
 use anyhow::Context;
-use clap::{Args, Parser};
-
-#[derive(Parser)]
-#[command(
-    name = "imip-publisher",
-    version,
-    about = "Serve each user's free/busy over HTTP (/freebusy/<user>.ifb and .json), kept current from imipflow's change events"
-)]
-struct Cli {
-    #[command(flatten)]
-    settings: imipflow_publisher::Settings,
-}
+use clap::Args;
+use imipflow_publisher::cli::Cli;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! [`crate::rebuild`] / [`crate::replay`] on the lanes' own write path, the
 //! events they committed published at once, and the report.
 
-use crate::output::{json_line, progress};
+use crate::output::{self, json_line, progress};
 use crate::rebuild;
 use crate::replay::{self, ReplayOutcome};
 use anyhow::Context;
@@ -22,11 +22,17 @@ pub async fn rebuild(s: &Settings, user: &str, json: bool) -> anyhow::Result<()>
     let user = user_arg(user)?;
     let mut db = connect(s).await?;
     let bar = progress(json, "rebuild");
-    let report = rebuild::rebuild(&mut db, s, &user, |done, total| {
+    let work = rebuild::rebuild(&mut db, s, &user, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
-    })
-    .await?;
+    });
+    let report = tokio::select! {
+        r = work => r?,
+        _ = tokio::signal::ctrl_c() => output::interrupted(
+            &bar,
+            &format!("rebuild of {user} stopped before committing: nothing changed; run it again"),
+        ),
+    };
     bar.finish_and_clear();
     if report.events > 0 {
         flush_events(&db, s, &user).await?;
@@ -109,7 +115,20 @@ pub async fn replay(
         let messages = consumer.messages().await?;
         let mut db = connect(s).await?;
         let range = Range { from, to, json };
-        let touched = replay_range(&mut db, s, &ns, messages, range, &bar, &mut counts).await?;
+        let work = replay_range(&mut db, s, &ns, messages, range, &bar, &mut counts);
+        let touched = tokio::select! {
+            r = work => r?,
+            // Messages before the one in hand are done (each in its own
+            // transaction); the one in hand is rolled back. The lanes
+            // publish the events already committed after their next batch.
+            _ = tokio::signal::ctrl_c() => {
+                let next = from + bar.position();
+                output::interrupted(
+                    &bar,
+                    &format!("stopped at stream sequence {next}; resume with --from {next}"),
+                )
+            }
+        };
         for p in &touched {
             relay::flush(&db, &Default::default(), &js, &Publisher::Serial, &ns, *p).await?;
         }

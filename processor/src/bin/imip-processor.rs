@@ -1,50 +1,9 @@
 //! `imip-processor` binary: subcommand dispatch; the work is in the library.
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
+use imipflow_processor::cli::{Cli, Command, ConfigAction};
 use imipflow_processor::{Settings, health, migrate};
-
-#[derive(Parser)]
-#[command(
-    name = "imip-processor",
-    version,
-    about = "imipflow workers: consume iMIP payloads and apply them to PostgreSQL"
-)]
-struct Cli {
-    #[command(flatten)]
-    settings: Settings,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Create the database if absent, apply migrations, create the streams.
-    Migrate,
-    /// Consume and apply; run any number of instances.
-    Run,
-    /// Settings: `config check` validates them and prints each with its
-    /// source (flag, env, file, default), secrets hidden.
-    Config {
-        #[command(subcommand)]
-        action: ConfigAction,
-    },
-    /// Delete this namespace's streams and drop its database (demos, tests).
-    Reset {
-        /// Required: this destroys data.
-        #[arg(long)]
-        yes: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum ConfigAction {
-    /// Validate without connecting; exit 78 (EX_CONFIG) when invalid.
-    Check {
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -74,7 +33,10 @@ async fn main() -> anyhow::Result<()> {
                 println!("{line}");
             }
         }
-        Command::Run => run(layered.cli.settings).await?,
+        Command::Run => {
+            refuse_invalid(&layered.cli.settings);
+            run(layered.cli.settings).await?
+        }
     }
     Ok(())
 }
@@ -111,6 +73,21 @@ fn config_check(layered: &imipflow_config::layered::Layered<Cli>, json: bool) {
         }
     }
     if !problems.is_empty() {
+        std::process::exit(78);
+    }
+}
+
+/// Exits 78 (EX_CONFIG) with one `invalid:` line per problem, as `config
+/// check` does, before `run` starts: a setting that can never work (an
+/// unknown zone, a malformed manager address) is the operator's to fix, and
+/// a supervisor should not restart the processor as if it had crashed.
+fn refuse_invalid(settings: &Settings) {
+    let problems = settings.problems();
+    for p in &problems {
+        eprintln!("invalid: {p}");
+    }
+    if !problems.is_empty() {
+        eprintln!("imip-processor: invalid settings (imip-processor config check shows them all)");
         std::process::exit(78);
     }
 }
