@@ -328,6 +328,7 @@ struct DayView {
 #[template(path = "week.html")]
 struct WeekPage {
     user: String,
+    csrf: String,
     q: String,
     sep: &'static str,
     ifb: String,
@@ -379,6 +380,7 @@ async fn week(
         })
         .collect();
     render(&WeekPage {
+        csrf: app.trust.csrf(&user.address),
         ifb: app.ifb(&user.address),
         zone: app.tz.name().to_owned(),
         first: monday.format("%a %d %b %Y").to_string(),
