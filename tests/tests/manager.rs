@@ -39,7 +39,13 @@ struct Sink {
 
 impl Sink {
     async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(0).await
+    }
+
+    async fn start_on(port: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let store = received.clone();
@@ -563,4 +569,42 @@ async fn config_check_refuses_a_from_that_is_no_manager_address() {
     assert!(text.contains("config: valid"), "{text}");
     assert!(text.contains("127.0.0.1:9999"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn an_smtp_failure_is_shown_and_retried_until_it_is_sent() {
+    let env = TestEnv::new().await;
+    let _p = env.start_processor(&[("IMIP_MANAGER_ADDRESSES", MANAGER_ADDRESS)]);
+    invite(&env).await;
+    // Nothing listens on the SMTP port yet.
+    let smtp_port = free_port();
+    let m = env
+        .start_manager_with(free_port(), |c| {
+            c.env(
+                "IMIP_MANAGER_SMTP_URL",
+                format!("smtp://127.0.0.1:{smtp_port}"),
+            );
+        })
+        .await;
+    let csrf = csrf_of(&page(&m, "/", BOB).await.1);
+    let status = post_answer(
+        &m,
+        UID,
+        Some(BOB),
+        &[("partstat", "DECLINED"), ("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, html) = page(&m, "/", BOB).await;
+    assert!(html.contains("could not send ("), "{html}");
+    assert!(html.contains("trying again at"), "{html}");
+    assert!(!html.contains("sent, waiting to apply"), "{html}");
+    // The server comes up: the background retry sends both messages once.
+    let sink = Sink::start_on(smtp_port).await;
+    let got = sink.wait_for(2).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(sink.received().len(), 2, "{got:?}");
+    assert!(got.iter().all(|r| r.data.contains("PARTSTAT=DECLINED")));
+    let (_, html) = page(&m, "/", BOB).await;
+    assert!(html.contains("sent, waiting to apply"), "{html}");
 }
