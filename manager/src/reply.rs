@@ -189,6 +189,7 @@ mod tests {
                     sent_by: None,
                 }],
             }],
+            stored: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct PendingRow {
     pub summary: Option<String>,
     pub sequence: i64,
     pub components: Vec<Component>,
+    /// The user's stored object of the same UID and recurrence, when the
+    /// request updates one: its (start, end) as the calendar has them.
+    pub stored: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
 }
 
 impl PendingRow {
@@ -101,9 +104,13 @@ impl Db {
         self.with(async |c| {
             let rows = c
                 .query(
-                    "SELECT uid, recurrence_id, organizer, summary, sequence, data
-                     FROM request_queue WHERE partition = $1 AND user_addr = $2
-                     ORDER BY added_at, uid, recurrence_key",
+                    "SELECT q.uid, q.recurrence_id, q.organizer, q.summary, q.sequence, q.data,
+                        o.dtstart, o.dtend, o.uid IS NOT NULL
+                     FROM request_queue q LEFT JOIN objects o
+                       ON o.partition = q.partition AND o.user_addr = q.user_addr
+                      AND o.uid = q.uid AND o.recurrence_key = q.recurrence_key
+                     WHERE q.partition = $1 AND q.user_addr = $2
+                     ORDER BY q.added_at, q.uid, q.recurrence_key",
                     &[&p, &user],
                 )
                 .await?;
@@ -124,9 +131,13 @@ impl Db {
         self.with(async |c| {
             let row = c
                 .query_opt(
-                    "SELECT uid, recurrence_id, organizer, summary, sequence, data
-                     FROM request_queue WHERE partition = $1 AND user_addr = $2
-                     AND uid = $3 AND recurrence_key = $4",
+                    "SELECT q.uid, q.recurrence_id, q.organizer, q.summary, q.sequence, q.data,
+                        o.dtstart, o.dtend, o.uid IS NOT NULL
+                     FROM request_queue q LEFT JOIN objects o
+                       ON o.partition = q.partition AND o.user_addr = q.user_addr
+                      AND o.uid = q.uid AND o.recurrence_key = q.recurrence_key
+                     WHERE q.partition = $1 AND q.user_addr = $2
+                     AND q.uid = $3 AND q.recurrence_key = $4",
                     &[&p, &user, &uid, &key],
                 )
                 .await?;
@@ -190,6 +201,7 @@ fn pending_row(r: &tokio_postgres::Row) -> PendingRow {
         summary: r.get(3),
         sequence: r.get(4),
         components,
+        stored: r.get::<_, bool>(8).then(|| (r.get(6), r.get(7))),
     }
 }
 

@@ -169,6 +169,8 @@ struct PendingView {
     which: String,
     recurrence_id: Option<String>,
     when: Vec<String>,
+    /// What the request changes in the user's calendar.
+    change: String,
 }
 
 struct BusyView {
@@ -262,6 +264,26 @@ impl App {
                 .recurrence_id
                 .map(|r| r.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
             when,
+            change: self.change(p),
+        }
+    }
+
+    /// "new", "update", or "moved from …" against the stored object.
+    fn change(&self, p: &PendingRow) -> String {
+        let Some((start, end)) = p.stored else {
+            return "new invitation".into();
+        };
+        let proposed = p.main().map(|c| {
+            (
+                c.start.as_ref().and_then(|t| t.utc),
+                c.end.as_ref().and_then(|t| t.utc),
+            )
+        });
+        match (proposed, start, end) {
+            (Some(now), Some(s), Some(e)) if now != (Some(s), Some(e)) => {
+                format!("moved from {}", self.span(s, e))
+            }
+            _ => "update (same time)".into(),
         }
     }
 }

@@ -394,6 +394,7 @@ async fn accepting_on_the_page_sends_the_reply_and_its_copy_which_apply() {
     assert!(html.contains("Quarterly planning"), "{html}");
     assert!(html.contains(ALICE), "{html}");
     assert!(html.contains("Tue 16 Mar 2027 09:00 – 10:00"), "{html}");
+    assert!(html.contains("new invitation"), "{html}");
     assert!(html.contains(&format!("/freebusy/{BOB}.ifb")), "{html}");
     let csrf = csrf_of(&html);
     assert!(
@@ -524,6 +525,41 @@ async fn accepting_on_the_page_sends_the_reply_and_its_copy_which_apply() {
     assert!(html.contains("ACCEPTED): applied"), "{html}");
     let (_, week) = page(&m, "/week?start=2027-03-16", BOB).await;
     assert!(week.contains("09:00 – 10:00 Quarterly planning"), "{week}");
+
+    // Alice moves it: the new request says what it changes.
+    let moved = vevent(&[
+        &format!("UID:{UID}"),
+        "SEQUENCE:3",
+        "DTSTAMP:20270105T000000Z",
+        "DTSTART:20270316T130000Z",
+        "DTEND:20270316T140000Z",
+        "SUMMARY:Quarterly planning",
+        "ORGANIZER;CN=Alice:mailto:alice@example.com",
+        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:alice@example.com",
+        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE;CN=Bob:mailto:bob@example.org",
+    ]);
+    let mail = imip_mail("REQUEST", ALICE, "moved@x", &[moved]);
+    let out = env
+        .ingest(
+            &[
+                "--direction",
+                "incoming",
+                "--sender",
+                ALICE,
+                "--recipient",
+                BOB,
+            ],
+            &mail,
+        )
+        .await;
+    assert!(out.status.success());
+    env.wait_applied().await;
+    let (_, html) = page(&m, "/", BOB).await;
+    assert!(html.contains("Tue 16 Mar 2027 13:00 – 14:00"), "{html}");
+    assert!(
+        html.contains("moved from Tue 16 Mar 2027 09:00 – 10:00"),
+        "{html}"
+    );
 }
 
 #[tokio::test]
