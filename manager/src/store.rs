@@ -23,6 +23,10 @@ pub struct Db {
     partitions: OnceCell<u32>,
 }
 
+/// A stored object's (start, end), either absent for an open-ended or
+/// undated component.
+pub type Span = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// A `request_queue` row.
 #[derive(Debug, Clone)]
 pub struct PendingRow {
@@ -34,7 +38,7 @@ pub struct PendingRow {
     pub components: Vec<Component>,
     /// The user's stored object of the same UID and recurrence, when the
     /// request updates one: its (start, end) as the calendar has them.
-    pub stored: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    pub stored: Option<Span>,
 }
 
 impl PendingRow {
