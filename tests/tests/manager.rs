@@ -560,6 +560,17 @@ async fn accepting_on_the_page_sends_the_reply_and_its_copy_which_apply() {
         html.contains("moved from Tue 16 Mar 2027 09:00 – 10:00"),
         "{html}"
     );
+    // SIGTERM stops it cleanly with the event stream still open, and the
+    // stream ends.
+    assert!(m.terminate().await.success());
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = events.chunk().await {}
+    })
+    .await;
+    assert!(
+        rest.is_ok(),
+        "the event stream did not end with the manager"
+    );
 }
 
 #[tokio::test]
