@@ -209,7 +209,7 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
 
 /// The tables a shared config file may hold besides its top-level keys, one
 /// per binary, so that one file can configure a whole installation.
-pub const SECTIONS: [&str; 3] = ["processor", "ctl", "publisher"];
+pub const SECTIONS: [&str; 4] = ["processor", "ctl", "publisher", "manager"];
 
 /// The tables that apply to a binary, in the order they override the top
 /// level: `imip-ctl` works on the processor's store, so it reads
@@ -219,6 +219,7 @@ pub fn sections_for(command: &str) -> &'static [&'static str] {
         "imip-processor" => &["processor"],
         "imip-ctl" => &["processor", "ctl"],
         "imip-publisher" => &["publisher"],
+        "imip-manager" => &["manager"],
         _ => &[],
     }
 }

@@ -429,6 +429,34 @@ impl Publisher {
     }
 }
 
+/// The calendar address [`TestEnv::start_manager_with`] gives the manager.
+pub const MANAGER_ADDRESS: &str = "calendar@example.com";
+
+/// A running `imip-manager`, killed when dropped.
+pub struct Manager {
+    pub child: tokio::process::Child,
+    pub port: u16,
+}
+
+impl Manager {
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running");
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("manager did not stop within 30 s of SIGTERM")
+            .expect("wait")
+    }
+}
+
 impl TestEnv {
     /// Starts `imip-processor run` with this environment (plus `extra` variables).
     pub fn start_processor(&self, extra: &[(&str, &str)]) -> Processor {
@@ -480,6 +508,42 @@ impl TestEnv {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Publisher { child, port }
+    }
+
+    /// Starts `imip-manager` listening on 127.0.0.1:`port` (calendar address
+    /// `calendar@example.com`, which must also be the processor's
+    /// `IMIP_MANAGER_ADDRESSES`) and waits until it accepts connections (it
+    /// listens once NATS, its consumer and PostgreSQL are there); `configure`
+    /// adds settings (the SMTP URL, trusted proxies, …).
+    pub async fn start_manager_with(
+        &self,
+        port: u16,
+        configure: impl FnOnce(&mut tokio::process::Command),
+    ) -> Manager {
+        let mut cmd = self.command("imip-manager");
+        cmd.env("IMIP_MANAGER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("IMIP_MANAGER_ADDRESSES", MANAGER_ADDRESS)
+            .env("IMIP_MANAGER_FROM", MANAGER_ADDRESS);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn imip-manager");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("imip-manager exited before listening: {status}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "imip-manager did not listen on port {port} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Manager { child, port }
     }
 
     /// `user`'s `message_log` rows, in stream order: (method, outcome).

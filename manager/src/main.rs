@@ -1,0 +1,104 @@
+//! `imip-manager` binary: settings, logging, signals, `config check`; the
+//! work is in the library.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "imip-manager",
+    version,
+    about = "The web page where users see their pending invitations and agenda and answer them (behind an authenticating proxy)"
+)]
+struct Cli {
+    #[command(flatten)]
+    settings: imipflow_manager::Settings,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the pages (the default).
+    Run,
+    /// Settings: `config check` validates them and prints each with its
+    /// source (flag, env, file, default), secrets hidden.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate without connecting; exit 78 (EX_CONFIG) when invalid.
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    imipflow_telemetry::init_logging("info,async_nats=warn")?;
+    imipflow_telemetry::install_recorder()?;
+    let layered =
+        imipflow_config::layered::parse_or_exit::<Cli>(imipflow_manager::Settings::augment_args);
+    if let Some(Command::Config {
+        action: ConfigAction::Check { json },
+    }) = &layered.cli.command
+    {
+        config_check(&layered, *json);
+        return Ok(());
+    }
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("SIGTERM handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down: finishing open requests, closing live updates");
+        let _ = tx.send(true);
+    });
+    imipflow_manager::run(layered.cli.settings, rx)
+        .await
+        .context("imip-manager failed")
+}
+
+/// `config check`: every setting with its source, problems and warnings;
+/// exits 78 (EX_CONFIG) when a setting is invalid.
+fn config_check(layered: &imipflow_config::layered::Layered<Cli>, json: bool) {
+    let settings = &layered.cli.settings;
+    let problems = settings.problems();
+    let warnings = settings.warnings();
+    if json {
+        let doc = serde_json::json!({
+            "file": layered.file,
+            "valid": problems.is_empty(),
+            "problems": problems,
+            "warnings": warnings,
+            "settings": layered.entries,
+        });
+        println!("{doc}");
+    } else {
+        match &layered.file {
+            Some(f) => println!("config file: {}", f.display()),
+            None => println!("config file: none"),
+        }
+        print!("{}", imipflow_config::layered::render(&layered.entries));
+        for p in &problems {
+            eprintln!("invalid: {p}");
+        }
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+        if problems.is_empty() {
+            println!("config: valid");
+        }
+    }
+    if !problems.is_empty() {
+        std::process::exit(78);
+    }
+}

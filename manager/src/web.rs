@@ -1,0 +1,536 @@
+//! The pages and the answer form: `GET /` (pending requests and agenda),
+//! `GET /week` (free/busy of one week), `POST /requests/{uid}/answer`,
+//! `GET /events` (Server-Sent Events), and `/healthz`, `/readyz`,
+//! `/metrics`. Every page needs a user ([`crate::auth`]); every POST a CSRF
+//! token of that user.
+
+use crate::auth::Trust;
+use crate::error::ManagerError;
+use crate::events::Notice;
+use crate::health::Health;
+use crate::mail::{self, Outbox, State, Status};
+use crate::reply::{self, Answer};
+use crate::store::{Busy, Db, PendingRow};
+use askama::Template;
+use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State as AxState};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Router};
+use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use futures::StreamExt;
+use imipflow_schema::FbType;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::{broadcast, watch};
+
+/// What the handlers share.
+pub struct App {
+    pub db: Db,
+    pub trust: Trust,
+    pub outbox: Arc<Outbox>,
+    pub calendar: String,
+    pub tz: Tz,
+    pub publisher_url: String,
+    pub agenda_weeks: u32,
+    pub notices: broadcast::Sender<Notice>,
+    pub health: Arc<Health>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+type Shared = Arc<App>;
+
+/// The signed-in user, or a 401.
+pub struct User {
+    pub address: String,
+    /// `?as=<user>` to carry on links in development mode, else empty.
+    pub query: String,
+}
+
+impl FromRequestParts<Shared> for User {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, app: &Shared) -> Result<Self, Response> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .ok_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+        let dev = if app.trust.dev_pick_user {
+            query_param(parts.uri.query().unwrap_or(""), "as")
+        } else {
+            None
+        };
+        match app.trust.user(peer, &parts.headers, dev.as_deref()) {
+            Ok(address) => {
+                let query = match dev {
+                    Some(_) => format!("?as={}", encode(&address)),
+                    None => String::new(),
+                };
+                Ok(User { address, query })
+            }
+            Err(why) => {
+                tracing::info!(%peer, reason = %why, "refused: no user");
+                metrics::counter!("imip_manager_refused_total", "status" => "401").increment(1);
+                Err((
+                    StatusCode::UNAUTHORIZED,
+                    format!("401 Unauthorized: {why}\n"),
+                )
+                    .into_response())
+            }
+        }
+    }
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A UID as one path segment (percent-encoded).
+fn path_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~@".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+pub fn router(app: Shared) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/week", get(week))
+        .route("/requests/{uid}/answer", post(answer))
+        .route("/events", get(events))
+        .route("/healthz", get(operations))
+        .route("/readyz", get(operations))
+        .route("/metrics", get(operations))
+        .with_state(app)
+}
+
+async fn operations(AxState(app): AxState<Shared>, method: Method, uri: Uri) -> Response {
+    match imipflow_telemetry::answer(&*app.health, &method, uri.path()).await {
+        Some(r) => r.map(axum::body::Body::new),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// An error a page shows as a 500, logged with its cause.
+struct PageError(ManagerError);
+
+impl From<ManagerError> for PageError {
+    fn from(e: ManagerError) -> Self {
+        PageError(e)
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        tracing::error!(error = %self.0, "page failed");
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "500 Internal Server Error: the calendar cannot be read right now\n",
+        )
+            .into_response()
+    }
+}
+
+fn render(t: &impl Template) -> Result<Response, PageError> {
+    Ok(Html(t.render().map_err(ManagerError::from)?).into_response())
+}
+
+struct StatusView {
+    uid: String,
+    summary: String,
+    partstat: String,
+    state: String,
+    failed: bool,
+}
+
+struct PendingView {
+    uid: String,
+    uid_path: String,
+    organizer: String,
+    summary: String,
+    which: String,
+    recurrence_id: Option<String>,
+    when: Vec<String>,
+    /// What the request changes in the user's calendar.
+    change: String,
+}
+
+struct BusyView {
+    when: String,
+    summary: String,
+    fbtype: String,
+    class: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "index.html")]
+struct IndexPage {
+    user: String,
+    q: String,
+    ifb: String,
+    zone: String,
+    csrf: String,
+    statuses: Vec<StatusView>,
+    pending: Vec<PendingView>,
+    answers: Vec<(&'static str, &'static str)>,
+    agenda: Vec<BusyView>,
+    weeks: u32,
+}
+
+impl App {
+    fn local(&self, t: DateTime<Utc>) -> String {
+        t.with_timezone(&self.tz)
+            .format("%a %d %b %Y %H:%M")
+            .to_string()
+    }
+
+    fn span(&self, start: DateTime<Utc>, end: DateTime<Utc>) -> String {
+        let (s, e) = (start.with_timezone(&self.tz), end.with_timezone(&self.tz));
+        if s.date_naive() == e.date_naive() {
+            format!("{} – {}", self.local(start), e.format("%H:%M"))
+        } else {
+            format!("{} – {}", self.local(start), self.local(end))
+        }
+    }
+
+    fn ifb(&self, user: &str) -> String {
+        format!(
+            "{}/freebusy/{}.ifb",
+            self.publisher_url.trim_end_matches('/'),
+            path_segment(user)
+        )
+    }
+
+    fn busy_view(&self, b: &Busy) -> BusyView {
+        BusyView {
+            when: self.span(b.start, b.end),
+            summary: b.summary.clone().unwrap_or_else(|| b.uid.clone()),
+            fbtype: b.fbtype.as_str().to_owned(),
+            class: if b.fbtype == FbType::BusyTentative {
+                "tentative"
+            } else {
+                "busy"
+            },
+        }
+    }
+
+    fn pending_view(&self, p: &PendingRow) -> PendingView {
+        let when = p
+            .components
+            .iter()
+            .filter_map(|c| {
+                let start = c.start.as_ref()?;
+                let end = c.end.as_ref().unwrap_or(start);
+                Some(match (start.utc, end.utc) {
+                    (Some(s), Some(e)) => self.span(s, e),
+                    _ if c.all_day => format!("{} (all day)", start.local),
+                    _ => format!("{} – {}", start.local, end.local),
+                })
+            })
+            .collect();
+        PendingView {
+            uid: p.uid.clone(),
+            uid_path: path_segment(&p.uid),
+            organizer: reply::organizer(p).unwrap_or_else(|| "(no organizer)".into()),
+            summary: p
+                .summary
+                .clone()
+                .or_else(|| p.main().and_then(|c| c.summary.clone()))
+                .unwrap_or_else(|| "(no summary)".into()),
+            which: match p.recurrence_id {
+                Some(rid) => format!("the occurrence of {}", self.local(rid)),
+                None if p.main().is_some_and(|c| !c.rrule.is_empty()) => "the whole series".into(),
+                None => String::new(),
+            },
+            recurrence_id: p
+                .recurrence_id
+                .map(|r| r.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            when,
+            change: self.change(p),
+        }
+    }
+
+    /// "new", "update", or "moved from …" against the stored object.
+    fn change(&self, p: &PendingRow) -> String {
+        let Some((start, end)) = p.stored else {
+            return "new invitation".into();
+        };
+        let proposed = p.main().map(|c| {
+            (
+                c.start.as_ref().and_then(|t| t.utc),
+                c.end.as_ref().and_then(|t| t.utc),
+            )
+        });
+        match (proposed, start, end) {
+            (Some(now), Some(s), Some(e)) if now != (Some(s), Some(e)) => {
+                format!("moved from {}", self.span(s, e))
+            }
+            _ => "update (same time)".into(),
+        }
+    }
+}
+
+fn status_view(s: &Status) -> StatusView {
+    let (state, failed) = match &s.state {
+        State::Sent => ("sent, waiting to apply".to_owned(), false),
+        State::Applied => ("applied".to_owned(), false),
+        State::Retrying { error, retry_at } => (
+            format!("could not send ({error}); trying again at {retry_at}"),
+            true,
+        ),
+        State::Failed { error } => (format!("could not send ({error}); not sent"), true),
+    };
+    StatusView {
+        uid: s.uid.clone(),
+        summary: s.summary.clone(),
+        partstat: s.partstat.clone(),
+        state,
+        failed,
+    }
+}
+
+async fn index(AxState(app): AxState<Shared>, user: User) -> Result<Response, PageError> {
+    let pending = app.db.pending(&user.address).await?;
+    let now = Utc::now();
+    let agenda = app
+        .db
+        .busy(
+            &user.address,
+            now,
+            now + Duration::weeks(i64::from(app.agenda_weeks.max(1))),
+        )
+        .await?;
+    render(&IndexPage {
+        ifb: app.ifb(&user.address),
+        zone: app.tz.name().to_owned(),
+        csrf: app.trust.csrf(&user.address),
+        statuses: app
+            .outbox
+            .statuses(&user.address)
+            .iter()
+            .map(status_view)
+            .collect(),
+        pending: pending.iter().map(|p| app.pending_view(p)).collect(),
+        answers: vec![
+            ("ACCEPTED", "Accept"),
+            ("TENTATIVE", "Tentative"),
+            ("DECLINED", "Decline"),
+        ],
+        agenda: agenda.iter().map(|b| app.busy_view(b)).collect(),
+        weeks: app.agenda_weeks.max(1),
+        user: user.address,
+        q: user.query,
+    })
+}
+
+struct DayView {
+    label: String,
+    busy: Vec<BusyView>,
+}
+
+#[derive(Template)]
+#[template(path = "week.html")]
+struct WeekPage {
+    user: String,
+    csrf: String,
+    q: String,
+    sep: &'static str,
+    ifb: String,
+    zone: String,
+    first: String,
+    prev: String,
+    next: String,
+    days: Vec<DayView>,
+}
+
+async fn week(
+    AxState(app): AxState<Shared>,
+    user: User,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, PageError> {
+    let today = Utc::now().with_timezone(&app.tz).date_naive();
+    let day = params
+        .get("start")
+        .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+        .unwrap_or(today);
+    let monday = day - Duration::days(i64::from(day.weekday().num_days_from_monday()));
+    let midnight = |d: NaiveDate| -> DateTime<Utc> {
+        app.tz
+            .from_local_datetime(&d.and_hms_opt(0, 0, 0).expect("midnight"))
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+    };
+    let busy = app
+        .db
+        .busy(
+            &user.address,
+            midnight(monday),
+            midnight(monday + Duration::days(7)),
+        )
+        .await?;
+    let days = (0..7)
+        .map(|i| {
+            let d = monday + Duration::days(i);
+            let (from, to) = (midnight(d), midnight(d + Duration::days(1)));
+            DayView {
+                label: d.format("%a %d %b").to_string(),
+                busy: busy
+                    .iter()
+                    .filter(|b| b.start < to && b.end > from)
+                    .map(|b| app.busy_view(b))
+                    .collect(),
+            }
+        })
+        .collect();
+    render(&WeekPage {
+        csrf: app.trust.csrf(&user.address),
+        ifb: app.ifb(&user.address),
+        zone: app.tz.name().to_owned(),
+        first: monday.format("%a %d %b %Y").to_string(),
+        prev: (monday - Duration::days(7)).to_string(),
+        next: (monday + Duration::days(7)).to_string(),
+        days,
+        user: user.address,
+        sep: if user.query.is_empty() { "?" } else { "&" },
+        q: user.query,
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub struct AnswerForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    partstat: String,
+    #[serde(default)]
+    recurrence_id: Option<String>,
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    metrics::counter!("imip_manager_refused_total", "status" => status.as_str().to_owned())
+        .increment(1);
+    (status, format!("{status}: {why}\n")).into_response()
+}
+
+async fn answer(
+    AxState(app): AxState<Shared>,
+    user: User,
+    Path(uid): Path<String>,
+    Form(form): Form<AnswerForm>,
+) -> Result<Response, PageError> {
+    if !app.trust.csrf_ok(&user.address, &form.csrf) {
+        return Ok(refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
+    }
+    let Some(answer) = Answer::parse(&form.partstat) else {
+        return Ok(refuse(
+            StatusCode::BAD_REQUEST,
+            "partstat must be ACCEPTED, TENTATIVE or DECLINED",
+        ));
+    };
+    let rid = match form.recurrence_id.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => Some(t.with_timezone(&Utc)),
+            Err(_) => {
+                return Ok(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "recurrence_id is not an RFC 3339 time",
+                ));
+            }
+        },
+    };
+    // Only the user's own queue is read: someone else's request is as unknown
+    // as one that does not exist.
+    let Some(entry) = app.db.pending_one(&user.address, &uid, rid).await? else {
+        return Ok(refuse(
+            StatusCode::NOT_FOUND,
+            "no such pending request of yours",
+        ));
+    };
+    let Some(organizer) = reply::organizer(&entry) else {
+        return Ok(refuse(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the request has no organizer to answer",
+        ));
+    };
+    let summary = entry
+        .summary
+        .clone()
+        .or_else(|| entry.main().and_then(|c| c.summary.clone()))
+        .unwrap_or_else(|| entry.uid.clone());
+    let ics = reply::compose(&entry, &user.address, answer, Utc::now());
+    let messages = mail::messages(
+        &user.address,
+        &organizer,
+        &app.calendar,
+        &format!("{}: {summary}", answer.verb()),
+        &ics,
+    )?;
+    let state = app
+        .outbox
+        .submit(
+            &user.address,
+            Status {
+                uid: entry.uid.clone(),
+                recurrence_id: rid,
+                summary,
+                partstat: answer.partstat().to_string(),
+                state: State::Sent,
+                at: Utc::now(),
+            },
+            messages,
+        )
+        .await;
+    tracing::info!(user = %user.address, uid = %entry.uid, ?rid, partstat = %answer.partstat(), ?state, "answer");
+    Ok(Redirect::to(&format!("/{}", user.query)).into_response())
+}
+
+async fn events(
+    AxState(app): AxState<Shared>,
+    user: User,
+) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+    let me = user.address;
+    let mut shutdown = app.shutdown.clone();
+    let stop = async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    };
+    let rx = tokio_stream_of(app.notices.subscribe());
+    let stream = rx
+        .filter_map(move |n| {
+            let mine = n.filter(|n| n.user == me);
+            async move { mine.map(|n| Ok(Event::default().event(n.kind).data(n.uid))) }
+        })
+        .take_until(Box::pin(stop));
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A broadcast receiver as a stream; a receiver that fell behind gets `None`
+/// items for what it missed, which are dropped (the next notice reloads).
+fn tokio_stream_of(rx: broadcast::Receiver<Notice>) -> impl futures::Stream<Item = Option<Notice>> {
+    futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(n) => Some((Some(n), rx)),
+            Err(broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
+            Err(broadcast::error::RecvError::Closed) => None,
+        }
+    })
+}
