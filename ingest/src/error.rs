@@ -26,6 +26,14 @@ pub enum IngestError {
     Connect { url: String, reason: String },
     #[error("JetStream did not acknowledge {subject}: {reason}")]
     Publish { subject: String, reason: String },
+    /// Nothing was stored: the MTA keeps the mail. For a message subject the
+    /// usual cause is a partition count other than the one `migrate`
+    /// recorded (the messages stream takes only the deployment's partitions).
+    #[error(
+        "no stream takes subject {subject}: is IMIP_PARTITIONS ({partitions}) the deployment's? \
+         (the count `imip-processor migrate` recorded; or the streams were never created: run it)"
+    )]
+    NoStream { subject: String, partitions: u32 },
 }
 
 impl IngestError {
@@ -33,9 +41,10 @@ impl IngestError {
         match self {
             IngestError::Usage(_) => exit::USAGE,
             IngestError::Stdin(_) => exit::IOERR,
-            IngestError::Runtime(_) | IngestError::Connect { .. } | IngestError::Publish { .. } => {
-                exit::TEMPFAIL
-            }
+            IngestError::Runtime(_)
+            | IngestError::Connect { .. }
+            | IngestError::Publish { .. }
+            | IngestError::NoStream { .. } => exit::TEMPFAIL,
         }
     }
 }

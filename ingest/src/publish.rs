@@ -79,6 +79,12 @@ pub fn publish(plan: &Plan, target: &Target<'_>) -> Result<(), IngestError> {
                     reason,
                 });
             }
+            Err(wire::WireError::NoStream { index }) => {
+                return Err(IngestError::NoStream {
+                    subject: subjects[index].clone(),
+                    partitions: target.partitions,
+                });
+            }
         }
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -115,6 +121,19 @@ pub async fn publish_async(plan: &Plan, target: &Target<'_>) -> Result<(), Inges
     let mut js = async_nats::jetstream::new(client);
     js.set_timeout(target.timeout);
 
+    let refused = |subject: String, e: async_nats::jetstream::context::PublishError| {
+        if e.kind() == async_nats::jetstream::context::PublishErrorKind::StreamNotFound {
+            IngestError::NoStream {
+                subject,
+                partitions: target.partitions,
+            }
+        } else {
+            IngestError::Publish {
+                subject,
+                reason: e.to_string(),
+            }
+        }
+    };
     let mut pending = Vec::with_capacity(plan.outputs.len());
     for output in &plan.outputs {
         let subject = subject(output, target.namespace, target.partitions);
@@ -125,10 +144,7 @@ pub async fn publish_async(plan: &Plan, target: &Target<'_>) -> Result<(), Inges
             output.to_json().into_owned().into(),
         )
         .await
-        .map_err(|e| IngestError::Publish {
-            subject: subject.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| refused(subject.clone(), e))?;
         pending.push((subject, ack));
     }
     for (subject, ack) in pending {
@@ -138,10 +154,7 @@ pub async fn publish_async(plan: &Plan, target: &Target<'_>) -> Result<(), Inges
                 subject: subject.clone(),
                 reason: "no acknowledgement in time".into(),
             })?
-            .map_err(|e| IngestError::Publish {
-                subject,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| refused(subject, e))?;
     }
     Ok(())
 }

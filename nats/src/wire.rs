@@ -44,6 +44,10 @@ pub enum WireError {
     Connect(String),
     /// Message `index` was not acknowledged.
     Publish { index: usize, reason: String },
+    /// No stream takes message `index`'s subject (a 503 no-responders
+    /// status): nothing was stored, and retrying will not help until the
+    /// subject or the streams change.
+    NoStream { index: usize },
 }
 
 /// One server of a (comma-separated) NATS URL.
@@ -361,8 +365,10 @@ impl Acks<'_> {
         if header_len > total {
             return Err(bad());
         }
-        check_ack(&body[..header_len], &body[header_len..total])
-            .map_err(|reason| WireError::Publish { index, reason })?;
+        check_ack(&body[..header_len], &body[header_len..total]).map_err(|e| match e {
+            AckError::NoStream => WireError::NoStream { index },
+            AckError::Other(reason) => WireError::Publish { index, reason },
+        })?;
         if !self.acked[index] {
             self.acked[index] = true;
             self.left -= 1;
@@ -400,20 +406,32 @@ fn server_error(text: &str) -> WireError {
     })
 }
 
+/// Why an acknowledgement is not one.
+#[derive(Debug, PartialEq, Eq)]
+enum AckError {
+    /// 503 no responders: no stream takes the subject.
+    NoStream,
+    Other(String),
+}
+
 /// Reads JetStream's reply to a publish: `{"stream":…,"seq":…}`, or an API
 /// error, or (headers only) a status such as 503 when no stream takes the
 /// subject.
-fn check_ack(headers: &[u8], payload: &[u8]) -> Result<(), String> {
+fn check_ack(headers: &[u8], payload: &[u8]) -> Result<(), AckError> {
     if !headers.is_empty() {
         let first = String::from_utf8_lossy(headers.split(|&b| b == b'\n').next().unwrap_or(&[]));
         let status = first.trim().strip_prefix("NATS/1.0").unwrap_or("").trim();
         if status.starts_with("503") {
-            return Err("no stream found for given subject (no responders)".into());
+            return Err(AckError::NoStream);
         }
         if !status.is_empty() && payload.is_empty() {
-            return Err(format!("status {status}"));
+            return Err(AckError::Other(format!("status {status}")));
         }
     }
+    check_ack_body(payload).map_err(AckError::Other)
+}
+
+fn check_ack_body(payload: &[u8]) -> Result<(), String> {
     let reply: serde_json::Value =
         serde_json::from_slice(payload).map_err(|e| format!("unreadable acknowledgement ({e})"))?;
     if let Some(err) = reply.get("error") {
@@ -472,13 +490,16 @@ mod tests {
     fn reads_acks() {
         assert!(check_ack(b"", br#"{"stream":"s","seq":3}"#).is_ok());
         assert!(check_ack(b"", br#"{"stream":"s","seq":3,"duplicate":true}"#).is_ok());
-        let e = check_ack(
+        let Err(AckError::Other(e)) = check_ack(
             b"",
             br#"{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"}}"#,
-        )
-        .unwrap_err();
+        ) else {
+            panic!("an API error is not an ack");
+        };
         assert!(e.contains("maximum messages exceeded"), "{e}");
-        let e = check_ack(b"NATS/1.0 503\r\n\r\n", b"").unwrap_err();
-        assert!(e.contains("no stream"), "{e}");
+        assert_eq!(
+            check_ack(b"NATS/1.0 503\r\n\r\n", b""),
+            Err(AckError::NoStream)
+        );
     }
 }

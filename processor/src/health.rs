@@ -138,6 +138,7 @@ impl Probe {
             dead_letters: status.dead_letters,
             unpublished_events: status.unpublished_events,
             quarantined: status.quarantined,
+            unread: status.unread,
         })
     }
 }

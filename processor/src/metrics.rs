@@ -44,6 +44,10 @@ pub const DEAD_LETTERS: &str = "imipflow_dead_letters";
 pub const QUARANTINED: &str = "imipflow_quarantined";
 /// Change events committed but not yet published to the events stream (gauge, scraped).
 pub const UNPUBLISHED_EVENTS: &str = "imipflow_outbox_unpublished";
+/// Messages in the messages stream on a partition no lane reads (gauge,
+/// scraped; docs/operations.md, "Partition count"). Counted only when some can
+/// exist (`status::unread_messages`), so the scrape stays cheap.
+pub const UNREAD: &str = "imipflow_unread_messages";
 /// Scrapes whose store readings failed (counter); the gauges keep their last values.
 pub const SCRAPE_ERRORS: &str = "imipflow_scrape_errors_total";
 /// Outbox rows too large for the server's max_payload, skipped by the relay (docs/subscribers.md).
@@ -105,6 +109,10 @@ pub fn describe() {
         UNPUBLISHED_EVENTS,
         "Change events committed but not yet published to the events stream"
     );
+    describe_gauge!(
+        UNREAD,
+        "Messages in the messages stream on a partition no lane reads (published with another IMIP_PARTITIONS before migrate narrowed the stream's subjects)"
+    );
     describe_counter!(SCRAPE_ERRORS, "Scrapes whose store readings failed");
     describe_counter!(
         EVENTS_SKIPPED,
@@ -161,6 +169,7 @@ pub struct StoreReadings {
     pub dead_letters: u64,
     pub quarantined: u64,
     pub unpublished_events: u64,
+    pub unread: u64,
 }
 
 /// One partition's readings (`status::PartitionStatus`, less what no gauge shows).
@@ -189,6 +198,7 @@ pub fn set_readings(r: &StoreReadings) {
     metrics::gauge!(DEAD_LETTERS).set(r.dead_letters as f64);
     metrics::gauge!(QUARANTINED).set(r.quarantined as f64);
     metrics::gauge!(UNPUBLISHED_EVENTS).set(r.unpublished_events as f64);
+    metrics::gauge!(UNREAD).set(r.unread as f64);
 }
 
 pub fn scrape_failed() {

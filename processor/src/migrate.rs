@@ -95,6 +95,39 @@ pub async fn run(settings: &Settings) -> Result<Vec<String>, ProcessorError> {
     let nats = connect_nats(settings).await?;
     let js = async_nats::jetstream::new(nats);
     log.extend(streams::ensure(&js, settings).await?);
+    let ns = settings.namespace()?;
+    let stream = js
+        .get_stream(ns.messages_stream())
+        .await
+        .map_err(ProcessorError::nats)?;
+    let unread = crate::status::unread(&stream, &ns, settings.partitions).await?;
+    if unread == 0 {
+        client
+            .execute(
+                "DELETE FROM deployment WHERE key = $1",
+                &[&crate::status::UNREAD_BEFORE],
+            )
+            .await?;
+    } else {
+        client
+            .execute(
+                "INSERT INTO deployment (key, value) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                &[
+                    &crate::status::UNREAD_BEFORE,
+                    &stream.cached_info().state.last_sequence.to_string(),
+                ],
+            )
+            .await?;
+        log.push(format!(
+            "WARNING: {unread} message(s) in {} are on partitions no lane reads \
+             (published by an ingest with another IMIP_PARTITIONS before the stream \
+             took only partitions 0..{}); re-pipe those mails from the MTA's log or \
+             archive (docs/operations.md, \"Partition count\")",
+            ns.messages_stream(),
+            settings.partitions
+        ));
+    }
     Ok(log)
 }
 

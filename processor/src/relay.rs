@@ -222,6 +222,10 @@ async fn pipelined(
                 "event {} not acknowledged: {reason}",
                 events[index].id
             ))),
+            Err(wire::WireError::NoStream { index }) => Err(ProcessorError::Nats(format!(
+                "event {} not acknowledged: no stream takes {} (run imip-processor migrate)",
+                events[index].id, events[index].subject
+            ))),
             Err(wire::WireError::Connect(reason) | wire::WireError::Unsupported(reason)) => {
                 Err(ProcessorError::Nats(format!("relay connection: {reason}")))
             }

@@ -14,7 +14,9 @@ pub struct PartitionStatus {
     pub applied: u64,
     /// Stream position of the partition's newest message.
     pub newest: u64,
-    /// `newest - applied`: messages (of this partition) not applied yet.
+    /// Messages of this partition after the applied position: waiting to be
+    /// applied (counted by JetStream, not a difference of stream positions,
+    /// which other partitions' messages interleave).
     pub lag: u64,
     /// Instance holding (or last holding) the lease: `<IMIP_INSTANCE or host>:<pid>`.
     pub owner: Option<String>,
@@ -62,6 +64,14 @@ pub struct Status {
     pub refused: u64,
     /// Change events committed but not yet published by a lane's relay.
     pub unpublished_events: u64,
+    /// Messages in the messages stream on a partition no lane reads (see
+    /// [`unread_messages`]); 0 in any deployment whose stream `migrate`
+    /// created or updated since it takes only the deployment's partitions.
+    pub unread: u64,
+    /// The messages stream takes subjects other than the deployment's
+    /// partitions (`migrate` has not run since an upgrade): a publish with
+    /// another `IMIP_PARTITIONS` would be stored for no lane.
+    pub stream_subjects_stale: bool,
     /// Live instances and how many partitions each owns.
     pub instances: Vec<InstanceStatus>,
     /// `IMIP_STALL_AFTER_SECS`: a partition waiting this long is stalled.
@@ -144,6 +154,9 @@ async fn status_of(
         .get_stream(ns.messages_stream())
         .await
         .map_err(ProcessorError::nats)?;
+    let stream_subjects_stale =
+        stream.cached_info().config.subjects != ns.messages_stream_subjects(settings.partitions);
+    let unread = unread_messages(db, &stream, &ns, settings.partitions).await?;
     // The partitions' newest positions, asked for all at once.
     let newest = futures::future::join_all((0..settings.partitions).map(|p| {
         let stream = &stream;
@@ -158,15 +171,34 @@ async fn status_of(
     }))
     .await;
     let mut partitions = Vec::new();
-    for (p, newest) in newest.into_iter().enumerate() {
+    let applied_of = |p: u32| {
         let row = rows.iter().find(|r| r.get::<_, i32>(0) == p as i32);
-        let applied = row.map(|r| r.get::<_, i64>(1)).unwrap_or(0).max(0) as u64;
+        row.map(|r| r.get::<_, i64>(1)).unwrap_or(0).max(0) as u64
+    };
+    // Messages waiting, counted by the server; asked only where the
+    // partition's newest position is past the applied one (a quiet lane
+    // costs nothing).
+    let waiting = futures::future::join_all(newest.iter().enumerate().map(|(p, &newest)| {
+        let stream = &stream;
+        let filter = ns.partition_filter(p as u32);
+        let applied = applied_of(p as u32);
+        async move {
+            if newest <= applied {
+                return Ok(0);
+            }
+            pending_after(stream, filter, applied).await
+        }
+    }))
+    .await;
+    for (p, (newest, waiting)) in newest.into_iter().zip(waiting).enumerate() {
+        let row = rows.iter().find(|r| r.get::<_, i32>(0) == p as i32);
+        let applied = applied_of(p as u32);
         let progress_at: Option<DateTime<Utc>> = row.and_then(|r| r.get(6));
         partitions.push(PartitionStatus {
             partition: p as u32,
             applied,
             newest,
-            lag: newest.saturating_sub(applied),
+            lag: waiting?,
             owner: row.and_then(|r| r.get(2)),
             epoch: row.map(|r| r.get(3)).unwrap_or(0),
             leased: row.map(|r| r.get(4)).unwrap_or(false),
@@ -200,6 +232,8 @@ async fn status_of(
         quarantined,
         refused: refused.max(0) as u64,
         unpublished_events: unpublished.max(0) as u64,
+        unread,
+        stream_subjects_stale,
         instances: instances
             .into_iter()
             .map(|(instance, partitions)| InstanceStatus {
@@ -257,4 +291,99 @@ async fn stalls(
         p.stalled_for_secs = secs;
         p.stalled = secs >= after.as_secs();
     }
+}
+
+/// Messages in the messages stream on a partition no lane reads (one at or
+/// beyond `partitions`). The stream takes only the deployment's partitions
+/// (`streams::configs`), so none can arrive once `migrate` has narrowed its
+/// subjects; this finds what a stream created before that (subjects
+/// `<ns>.msg.>`) still holds from an ingest with another `IMIP_PARTITIONS`.
+/// Reads the count of every stored subject (one per user): for `migrate`
+/// and `imip-ctl status`, not for a metrics scrape.
+pub async fn unread(
+    stream: &async_nats::jetstream::stream::Stream,
+    ns: &imipflow_schema::Namespace,
+    partitions: u32,
+) -> Result<u64, ProcessorError> {
+    use futures::TryStreamExt;
+    let mut subjects = stream
+        .info_with_subjects(ns.messages_subjects())
+        .await
+        .map_err(ProcessorError::nats)?;
+    let mut unread = 0;
+    while let Some((subject, count)) = subjects.try_next().await.map_err(ProcessorError::nats)? {
+        if ns
+            .message_partition(&subject)
+            .is_none_or(|p| p >= partitions)
+        {
+            unread += count as u64;
+        }
+    }
+    Ok(unread)
+}
+
+/// How many messages on `filter` the stream holds after sequence `applied`:
+/// the `num_pending` of a short-lived consumer starting there (NATS 2.9 has
+/// no cheaper count of one subject filter from a position).
+async fn pending_after(
+    stream: &async_nats::jetstream::stream::Stream,
+    filter: String,
+    applied: u64,
+) -> Result<u64, ProcessorError> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: applied + 1,
+            },
+            ack_policy: AckPolicy::None,
+            memory_storage: true,
+            num_replicas: 1,
+            // Gone by itself should the delete below not arrive.
+            inactive_threshold: std::time::Duration::from_secs(10),
+            ..Default::default()
+        })
+        .await
+        .map_err(ProcessorError::nats)?;
+    let info = consumer.cached_info();
+    let pending = info.num_pending;
+    let _ = stream.delete_consumer(&info.name).await;
+    Ok(pending)
+}
+
+/// Key of the `deployment` row `migrate` writes when the messages stream
+/// still holds unread messages from before it took only the deployment's
+/// partitions: the stream's last sequence then. None of them can be newer.
+pub const UNREAD_BEFORE: &str = "unread_before_seq";
+
+/// [`unread`], read only when some can exist: the stream still takes other
+/// subjects, or it still holds messages from before `migrate` narrowed it
+/// (the [`UNREAD_BEFORE`] row). Otherwise 0 without a look, so that the
+/// metrics scrape stays cheap.
+pub async fn unread_messages(
+    db: &tokio_postgres::Client,
+    stream: &async_nats::jetstream::stream::Stream,
+    ns: &imipflow_schema::Namespace,
+    partitions: u32,
+) -> Result<u64, ProcessorError> {
+    let info = stream.cached_info();
+    let exact = info.config.subjects == ns.messages_stream_subjects(partitions);
+    if exact {
+        let before: Option<String> = db
+            .query_opt(
+                "SELECT value FROM deployment WHERE key = $1",
+                &[&UNREAD_BEFORE],
+            )
+            .await?
+            .map(|r| r.get(0));
+        let before: u64 = match before.and_then(|v| v.parse().ok()) {
+            Some(b) => b,
+            None => return Ok(0),
+        };
+        if info.state.messages == 0 || info.state.first_sequence > before {
+            return Ok(0);
+        }
+    }
+    unread(stream, ns, partitions).await
 }

@@ -9,10 +9,15 @@ use async_nats::jetstream::{self, stream};
 use imipflow_schema::Namespace;
 use std::time::Duration;
 
-fn base(name: String, subject: String, settings: &Settings, max_age: Duration) -> stream::Config {
+fn base(
+    name: String,
+    subjects: Vec<String>,
+    settings: &Settings,
+    max_age: Duration,
+) -> stream::Config {
     stream::Config {
         name,
-        subjects: vec![subject],
+        subjects,
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         num_replicas: settings.replicas,
@@ -22,24 +27,26 @@ fn base(name: String, subject: String, settings: &Settings, max_age: Duration) -
     }
 }
 
-/// The three streams of a namespace.
+/// The three streams of a namespace. The messages stream takes exactly the
+/// deployment's partitions (`settings.partitions`, which `migrate` has
+/// checked against the recorded count), so a publish elsewhere gets no ack.
 pub fn configs(ns: &Namespace, settings: &Settings) -> Vec<stream::Config> {
     vec![
         base(
             ns.messages_stream(),
-            ns.messages_subjects(),
+            ns.messages_stream_subjects(settings.partitions),
             settings,
             settings.retention(),
         ),
         base(
             ns.quarantine_stream(),
-            ns.quarantine_subjects(),
+            vec![ns.quarantine_subjects()],
             settings,
             Duration::from_secs(30 * 86_400),
         ),
         base(
             ns.events_stream(),
-            ns.events_subjects(),
+            vec![ns.events_subjects()],
             settings,
             settings.retention(),
         ),
@@ -56,11 +63,27 @@ pub async fn ensure(
     for config in configs(&ns, settings) {
         let name = config.name.clone();
         match js.get_stream(&name).await {
-            Ok(_) => {
+            Ok(mut existing) => {
+                let before = existing
+                    .info()
+                    .await
+                    .map_err(ProcessorError::nats)?
+                    .config
+                    .subjects
+                    .clone();
+                let after = config.subjects.clone();
                 js.update_stream(config)
                     .await
                     .map_err(ProcessorError::nats)?;
-                done.push(format!("stream {name}: up to date"));
+                if before == after {
+                    done.push(format!("stream {name}: up to date"));
+                } else {
+                    done.push(format!(
+                        "stream {name}: subjects {} (were {})",
+                        after.join(" "),
+                        before.join(" ")
+                    ));
+                }
             }
             Err(_) => {
                 js.create_stream(config)

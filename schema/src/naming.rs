@@ -54,9 +54,19 @@ impl Namespace {
         format!("{}-messages", self.0)
     }
 
-    /// Every subject of the messages stream.
+    /// Every subject of the messages stream, as one filter (for reading).
     pub fn messages_subjects(&self) -> String {
         format!("{}.msg.>", self.0)
+    }
+
+    /// The subjects the messages stream takes: exactly one filter per
+    /// partition the deployment has, so that a publish on a partition no
+    /// lane reads (ingest run with another `IMIP_PARTITIONS`) is refused by
+    /// JetStream instead of stored for no one (docs/configuration.md).
+    pub fn messages_stream_subjects(&self, partitions: u32) -> Vec<String> {
+        (0..partitions.max(1))
+            .map(|p| self.partition_filter(p))
+            .collect()
     }
 
     /// The subject one user's message is published on: partition first, so that

@@ -26,7 +26,27 @@ pub async fn run(s: &Settings, json: bool) -> anyhow::Result<()> {
         st.lag, st.dead_letters, st.quarantined, st.refused, st.unpublished_events
     );
     print_stalls(&st);
+    print_routing(&st, s.partitions);
     Ok(())
+}
+
+/// Messages no lane will read, and a stream that would still store them.
+fn print_routing(st: &Status, partitions: u32) {
+    if st.unread > 0 {
+        println!(
+            "WARNING: {} message(s) in the messages stream are on partitions no lane reads \
+             (published with an IMIP_PARTITIONS other than {partitions}); re-pipe those \
+             mails (docs/operations.md, \"Partition count\")",
+            st.unread
+        );
+    }
+    if st.stream_subjects_stale {
+        println!(
+            "WARNING: the messages stream takes subjects beyond partitions 0..{partitions}, \
+             so an ingest with another IMIP_PARTITIONS is stored for no lane: \
+             run imip-processor migrate"
+        );
+    }
 }
 
 fn partition_line(p: &PartitionStatus) -> String {
