@@ -68,7 +68,25 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Dead letters: list, or replay one.
+    /// A user's message history: what became of each message, and why.
+    Log {
+        user: String,
+        /// Only messages decided at or after this instant (RFC 3339).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// Only this outcome: applied, stale, ignored, refused,
+        /// dead_lettered, duplicate.
+        #[arg(long)]
+        outcome: Option<imipflow_schema::MessageOutcome>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The users the store knows, with their counts.
+    Users {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters: list, replay or delete one.
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
@@ -131,16 +149,62 @@ pub enum QuarantineAction {
         limits: imipflow_ingest::Limits,
     },
     /// Delete a record without releasing it.
-    Delete { id: u64 },
+    Delete {
+        id: u64,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum DlqAction {
+    /// The dead letters not resolved yet.
     List {
+        /// Replayed ones too.
+        #[arg(long)]
+        all: bool,
         #[arg(long)]
         json: bool,
     },
+    /// Apply one again; resolves it when it applies.
     Replay {
         id: i64,
+        #[arg(long)]
+        json: bool,
     },
+    /// Delete one without applying it (resolved by hand).
+    Delete {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Command {
+    /// Whether the command was given `--json` (its errors are JSON too).
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Freebusy { json, .. }
+            | Command::Object { json, .. }
+            | Command::Objects { json, .. }
+            | Command::Queue { json, .. }
+            | Command::Events { json, .. }
+            | Command::Log { json, .. }
+            | Command::Users { json }
+            | Command::Status { json }
+            | Command::Rebuild { json, .. }
+            | Command::Replay { json, .. } => *json,
+            Command::Dlq { action } => match action {
+                DlqAction::List { json, .. }
+                | DlqAction::Replay { json, .. }
+                | DlqAction::Delete { json, .. } => *json,
+            },
+            Command::Quarantine { action } => match action {
+                QuarantineAction::List { json }
+                | QuarantineAction::Show { json, .. }
+                | QuarantineAction::Release { json, .. }
+                | QuarantineAction::Delete { json, .. } => *json,
+            },
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! user's partition row, so a command is serialised with the lane.
 
 pub mod cmd;
+pub mod error;
 pub mod ics;
 pub mod output;
 pub mod quarantine;
