@@ -108,10 +108,36 @@ imip-ctl events --since 1200 --follow --json")]
         #[arg(long)]
         json: bool,
     },
-    /// Dead letters: list, or replay one.
+    /// A user's message history: what became of each message, and why.
+    #[command(after_help = "Examples:\n  \
+imip-ctl log alice@example.com\n  \
+imip-ctl log alice@example.com --outcome refused --since 2027-04-01T00:00:00Z")]
+    Log {
+        /// The user's address.
+        user: String,
+        /// Only messages decided at or after this instant (RFC 3339).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// Only this outcome: applied, stale, ignored, refused,
+        /// dead_lettered, duplicate.
+        #[arg(long)]
+        outcome: Option<imipflow_schema::MessageOutcome>,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The users the store knows, with their counts.
+    #[command(after_help = "Examples:\n  imip-ctl users\n  imip-ctl users --json")]
+    Users {
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters: list, replay or delete one.
     #[command(after_help = "Examples:\n  \
 imip-ctl dlq list\n  \
-imip-ctl dlq replay 42")]
+imip-ctl dlq replay 42\n  \
+imip-ctl dlq delete 42")]
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
@@ -232,23 +258,42 @@ pub enum QuarantineAction {
     Delete {
         /// The record's ID (from `quarantine list`).
         id: u64,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 #[derive(Subcommand)]
 pub enum DlqAction {
-    /// Every dead letter, oldest first.
-    #[command(after_help = "Examples:\n  imip-ctl dlq list\n  imip-ctl dlq list --json")]
+    /// The dead letters not resolved yet, oldest first.
+    #[command(after_help = "Examples:\n  imip-ctl dlq list\n  imip-ctl dlq list --all --json")]
     List {
+        /// Replayed (resolved) ones too.
+        #[arg(long)]
+        all: bool,
         /// JSON on stdout.
         #[arg(long)]
         json: bool,
     },
-    /// Apply a dead letter's message again, the way the lane does.
+    /// Apply a dead letter's message again, the way the lane does; resolves
+    /// it when it applies.
     #[command(after_help = "Example:\n  imip-ctl dlq replay 42")]
     Replay {
         /// The dead letter's ID (from `dlq list`).
         id: i64,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one without applying it (resolved by hand).
+    #[command(after_help = "Example:\n  imip-ctl dlq delete 42")]
+    Delete {
+        /// The dead letter's ID (from `dlq list`).
+        id: i64,
+        /// JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -258,4 +303,34 @@ pub enum CompletionShell {
     Bash,
     Zsh,
     Fish,
+}
+
+impl Command {
+    /// Whether the command was given `--json` (its errors are JSON too).
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Freebusy { json, .. }
+            | Command::Object { json, .. }
+            | Command::Objects { json, .. }
+            | Command::Queue { json, .. }
+            | Command::Events { json, .. }
+            | Command::Log { json, .. }
+            | Command::Users { json }
+            | Command::Status { json }
+            | Command::Rebuild { json, .. }
+            | Command::Replay { json, .. } => *json,
+            Command::Dlq { action } => match action {
+                DlqAction::List { json, .. }
+                | DlqAction::Replay { json, .. }
+                | DlqAction::Delete { json, .. } => *json,
+            },
+            Command::Completions { .. } | Command::Man { .. } => false,
+            Command::Quarantine { action } => match action {
+                QuarantineAction::List { json }
+                | QuarantineAction::Show { json, .. }
+                | QuarantineAction::Release { json, .. }
+                | QuarantineAction::Delete { json, .. } => *json,
+            },
+        }
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod cmd;
+pub mod error;
 pub mod ics;
 pub mod output;
 pub mod quarantine;

@@ -6,15 +6,60 @@ mod cli;
 
 use clap::Args;
 use cli::{Cli, Command, DlqAction, QuarantineAction};
-use imipflow_ctl::cmd::{dlq, events, lookup, quarantine, queue, repair, status};
+use imipflow_ctl::cmd::{dlq, events, log, lookup, quarantine, queue, repair, status, users};
 use imipflow_ctl::output::Format;
 use imipflow_processor::Settings;
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    imipflow_telemetry::init_logging("warn")?;
-    let cli = imipflow_config::layered::parse_or_exit::<Cli>(Settings::augment_args).cli;
-    run(&cli.settings, cli.command).await
+async fn main() -> std::process::ExitCode {
+    imipflow_ctl::output::quiet_on_broken_pipe();
+    let cli = parse();
+    let json = cli.command.json();
+    let result = match imipflow_telemetry::init_logging("warn") {
+        Ok(_) => run(&cli.settings, cli.command).await,
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => imipflow_ctl::output::fail(&e, json),
+    }
+}
+
+/// The arguments, or the exit: under `--json` a usage or configuration
+/// error is one JSON object on stderr like any other error (help and
+/// version print as usual), otherwise clap's own message.
+fn parse() -> Cli {
+    use imipflow_config::layered::{LayerError, parse_or_exit, try_parse_from};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let json = args.iter().any(|a| a == "--json");
+    let error = match try_parse_from::<Cli>(
+        Settings::augment_args,
+        args,
+        std::env::var_os("IMIP_CONFIG"),
+    ) {
+        Ok(layered) => return layered.cli,
+        Err(e) => e,
+    };
+    let (kind, code) = match &error {
+        LayerError::Clap(e) if e.use_stderr() => ("usage", e.exit_code()),
+        LayerError::Config(_) => ("configuration", 78),
+        LayerError::Clap(_) => ("", 0),
+    };
+    if !json || kind.is_empty() {
+        // The same error again, reported and exited on the usual way.
+        return parse_or_exit::<Cli>(Settings::augment_args).cli;
+    }
+    let text = error.to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let doc = serde_json::json!({
+        "error": first.strip_prefix("error: ").unwrap_or(first),
+        "kind": kind,
+        "causes": lines.collect::<Vec<_>>(),
+        "exit": code,
+    });
+    eprintln!("{doc}");
+    std::process::exit(code);
 }
 
 /// `imip-ctl completions SHELL`: the script, from the clap definition.
@@ -94,9 +139,17 @@ async fn run(s: &Settings, command: Command) -> anyhow::Result<()> {
             follow,
             json,
         } => events::run(s, user.as_deref(), since, follow, json).await,
+        Command::Log {
+            user,
+            since,
+            outcome,
+            json,
+        } => log::run(s, &user, since, outcome, json).await,
+        Command::Users { json } => users::run(s, json).await,
         Command::Dlq { action } => match action {
-            DlqAction::List { json } => dlq::list(s, json).await,
-            DlqAction::Replay { id } => dlq::replay(s, id).await,
+            DlqAction::List { all, json } => dlq::list(s, all, json).await,
+            DlqAction::Replay { id, json } => dlq::replay(s, id, json).await,
+            DlqAction::Delete { id, json } => dlq::delete(s, id, json).await,
         },
         Command::Status { json } => status::run(s, json).await,
         Command::Rebuild { user, json } => repair::rebuild(s, &user, json).await,
@@ -114,7 +167,7 @@ async fn run(s: &Settings, command: Command) -> anyhow::Result<()> {
             QuarantineAction::Release { id, json, limits } => {
                 quarantine::release(s, id, json, &limits).await
             }
-            QuarantineAction::Delete { id } => quarantine::delete(s, id).await,
+            QuarantineAction::Delete { id, json } => quarantine::delete(s, id, json).await,
         },
     }
 }

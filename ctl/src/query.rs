@@ -183,3 +183,82 @@ pub async fn objects(
         })
         .collect())
 }
+
+/// Whether the store knows `user` at all: a row of theirs in any of the
+/// tables a message leaves one in (a refused message leaves only its
+/// `message_log` row, a failed one only its dead letter). Each probe is an
+/// index lookup in the user's partition.
+pub async fn user_known(
+    db: &impl tokio_postgres::GenericClient,
+    user: &str,
+) -> Result<bool, ProcessorError> {
+    let partition = partition_of(db, user).await?;
+    Ok(db
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM message_log WHERE partition = $1 AND user_addr = $2)
+                 OR EXISTS (SELECT 1 FROM user_usage WHERE partition = $1 AND user_addr = $2)
+                 OR EXISTS (SELECT 1 FROM user_events WHERE partition = $1 AND user_addr = $2)
+                 OR EXISTS (SELECT 1 FROM request_queue WHERE partition = $1 AND user_addr = $2)
+                 OR EXISTS (SELECT 1 FROM objects WHERE partition = $1 AND user_addr = $2)
+                 OR EXISTS (SELECT 1 FROM dead_letters WHERE partition = $1 AND user_addr = $2)",
+            &[&partition, &user],
+        )
+        .await?
+        .get(0))
+}
+
+/// One row of `imip-ctl users`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserSummary {
+    pub user: String,
+    pub partition: i32,
+    /// Stored objects (masters and overrides) and free/busy rows, from the
+    /// quota counters the lane keeps in the same transaction as the rows.
+    pub objects: i64,
+    pub freebusy: i64,
+    /// Pending requests (`request_queue` rows: series and single instances).
+    pub pending_requests: i64,
+    /// The sequence of the user's last change event (0: none yet).
+    pub last_event_sequence: i64,
+    /// Dead letters not resolved yet.
+    pub dead_letters: i64,
+}
+
+/// Every user the store knows (see [`user_known`]), by address.
+pub async fn users(
+    db: &impl tokio_postgres::GenericClient,
+) -> Result<Vec<UserSummary>, ProcessorError> {
+    let rows = db
+        .query(
+            "WITH u AS (
+                 SELECT partition, user_addr FROM message_log
+                 UNION SELECT partition, user_addr FROM user_usage
+                 UNION SELECT partition, user_addr FROM user_events
+                 UNION SELECT partition, user_addr FROM request_queue
+                 UNION SELECT partition, user_addr FROM dead_letters)
+             SELECT u.user_addr, u.partition, coalesce(s.objects, 0), coalesce(s.freebusy, 0),
+                    coalesce(q.n, 0), coalesce(e.last_seq, 0), coalesce(d.n, 0)
+             FROM u
+             LEFT JOIN user_usage s USING (partition, user_addr)
+             LEFT JOIN user_events e USING (partition, user_addr)
+             LEFT JOIN (SELECT partition, user_addr, count(*) AS n FROM request_queue
+                        GROUP BY 1, 2) q USING (partition, user_addr)
+             LEFT JOIN (SELECT partition, user_addr, count(*) AS n FROM dead_letters
+                        WHERE replayed_at IS NULL GROUP BY 1, 2) d USING (partition, user_addr)
+             ORDER BY u.user_addr",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| UserSummary {
+            user: r.get(0),
+            partition: r.get(1),
+            objects: r.get(2),
+            freebusy: r.get(3),
+            pending_requests: r.get(4),
+            last_event_sequence: r.get(5),
+            dead_letters: r.get(6),
+        })
+        .collect())
+}

@@ -46,7 +46,9 @@ impl std::str::FromStr for ReplayOutcome {
 /// the partition row lock (serialised with the lane), without moving the
 /// partition's position. Idempotent: a message already in `message_log`
 /// changes nothing; one that is not (dead-lettered before, or its log lost
-/// with a restored database) goes through newer-wins again.
+/// with a restored database) goes through newer-wins again. A message with
+/// a pending dead letter resolves it when decided now, and files no second
+/// one when it fails again.
 pub async fn replay_one(
     db: &mut tokio_postgres::Client,
     settings: &Settings,
@@ -69,11 +71,37 @@ pub async fn replay_one(
         partition,
         max_payload: imipflow_processor::events::DEFAULT_MAX_PAYLOAD,
     };
+    // The message's dead letters not resolved yet, before it is tried again.
+    let filed: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM dead_letters
+             WHERE partition = $1 AND stream_seq = $2 AND replayed_at IS NULL",
+            &[&partition, &seq],
+        )
+        .await?
+        .get(0);
     let outcome = match apply.message(&mut tx, seq, payload).await? {
         Verdict::Done(d) => d.outcome(),
         Verdict::Duplicate => MessageOutcome::Duplicate,
         Verdict::DeadLettered(_) => MessageOutcome::DeadLettered,
     };
+    if outcome == MessageOutcome::DeadLettered {
+        if filed > 0 {
+            // Failing again adds nothing: its pending dead letter stands for
+            // it, so replaying a range twice does not file it twice.
+            tx.rollback().await?;
+            return Ok(ReplayOutcome::Done(outcome));
+        }
+    } else if filed > 0 {
+        // Decided now (applied, or a duplicate of what was applied since):
+        // its dead letters are resolved, as `dlq replay` resolves one.
+        tx.execute(
+            "UPDATE dead_letters SET replayed_at = now()
+             WHERE partition = $1 AND stream_seq = $2 AND replayed_at IS NULL",
+            &[&partition, &seq],
+        )
+        .await?;
+    }
     tx.commit().await?;
     Ok(ReplayOutcome::Done(outcome))
 }

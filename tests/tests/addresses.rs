@@ -20,7 +20,7 @@ async fn ingest_ok(env: &TestEnv, args: &[&str], mail: &[u8]) {
 }
 
 fn uids(objects: &Value) -> Vec<String> {
-    let mut v: Vec<String> = objects["objects"]
+    let mut v: Vec<String> = objects
         .as_array()
         .expect("objects")
         .iter()
@@ -99,7 +99,7 @@ async fn a_list_copy_does_not_make_the_genuine_copy_a_duplicate() {
         ]
     );
     let queue = env.ctl_json(&["queue", BOB]).await;
-    let queued: Vec<&str> = queue["queue"]
+    let queued: Vec<&str> = queue
         .as_array()
         .unwrap()
         .iter()

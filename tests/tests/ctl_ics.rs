@@ -419,7 +419,7 @@ async fn an_outlook_series_keeps_its_windows_zone_and_properties() {
     ingest(&env, &["--sender", ALICE], &mail).await;
     env.wait_applied().await;
     let objects = env.ctl_json(&["objects", ALICE]).await;
-    let uid = objects["objects"][0]["uid"].as_str().unwrap().to_owned();
+    let uid = objects[0]["uid"].as_str().unwrap().to_owned();
 
     let text = ics(&env, &[ALICE, &uid]).await;
     assert_file_shape(&text);

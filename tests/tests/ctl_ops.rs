@@ -185,9 +185,10 @@ async fn replay_changes_nothing_applied_and_restores_what_was_lost() {
     assert_eq!(r["to"], 4);
 }
 
-fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+/// A list command's `--json`: one array.
+fn json_list(out: &std::process::Output) -> Vec<serde_json::Value> {
     assert!(out.status.success(), "{out:?}");
-    imipflow_tests::json_lines(&out.stdout)
+    serde_json::from_slice(&out.stdout).expect("one JSON array")
 }
 
 #[tokio::test]
@@ -209,7 +210,7 @@ async fn quarantine_list_show_release_and_delete() {
     let out = env.run_with(cmd, &["--sender", alice], &big).await;
     assert!(out.status.success(), "{out:?}");
 
-    let list = json_lines(&ctl(&env, &["quarantine", "list", "--json"], &[]).await);
+    let list = json_list(&ctl(&env, &["quarantine", "list", "--json"], &[]).await);
     assert_eq!(list.len(), 2, "{list:?}");
     let attendees = list
         .iter()
@@ -268,7 +269,7 @@ async fn quarantine_list_show_release_and_delete() {
     );
     let out = ctl(&env, &["quarantine", "delete", &cut_id], &[]).await;
     assert!(out.status.success(), "{out:?}");
-    let list = json_lines(&ctl(&env, &["quarantine", "list", "--json"], &[]).await);
+    let list = json_list(&ctl(&env, &["quarantine", "list", "--json"], &[]).await);
     assert!(list.is_empty(), "{list:?}");
     let status = env.ctl_json(&["status"]).await;
     assert_eq!(status["quarantined"], 0);
@@ -301,6 +302,16 @@ async fn writers_refuse_a_partition_count_other_than_the_deployments() {
             "{args:?}: {err}"
         );
     }
+    // A reader finds the user in their partition by the deployment's count,
+    // not this command's (a known user: a row in their partition).
+    env.pg()
+        .await
+        .execute(
+            "INSERT INTO user_usage (partition, user_addr) VALUES ($1, $2)",
+            &[&env.partition_of(user), &user],
+        )
+        .await
+        .unwrap();
     let out = ctl(
         &env,
         &["objects", user],

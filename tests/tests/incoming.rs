@@ -51,7 +51,9 @@ impl World {
     }
 
     async fn queue(&self, user: &str) -> Vec<Value> {
-        self.env.ctl_json(&["queue", user]).await["queue"]
+        self.env
+            .ctl_json(&["queue", user])
+            .await
             .as_array()
             .unwrap()
             .clone()
@@ -177,7 +179,7 @@ async fn round_trip(partstat: &str, expect_busy: Vec<String>) {
     assert!(w.busy(ALICE).await.is_empty());
     ifb_shows(&publisher, &[]).await;
     let objs = w.env.ctl_json(&["objects", ALICE]).await;
-    assert!(objs["objects"].as_array().unwrap().is_empty(), "{objs}");
+    assert!(objs.as_array().unwrap().is_empty(), "{objs}");
     assert_eq!(
         w.log().await,
         vec!["REQUEST applied", "REPLY applied", "CANCEL applied"]

@@ -430,7 +430,7 @@ async fn a_3000_character_uid_is_quarantined_not_dead_lettered() {
         .get(0);
     assert_eq!(dead, 0);
     let objects = env.ctl_json(&["objects", ALICE]).await;
-    let uids: Vec<&str> = objects["objects"]
+    let uids: Vec<&str> = objects
         .as_array()
         .unwrap()
         .iter()

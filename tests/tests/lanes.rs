@@ -245,11 +245,12 @@ async fn a_poison_message_is_dead_lettered_the_lane_continues_and_replay_applies
         assert!(out.status.success());
     }
     env.wait_applied().await;
-    let dlq = imipflow_tests::json_lines(
+    let dlq: Vec<serde_json::Value> = serde_json::from_slice(
         &env.run("imip-ctl", &["dlq", "list", "--json"], b"")
             .await
             .stdout,
-    );
+    )
+    .expect("one JSON array");
     assert_eq!(dlq.len(), 1);
     assert!(
         dlq[0]["error"].as_str().unwrap().contains("poisoned row"),
@@ -257,7 +258,7 @@ async fn a_poison_message_is_dead_lettered_the_lane_continues_and_replay_applies
         dlq[0]
     );
     let objs = env.ctl_json(&["objects", "alice@example.com"]).await;
-    let uids: Vec<&str> = objs["objects"]
+    let uids: Vec<&str> = objs
         .as_array()
         .unwrap()
         .iter()
@@ -279,7 +280,7 @@ async fn a_poison_message_is_dead_lettered_the_lane_continues_and_replay_applies
         String::from_utf8_lossy(&out.stderr)
     );
     let objs = env.ctl_json(&["objects", "alice@example.com"]).await;
-    assert_eq!(objs["objects"].as_array().unwrap().len(), 2);
+    assert_eq!(objs.as_array().unwrap().len(), 2);
     let status = env.ctl_json(&["status"]).await;
     assert_eq!(status["dead_letters"], 0);
 }

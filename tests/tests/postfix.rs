@@ -69,7 +69,8 @@ fn alice_meeting(reply_from: Option<(&str, &str)>) -> Vec<String> {
 }
 
 async fn queue(env: &TestEnv, user: &str) -> Vec<Value> {
-    env.ctl_json(&["queue", user]).await["queue"]
+    env.ctl_json(&["queue", user])
+        .await
         .as_array()
         .expect("queue")
         .clone()

@@ -61,7 +61,9 @@ impl World {
 
     /// Alice's queue as (recurrence id or "series", summary).
     async fn queue(&self) -> Vec<String> {
-        self.env.ctl_json(&["queue", ALICE]).await["queue"]
+        self.env
+            .ctl_json(&["queue", ALICE])
+            .await
             .as_array()
             .unwrap()
             .iter()

@@ -45,7 +45,9 @@ impl Run {
 
     async fn objects(&self, user: &str) -> Vec<serde_json::Value> {
         self.env.wait_applied().await;
-        self.env.ctl_json(&["objects", user]).await["objects"]
+        self.env
+            .ctl_json(&["objects", user])
+            .await
             .as_array()
             .unwrap()
             .clone()

@@ -67,7 +67,9 @@ impl World {
 
     async fn object(&self, user: &str, uid: &str) -> Option<Value> {
         self.env.wait_applied().await;
-        self.env.ctl_json(&["objects", user]).await["objects"]
+        self.env
+            .ctl_json(&["objects", user])
+            .await
             .as_array()
             .unwrap()
             .iter()
@@ -178,7 +180,7 @@ async fn messages_from_unentitled_senders_are_refused_recorded_and_counted() {
     let bob_object = w.object(BOB, "meeting@trust").await.unwrap();
     assert_eq!(bob_object["sequence"], 0);
     let queue = w.env.ctl_json(&["queue", BOB]).await;
-    assert_eq!(queue["queue"].as_array().unwrap().len(), 0, "{queue}");
+    assert_eq!(queue.as_array().unwrap().len(), 0, "{queue}");
 
     // Recorded: each refusal with its reason.
     let log = w.log().await;
@@ -278,7 +280,7 @@ fn with(mut lines: Vec<String>, extra: &[&str]) -> Vec<String> {
 async fn queue_of(w: &World, user: &str) -> Vec<Value> {
     w.env.wait_applied().await;
     let q = w.env.ctl_json(&["queue", user]).await;
-    q["queue"].as_array().unwrap().clone()
+    q.as_array().unwrap().clone()
 }
 
 /// Reasons of the refused messages, in stream order.
@@ -352,7 +354,7 @@ async fn stored_organizer_decides(extra: &[(&str, &str)]) {
     let after = w.object(BOB, "meeting@trust").await.unwrap();
     assert_eq!(after, before);
     let queue = w.env.ctl_json(&["queue", BOB]).await;
-    assert_eq!(queue["queue"].as_array().unwrap().len(), 0, "{queue}");
+    assert_eq!(queue.as_array().unwrap().len(), 0, "{queue}");
     let refused = refusals(&w).await;
     assert_eq!(refused.len(), 4, "{refused:#?}");
     assert!(refused[0].contains("organizer change"), "{refused:#?}");

@@ -79,7 +79,9 @@ impl World {
     /// The recurrence ids (`null` for the master) stored for `user` and `uid`.
     async fn keys(&self, user: &str, uid: &str) -> Vec<Value> {
         self.env.wait_applied().await;
-        self.env.ctl_json(&["objects", user]).await["objects"]
+        self.env
+            .ctl_json(&["objects", user])
+            .await
             .as_array()
             .unwrap()
             .iter()

@@ -1,42 +1,91 @@
 //! `imip-ctl dlq`: the dead letters (messages a lane could not apply) listed
 //! across the deployment, and one replayed the way the lane applies it.
 
-use crate::output::json_line;
-use anyhow::{Context, bail};
+use crate::error::CtlError;
+use crate::output::{json_line, table};
+use anyhow::bail;
 use chrono::{DateTime, Utc};
 use imipflow_processor::relay::{self, Publisher};
 use imipflow_processor::{Settings, connect::connect, events, store, worker};
 use imipflow_schema::Namespace;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_postgres::{Client, GenericClient};
 
 use super::jetstream;
 
-/// `imip-ctl dlq list [--json]`: every dead letter, replayed ones too, by id.
-/// The one listing across partitions (deployment-wide, docs/scaling.md).
-pub async fn list(s: &Settings, json: bool) -> anyhow::Result<()> {
+/// `imip-ctl dlq list [--all] [--json]`: the dead letters not resolved yet
+/// (with `--all`, replayed ones too), by id. The one listing across
+/// partitions (deployment-wide, docs/scaling.md).
+pub async fn list(s: &Settings, all: bool, json: bool) -> anyhow::Result<()> {
     let db = connect(s).await?;
     let rows = db
         .query(
             "SELECT id, user_addr, partition, stream_seq, error, created_at, replayed_at
-             FROM dead_letters ORDER BY id",
-            &[],
+             FROM dead_letters WHERE $1 OR replayed_at IS NULL ORDER BY id",
+            &[&all],
         )
         .await?;
-    for r in rows {
-        let doc = json!({"id": r.get::<_, i64>(0), "user": r.get::<_, String>(1),
+    let docs: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"id": r.get::<_, i64>(0), "user": r.get::<_, String>(1),
             "partition": r.get::<_, i32>(2), "stream_seq": r.get::<_, i64>(3),
             "error": r.get::<_, String>(4), "created_at": r.get::<_, DateTime<Utc>>(5),
-            "replayed_at": r.get::<_, Option<DateTime<Utc>>>(6)});
-        if json {
-            json_line(&doc)?;
-        } else {
-            println!(
-                "{} {} p{} seq {}: {}",
-                doc["id"], doc["user"], doc["partition"], doc["stream_seq"], doc["error"]
-            );
-        }
+            "replayed_at": r.get::<_, Option<DateTime<Utc>>>(6)})
+        })
+        .collect();
+    if json {
+        return json_line(&docs);
     }
+    if docs.is_empty() {
+        println!("no dead letters");
+        return Ok(());
+    }
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    let mut header = vec!["ID", "USER", "PARTITION", "SEQ", "CREATED"];
+    if all {
+        header.push("REPLAYED");
+    }
+    header.push("ERROR");
+    let rows: Vec<Vec<String>> = docs
+        .iter()
+        .map(|d| {
+            let mut row: Vec<String> = ["id", "user", "partition", "stream_seq", "created_at"]
+                .iter()
+                .map(|k| text(&d[*k]))
+                .collect();
+            if all {
+                row.push(text(&d["replayed_at"]));
+            }
+            row.push(text(&d["error"]));
+            row
+        })
+        .collect();
+    table(&header, &rows);
+    Ok(())
+}
+
+/// `imip-ctl dlq delete ID [--json]`: removes a dead letter, pending or
+/// replayed, without applying it (the operator resolved it otherwise); the
+/// `imipflow_dead_letters` gauge drops with it at the next scrape.
+pub async fn delete(s: &Settings, id: i64, json: bool) -> anyhow::Result<()> {
+    let db = connect(s).await?;
+    let row = db
+        .query_opt(
+            "DELETE FROM dead_letters WHERE id = $1 RETURNING user_addr, stream_seq",
+            &[&id],
+        )
+        .await?
+        .ok_or(CtlError::NoSuchDeadLetter(id))?;
+    let (user, seq): (String, i64) = (row.get(0), row.get(1));
+    if json {
+        return json_line(&json!({"id": id, "deleted": true, "user": user, "stream_seq": seq}));
+    }
+    println!("dead letter {id} deleted ({user}, stream sequence {seq})");
     Ok(())
 }
 
@@ -49,10 +98,12 @@ struct DeadLetter {
     payload: Vec<u8>,
 }
 
-/// `imip-ctl dlq replay ID`: applies the message again in one transaction;
-/// marks the dead letter replayed if it applied, leaves it (and everything
-/// else) untouched if it failed again; then publishes the events it made.
-pub async fn replay(s: &Settings, id: i64) -> anyhow::Result<()> {
+/// `imip-ctl dlq replay ID [--json]`: applies the message again in one
+/// transaction; marks the dead letter replayed (resolved: out of `dlq list`
+/// and the `imipflow_dead_letters` gauge) if it applied, leaves it (and
+/// everything else) untouched if it failed again; then publishes the events
+/// it made.
+pub async fn replay(s: &Settings, id: i64, json: bool) -> anyhow::Result<()> {
     let mut db = connect(s).await?;
     let ns = s.namespace()?;
     let letter = pending(&db, id).await?;
@@ -67,6 +118,10 @@ pub async fn replay(s: &Settings, id: i64) -> anyhow::Result<()> {
         letter.partition,
     )
     .await?;
+    if json {
+        return json_line(&json!({"id": id, "replayed": true, "user": letter.user,
+            "stream_seq": letter.stream_seq}));
+    }
     println!("dead letter {id} applied");
     Ok(())
 }
@@ -76,12 +131,15 @@ pub async fn replay(s: &Settings, id: i64) -> anyhow::Result<()> {
 async fn pending(db: &Client, id: i64) -> anyhow::Result<DeadLetter> {
     let row = db
         .query_opt(
-            "SELECT user_addr, partition, stream_seq, payload FROM dead_letters
-             WHERE id = $1 AND replayed_at IS NULL",
+            "SELECT user_addr, partition, stream_seq, payload, replayed_at FROM dead_letters
+             WHERE id = $1",
             &[&id],
         )
         .await?
-        .with_context(|| format!("no pending dead letter {id}"))?;
+        .ok_or(CtlError::NoSuchDeadLetter(id))?;
+    if let Some(at) = row.get::<_, Option<DateTime<Utc>>>(4) {
+        bail!("dead letter {id} was replayed already, at {at}");
+    }
     Ok(DeadLetter {
         id,
         user: row.get(0),

@@ -1,6 +1,7 @@
 //! `imip-ctl events`: change events read back from the events stream, all
 //! of them or one user's, from the start (an ordered consumer), optionally
-//! following new ones.
+//! following new ones. `--json`: one array, or with `--follow` one event
+//! per line.
 
 use crate::output::json_line;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
@@ -9,7 +10,8 @@ use imipflow_processor::Settings;
 use imipflow_schema::user_key;
 use std::time::Duration;
 
-use super::{jetstream, user_arg};
+use super::{jetstream, known_user, user_arg};
+use imipflow_processor::connect::connect;
 
 /// How long a reader without `--follow` waits for the next event before it
 /// takes the stream as read.
@@ -24,11 +26,18 @@ pub async fn run(
     follow: bool,
     json: bool,
 ) -> anyhow::Result<()> {
+    // Following waits for events to come, a new user's first ones too; a
+    // read of what is there names a user the store knows.
+    let user = match user {
+        Some(u) if follow => Some(user_arg(u)?),
+        Some(u) => Some(known_user(&connect(s).await?, u).await?),
+        None => None,
+    };
     let ns = s.namespace()?;
     let js = jetstream(s).await?;
     let stream = js.get_stream(ns.events_stream()).await?;
-    let filter = match user {
-        Some(u) => ns.user_events_filter(&user_key(&user_arg(u)?)),
+    let filter = match &user {
+        Some(u) => ns.user_events_filter(&user_key(u)),
         None => ns.events_subjects(),
     };
     let consumer = stream
@@ -41,6 +50,9 @@ pub async fn run(
     // Without --follow, read up to the stream's last message as of now.
     let mut pending = stream.clone().info().await?.state.last_sequence;
     let mut messages = consumer.messages().await?;
+    // Without --follow the answer is a list: one JSON array; with it, a
+    // stream: one document per line as each event arrives.
+    let mut listed = Vec::new();
     loop {
         let next = if follow {
             messages.next().await
@@ -63,11 +75,18 @@ pub async fn run(
             seq
         };
         if key > since {
-            print_event(&ev, json)?;
+            if json && !follow {
+                listed.push(ev);
+            } else {
+                print_event(&ev, json)?;
+            }
         }
         if !follow && seq >= pending {
             pending = 0;
         }
+    }
+    if json && !follow {
+        json_line(&listed)?;
     }
     Ok(())
 }

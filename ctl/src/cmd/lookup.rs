@@ -10,7 +10,7 @@ use imipflow_processor::model::StoredObject;
 use imipflow_processor::{Settings, connect::connect};
 use serde_json::json;
 
-use super::user_arg;
+use super::known_user;
 
 /// `imip-ctl freebusy USER --from --to [--json | --ics]`.
 pub async fn freebusy(
@@ -20,8 +20,8 @@ pub async fn freebusy(
     to: DateTime<Utc>,
     format: Format,
 ) -> anyhow::Result<()> {
-    let user = user_arg(user)?;
     let mut db = connect(s).await?;
+    let user = known_user(&db, user).await?;
     let answer = query::freebusy(&mut db, s, &user, from, to).await?;
     let FreeBusy { periods, truncated } = &answer;
     if *truncated {
@@ -79,8 +79,8 @@ pub async fn object(
     recurrence_id: Option<DateTime<Utc>>,
     format: Format,
 ) -> anyhow::Result<()> {
-    let user = user_arg(user)?;
     let db = connect(s).await?;
+    let user = known_user(&db, user).await?;
     let mut objs: Vec<StoredObject> = query::objects(&db, &user, Some(uid))
         .await?
         .into_iter()
@@ -119,8 +119,8 @@ pub async fn object(
 
 /// `imip-ctl objects USER [--json]`.
 pub async fn objects(s: &Settings, user: &str, json: bool) -> anyhow::Result<()> {
-    let user = user_arg(user)?;
     let db = connect(s).await?;
+    let user = known_user(&db, user).await?;
     let objs = query::objects(&db, &user, None).await?;
     let docs: Vec<_> = objs
         .iter()
@@ -131,7 +131,7 @@ pub async fn objects(s: &Settings, user: &str, json: bool) -> anyhow::Result<()>
         })
         .collect();
     if json {
-        return json_line(&json!({"user": user, "objects": docs}));
+        return json_line(&docs);
     }
     for d in docs {
         println!(

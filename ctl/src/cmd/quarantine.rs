@@ -11,25 +11,32 @@ use super::jetstream;
 /// `imip-ctl quarantine list [--json]`: every record, oldest first.
 pub async fn list(s: &Settings, json: bool) -> anyhow::Result<()> {
     let js = jetstream(s).await?;
-    for e in quarantine::list(&js, s).await? {
-        let r = &e.record;
-        if json {
-            json_line(&json!({"id": e.id, "reason": r.reason, "detail": r.detail,
+    let entries = quarantine::list(&js, s).await?;
+    if json {
+        let docs: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let r = &e.record;
+                json!({"id": e.id, "reason": r.reason, "detail": r.detail,
                    "users": r.users, "sender": r.sender, "direction": r.direction,
                    "message_id": r.message_id, "ingested_at": r.ingested_at,
-                   "size": r.size, "truncated": r.truncated}))?;
-        } else {
-            println!(
-                "{:>6}  {}  {:<26} {} ({}){}: {}",
-                e.id,
-                r.ingested_at.format("%Y-%m-%dT%H:%M:%SZ"),
-                r.reason.as_str(),
-                r.sender,
-                r.users.join(","),
-                if r.truncated { " [excerpt]" } else { "" },
-                r.detail
-            );
-        }
+                   "size": r.size, "truncated": r.truncated})
+            })
+            .collect();
+        return json_line(&docs);
+    }
+    for e in &entries {
+        let r = &e.record;
+        println!(
+            "{:>6}  {}  {:<26} {} ({}){}: {}",
+            e.id,
+            r.ingested_at.format("%Y-%m-%dT%H:%M:%SZ"),
+            r.reason.as_str(),
+            r.sender,
+            r.users.join(","),
+            if r.truncated { " [excerpt]" } else { "" },
+            r.detail
+        );
     }
     Ok(())
 }
@@ -97,10 +104,13 @@ pub async fn release(
     Ok(())
 }
 
-/// `imip-ctl quarantine delete ID`.
-pub async fn delete(s: &Settings, id: u64) -> anyhow::Result<()> {
+/// `imip-ctl quarantine delete ID [--json]`.
+pub async fn delete(s: &Settings, id: u64, json: bool) -> anyhow::Result<()> {
     let js = jetstream(s).await?;
     quarantine::delete(&js, s, id).await?;
+    if json {
+        return json_line(&json!({"id": id, "deleted": true}));
+    }
     println!("quarantine record {id} deleted");
     Ok(())
 }

@@ -8,15 +8,15 @@ use chrono::{DateTime, Utc};
 use imipflow_processor::{Settings, connect::connect};
 use serde_json::{Value, json};
 
-use super::user_arg;
+use super::known_user;
 
 /// `imip-ctl queue USER [--json]`.
 pub async fn run(s: &Settings, user: &str, json: bool) -> anyhow::Result<()> {
-    let user = user_arg(user)?;
     let db = connect(s).await?;
+    let user = known_user(&db, user).await?;
     let docs = pending(&db, &user).await?;
     if json {
-        return json_line(&json!({"user": user, "queue": docs}));
+        return json_line(&docs);
     }
     if docs.is_empty() {
         println!("no pending requests for {user}");

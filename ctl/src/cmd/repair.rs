@@ -19,8 +19,8 @@ use super::{jetstream, user_arg};
 
 /// `imip-ctl rebuild USER [--json]`.
 pub async fn rebuild(s: &Settings, user: &str, json: bool) -> anyhow::Result<()> {
-    let user = user_arg(user)?;
     let mut db = connect(s).await?;
+    let user = super::known_user(&db, user).await?;
     let bar = progress(json, "rebuild");
     let work = rebuild::rebuild(&mut db, s, &user, |done, total| {
         bar.set_length(total);

@@ -89,9 +89,9 @@ const UPSERT_LAST_SEQ: &str = "INSERT INTO user_events (partition, user_addr, la
 const INSERT_OUTBOX: &str = "INSERT INTO outbox (partition, user_addr, user_seq, event_id, kind, body)
      SELECT $1::integer, * FROM unnest($2::text[], $3::bigint[], $4::text[], $5::text[], $6::jsonb[])";
 const INSERT_LOG: &str = "INSERT INTO message_log (partition, user_addr, dedupe_id, stream_seq,
-         method, outcome, reason)
+         method, outcome, reason, uid, recurrence_id)
      SELECT $1::integer, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::text[], $6::text[],
-         $7::text[])
+         $7::text[], $8::text[], $9::text[])
      ON CONFLICT (partition, user_addr, dedupe_id) DO NOTHING";
 const INSERT_DEAD_LETTERS: &str = "INSERT INTO dead_letters (partition, user_addr, stream_seq,
          payload, error)
@@ -303,6 +303,8 @@ struct Log<'a> {
     methods: Vec<&'a str>,
     outcomes: Vec<&'static str>,
     reasons: Vec<Option<&'a str>>,
+    uids: Vec<Option<&'a str>>,
+    rids: Vec<Option<&'a str>>,
 }
 
 #[derive(Default)]
@@ -423,7 +425,7 @@ impl<'a> Columns<'a> {
         let g = &self.log;
         #[rustfmt::skip]
         p.add(INSERT_LOG, g.users.len(), &[
-            &g.users, &g.ids, &g.seqs, &g.methods, &g.outcomes, &g.reasons,
+            &g.users, &g.ids, &g.seqs, &g.methods, &g.outcomes, &g.reasons, &g.uids, &g.rids,
         ]);
         let d = &self.dead;
         p.add(
@@ -515,6 +517,8 @@ impl<'a> Log<'a> {
             self.methods.push(&l.method);
             self.outcomes.push(outcome.as_str());
             self.reasons.push(reason);
+            self.uids.push(l.uid.as_deref());
+            self.rids.push(l.recurrence_id.as_deref());
         }
     }
 }

@@ -202,6 +202,14 @@ impl<'a> Applier<'a> {
             dedupe_id: payload.dedupe_id.clone(),
             seq,
             method: payload.method.as_str().to_owned(),
+            uid: payload.components.first().map(|c| c.uid.clone()),
+            recurrence_id: payload.components.first().and_then(|c| {
+                let t = &c.recurrence_id.as_ref()?.time;
+                Some(t.utc.map_or_else(
+                    || t.local.clone(),
+                    |u| u.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                ))
+            }),
             disposition: disposition.clone(),
         });
         self.handled(seq, Verdict::Done(disposition));

@@ -105,6 +105,11 @@ pub struct LogRow {
     pub dedupe_id: String,
     pub seq: i64,
     pub method: String,
+    /// The UID of the message's first component, and its RECURRENCE-ID (RFC
+    /// 3339 UTC, or as written when it has no instant): what `imip-ctl log`
+    /// shows the message was about.
+    pub uid: Option<String>,
+    pub recurrence_id: Option<String>,
     pub disposition: Disposition,
 }
 
