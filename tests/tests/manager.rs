@@ -241,7 +241,8 @@ async fn post_answer(m: &Manager, uid: &str, user: Option<&str>, fields: &[(&str
 }
 
 async fn queue(env: &TestEnv, user: &str) -> Vec<serde_json::Value> {
-    env.ctl_json(&["queue", user]).await["queue"]
+    env.ctl_json(&["queue", user])
+        .await
         .as_array()
         .unwrap()
         .clone()
