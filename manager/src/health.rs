@@ -2,9 +2,9 @@
 //! `imipflow_telemetry::answer`, as the publisher's are). Ready means:
 //! PostgreSQL answers, NATS is connected, the event follower is consuming.
 
-use crate::events::Following;
 use crate::store::Db;
 use async_nats::connection::State;
+use imipflow_nats::follow::Following;
 use std::sync::Arc;
 use std::time::Duration;
 

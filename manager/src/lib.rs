@@ -52,17 +52,20 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
             .await
             .map_err(ManagerError::nats)?;
     let js = async_nats::jetstream::new(client.clone());
-    let (subscription, consumer) = events::Subscription::open(&js, &ns, name.clone()).await?;
+    let (subscription, consumer) = events::subscribe(&js, &ns, name.clone()).await?;
     let db = store::Db::new(settings.database()?);
     db.ping().await?;
     let outbox = mail::Outbox::new(mail::transport(&settings.smtp_url)?, settings.smtp_attempts);
-    let following = Arc::new(events::Following::default());
+    let following = Arc::new(imipflow_nats::follow::Following::default());
     let (notices, _) = broadcast::channel(1024);
-    let follower = tokio::spawn(events::follow(
+    let pages = Arc::new(events::Pages {
+        notices: notices.clone(),
+        outbox: outbox.clone(),
+    });
+    let follower = tokio::spawn(imipflow_nats::follow::follow(
         subscription,
         consumer,
-        notices.clone(),
-        outbox.clone(),
+        pages,
         following.clone(),
         shutdown.clone(),
     ));

@@ -6,7 +6,11 @@
 //! login settings it can speak. [`publish_deduped`] is the only place a
 //! JetStream publish gets its `Nats-Msg-Id`, the header that makes every
 //! retry of ingest, relay, quarantine release, loadgen and bench harmless.
+//! [`follow`] (feature `follow`) is the events consumer loop the publisher
+//! and the manager share.
 
+#[cfg(feature = "follow")]
+pub mod follow;
 pub mod login;
 pub mod wire;
 

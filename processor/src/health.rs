@@ -27,6 +27,7 @@ pub struct Probe {
     settings: Settings,
     ns: Namespace,
     nats: async_nats::Client,
+    trouble: crate::connect::NatsTrouble,
     db: Mutex<Option<Client>>,
 }
 
@@ -35,14 +36,13 @@ impl Probe {
     /// background, and `/readyz` says so until it has.
     pub async fn new(settings: Settings) -> Result<Self, ProcessorError> {
         let ns = settings.namespace()?;
-        let nats = crate::connect::connect_nats_with(&settings, |o| {
-            o.retry_on_initial_connect().name("imip-processor-probe")
-        })
-        .await?;
+        let (nats, trouble) =
+            crate::connect::connect_nats_retrying(&settings, "imip-processor-probe").await?;
         Ok(Probe {
             settings,
             ns,
             nats,
+            trouble,
             db: Mutex::new(None),
         })
     }
@@ -67,7 +67,7 @@ impl Probe {
     async fn check(&self) -> Result<(), String> {
         match self.nats.connection_state() {
             State::Connected => {}
-            other => return Err(format!("NATS {}: {other:?}", self.settings.nats_url)),
+            other => return Err(nats_down(&self.settings, other, &self.trouble).await),
         }
         let want = migrate::latest_version();
         let have = self
@@ -130,6 +130,7 @@ impl Probe {
                     partition: p.partition,
                     applied: p.applied,
                     newest: p.newest,
+                    lag: p.lag,
                     owned: p.leased,
                     stalled_for_secs: p.stalled_for_secs,
                     stalled: p.stalled,
@@ -141,6 +142,30 @@ impl Probe {
             unread: status.unread,
         })
     }
+}
+
+/// What `/readyz` and the worker's log say while NATS is not connected: the
+/// state, why (the servers cannot be reached, or the client's last error:
+/// credentials, TLS), and that it keeps retrying. The URL without its
+/// password.
+pub async fn nats_down(
+    settings: &Settings,
+    state: State,
+    trouble: &crate::connect::NatsTrouble,
+) -> String {
+    let state = match state {
+        State::Pending => "not connected yet",
+        State::Disconnected => "disconnected",
+        State::Connected => "connected",
+    };
+    let why = match crate::connect::nats_unreachable(settings).await {
+        Some(unreachable) => unreachable,
+        None => trouble.last().unwrap_or_else(|| "connecting".to_owned()),
+    };
+    format!(
+        "NATS {} {state}: {why}; retrying (IMIP_NATS_URL)",
+        imipflow_config::redact_url(&settings.nats_url)
+    )
 }
 
 impl imipflow_telemetry::Probe for Probe {

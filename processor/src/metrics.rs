@@ -26,7 +26,7 @@ pub const LEASE_ACQUIRED: &str = "imipflow_lease_acquisitions_total";
 pub const LEASE_RELEASED: &str = "imipflow_lease_releases_total";
 /// Partitions this instance owns right now (gauge).
 pub const OWNED_PARTITIONS: &str = "imipflow_owned_partitions";
-/// Newest stream position minus applied position, by `partition` (gauge, scraped).
+/// Messages waiting to be applied, by `partition` (gauge, scraped).
 pub const LAG: &str = "imipflow_partition_lag";
 /// Stream position applied, by `partition` (gauge, scraped).
 pub const APPLIED_SEQUENCE: &str = "imipflow_partition_applied_sequence";
@@ -50,6 +50,10 @@ pub const UNPUBLISHED_EVENTS: &str = "imipflow_outbox_unpublished";
 pub const UNREAD: &str = "imipflow_unread_messages";
 /// Scrapes whose store readings failed (counter); the gauges keep their last values.
 pub const SCRAPE_ERRORS: &str = "imipflow_scrape_errors_total";
+/// Messages a lane read that belong to another partition (published by an
+/// `imip-ingest` with a smaller `IMIP_PARTITIONS`) and forwarded to their
+/// user's, by the `partition` that read them (counter; `lane::route`).
+pub const FORWARDED: &str = "imipflow_messages_forwarded_total";
 /// Outbox rows too large for the server's max_payload, skipped by the relay (docs/subscribers.md).
 pub const EVENTS_SKIPPED: &str = "imipflow_events_oversized_skipped_total";
 
@@ -84,7 +88,7 @@ pub fn describe() {
     describe_gauge!(OWNED_PARTITIONS, "Partitions this instance owns");
     describe_gauge!(
         LAG,
-        "Stream positions between the partition's newest message and the one applied"
+        "Messages of the partition waiting to be applied (not a difference of stream positions, which other partitions interleave)"
     );
     describe_gauge!(
         APPLIED_SEQUENCE,
@@ -113,6 +117,10 @@ pub fn describe() {
         UNREAD,
         "Messages in the messages stream on a partition no lane reads (published with another IMIP_PARTITIONS before migrate narrowed the stream's subjects)"
     );
+    describe_counter!(
+        FORWARDED,
+        "Messages read on a partition not their user's (an imip-ingest with another IMIP_PARTITIONS) and forwarded to the user's partition"
+    );
     describe_counter!(SCRAPE_ERRORS, "Scrapes whose store readings failed");
     describe_counter!(
         EVENTS_SKIPPED,
@@ -128,6 +136,11 @@ pub fn message(method: &str, outcome: MessageOutcome, took: Option<Duration>) {
     if let Some(t) = took {
         metrics::histogram!(MESSAGE_SECONDS).record(t.as_secs_f64());
     }
+}
+
+/// A message lane `partition` forwarded to its user's partition.
+pub fn message_forwarded(partition: i32) {
+    metrics::counter!(FORWARDED, "partition" => partition.to_string()).increment(1);
 }
 
 /// A message that went to the dead-letter table; its method is read from the
@@ -178,6 +191,9 @@ pub struct PartitionReading {
     pub partition: u32,
     pub applied: u64,
     pub newest: u64,
+    /// Messages of the partition waiting after `applied` (counted by
+    /// JetStream: other partitions' messages interleave the positions).
+    pub lag: u64,
     /// Held by a live lease.
     pub owned: bool,
     pub stalled_for_secs: u64,
@@ -188,8 +204,7 @@ pub fn set_readings(r: &StoreReadings) {
     let flag = |b: bool| if b { 1.0 } else { 0.0 };
     for q in &r.partitions {
         let p = q.partition.to_string();
-        metrics::gauge!(LAG, "partition" => p.clone())
-            .set(q.newest.saturating_sub(q.applied) as f64);
+        metrics::gauge!(LAG, "partition" => p.clone()).set(q.lag as f64);
         metrics::gauge!(APPLIED_SEQUENCE, "partition" => p.clone()).set(q.applied as f64);
         metrics::gauge!(PARTITION_OWNED, "partition" => p.clone()).set(flag(q.owned));
         metrics::gauge!(PARTITION_STALLED, "partition" => p.clone()).set(flag(q.stalled));

@@ -19,7 +19,7 @@
 use crate::config::Settings;
 use crate::error::{LeaseCheck, ProcessorError};
 use crate::lane::inbox::{Delivered, Inbox};
-use crate::lane::{Blame, Pace};
+use crate::lane::{Blame, Pace, route};
 use crate::migrate::connect;
 use crate::store::StatementCache;
 use async_nats::jetstream;
@@ -291,17 +291,33 @@ impl Lane {
         };
         let mut pace = Pace::new(&self.settings, self.partition, &self.instance, epoch);
         let stored_last: i64 = row.get(0);
-        let todo: Vec<Msg> = batch
-            .iter()
-            .filter(|m| m.seq > stored_last)
-            .map(|m| Msg {
-                seq: m.seq,
-                bytes: &m.payload,
-            })
-            .collect();
-        if todo.is_empty() {
+        let fresh: Vec<&Delivered> = batch.iter().filter(|m| m.seq > stored_last).collect();
+        let Some(newest) = fresh.last().map(|m| m.seq) else {
             tx.rollback().await?;
             return Ok(stored_last);
+        };
+        // Another partition's messages go there first, stored by the stream
+        // before this lane's position passes them (`lane::route`).
+        let mut todo = Vec::with_capacity(fresh.len());
+        for m in fresh {
+            match route::misrouted(&m.payload, self.partition, self.settings.partitions) {
+                Some((user, to)) => {
+                    route::forward(
+                        &self.js,
+                        &self.ns,
+                        self.partition,
+                        m.seq,
+                        m.payload.clone(),
+                        &user,
+                        to,
+                    )
+                    .await?
+                }
+                None => todo.push(Msg {
+                    seq: m.seq,
+                    bytes: &m.payload,
+                }),
+            }
         }
         let apply = Apply {
             cache,
@@ -311,8 +327,18 @@ impl Lane {
             // The limit in the server's INFO (events::fit cuts events to it).
             max_payload: self.js.client().max_payload(),
         };
-        let taken = self.apply_all(&mut tx, &apply, &todo, &mut pace).await?;
-        let last = todo[taken - 1].seq;
+        // A batch that spent its budget took a prefix: the forwarded ones
+        // after it come again, and their copies are deduplicated.
+        let last = if todo.is_empty() {
+            newest
+        } else {
+            let taken = self.apply_all(&mut tx, &apply, &todo, &mut pace).await?;
+            if taken == todo.len() {
+                newest
+            } else {
+                todo[taken - 1].seq
+            }
+        };
         // progress_at: when the applied position last moved, what stall
         // detection compares with (docs/operations.md, "Stalled partitions").
         tx.execute(
@@ -437,6 +463,51 @@ impl Drop for Relay {
 // imip-ctl's replay names it here.
 pub use crate::lane::Apply;
 
+/// Waits until the client has connected, saying why not every few seconds;
+/// false when shutdown came first. The lanes start only then: started
+/// without a broker, each would take its lease, fail and give it back in a
+/// loop, keeping a lane from an instance that can reach NATS.
+async fn wait_for_nats(
+    settings: &Settings,
+    nats: &async_nats::Client,
+    trouble: &crate::connect::NatsTrouble,
+    mut shutdown: watch::Receiver<bool>,
+) -> bool {
+    use async_nats::connection::State;
+    let started = std::time::Instant::now();
+    let mut said = None::<std::time::Instant>;
+    loop {
+        let state = nats.connection_state();
+        if state == State::Connected {
+            if said.is_some() {
+                tracing::info!(
+                    waited_ms = started.elapsed().as_millis() as u64,
+                    "NATS connected"
+                );
+            }
+            return true;
+        }
+        if *shutdown.borrow() {
+            return false;
+        }
+        // The first report after a second: a broker that is up connects
+        // within milliseconds and says nothing.
+        let due = match said {
+            None => started.elapsed() >= Duration::from_secs(1),
+            Some(t) => t.elapsed() >= Duration::from_secs(10),
+        };
+        if due {
+            let why = crate::health::nats_down(settings, state, trouble).await;
+            tracing::warn!(reason = %why, "waiting for NATS before starting the lanes");
+            said = Some(std::time::Instant::now());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 /// Starts one lane per partition and waits for shutdown.
 pub async fn run(
     settings: Settings,
@@ -444,7 +515,10 @@ pub async fn run(
 ) -> Result<(), ProcessorError> {
     let ns = settings.namespace()?;
     settings.default_tz()?;
-    let nats = crate::connect::connect_nats(&settings).await?;
+    let (nats, trouble) = crate::connect::connect_nats_retrying(&settings, "imipflow").await?;
+    if !wait_for_nats(&settings, &nats, &trouble, shutdown.clone()).await {
+        return Ok(());
+    }
     let js = jetstream::new(nats);
     let instance = settings.instance_id();
     let settings = Arc::new(settings);

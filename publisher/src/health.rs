@@ -9,10 +9,10 @@
 //! but cannot promise it is current.
 
 use crate::cache::Cache;
-use crate::events::Following;
 use crate::http::ConnectionCounters;
 use crate::store::Db;
 use async_nats::connection::State;
+use imipflow_nats::follow::Following;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;

@@ -46,13 +46,13 @@ pub async fn run(
             .await
             .map_err(PublisherError::nats)?;
     let js = async_nats::jetstream::new(client.clone());
-    let (subscription, consumer) = events::Subscription::open(&js, &ns, name.clone()).await?;
+    let (subscription, consumer) = events::subscribe(&js, &ns, name.clone()).await?;
     let db = store::Db::open(settings.database()?, settings.db_connections).await?;
     let probe_db = store::Db::open(settings.database()?, 1).await?;
     let cache = Arc::new(cache::Cache::new(settings.max_users, settings.cache_bytes));
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, consumer = %name, "imip-publisher serving");
-    let following = Arc::new(events::Following::default());
+    let following = Arc::new(imipflow_nats::follow::Following::default());
     let conns = connections::Connections::new(limit);
     let health = Arc::new(health::Health::new(
         cache.clone(),
@@ -64,7 +64,7 @@ pub async fn run(
         subscription.stream(),
         name.clone(),
     ));
-    let follower = tokio::spawn(events::follow(
+    let follower = tokio::spawn(imipflow_nats::follow::follow(
         subscription,
         consumer,
         cache.clone(),

@@ -239,6 +239,53 @@ async fn readyz_follows_nats() {
     processor.terminate().await;
 }
 
+/// Started while the broker is down, `imip-processor run` does not exit (it
+/// used to exit 1 at once): it keeps retrying, `/healthz` answers, `/readyz`
+/// is 503 with the reason (the server's address refused), and once NATS is
+/// up the lanes start and apply mail.
+#[tokio::test]
+async fn processor_started_while_nats_is_down_waits_says_why_and_applies_once_it_is_up() {
+    let mut nats = imipflow_tests::servers::NatsServer::start().await;
+    let mut env = TestEnv::unmigrated();
+    env.nats_url = nats.url();
+    let out = env.run("imip-processor", &["migrate"], b"").await;
+    assert!(out.status.success(), "migrate: {out:?}");
+    nats.stop();
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{port}");
+    let processor = env.start_processor(&[("IMIP_METRICS_LISTEN", listen.as_str())]);
+    let (_, body) = wait_for(&format!("{base}/readyz"), 20, |s, b| {
+        s == 503 && b.contains("NATS")
+    })
+    .await;
+    assert!(
+        body.contains(&format!("127.0.0.1:{}", nats.port)) && body.contains("refused"),
+        "/readyz should say the broker refuses connections: {body}"
+    );
+    assert!(body.contains("retrying"), "{body}");
+    // Several retries later it is still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        get(&format!("{base}/healthz")).await.map(|r| r.0),
+        Some(200),
+        "the processor exited while NATS was down"
+    );
+
+    nats.restart().await;
+    wait_for(&format!("{base}/readyz"), 30, |s, _| s == 200).await;
+    let out = env
+        .ingest(
+            &["--sender", "alice@example.com"],
+            &request("nats-late-1", "alice@example.com", "nats-late-1@t"),
+        )
+        .await;
+    assert!(out.status.success(), "ingest: {out:?}");
+    env.wait_applied().await;
+    assert!(processor.terminate().await.success());
+}
+
 /// `/readyz` follows the database: 503 naming PostgreSQL while a private
 /// server is down, 200 again once it is back.
 #[tokio::test]

@@ -8,6 +8,7 @@
 pub mod blame;
 pub mod inbox;
 pub mod pace;
+pub mod route;
 
 pub use blame::Blame;
 pub use pace::Pace;
