@@ -339,6 +339,45 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// `config check` of a binary: every setting with its source (as a table,
+/// or one JSON document with `--json`), then the `problems` and `warnings`
+/// its settings found. Returns whether the settings are valid; the caller
+/// exits 78 (EX_CONFIG) when they are not.
+#[cfg(feature = "file")]
+pub fn print_check<C>(
+    layered: &Layered<C>,
+    problems: &[String],
+    warnings: &[String],
+    json: bool,
+) -> bool {
+    if json {
+        let doc = serde_json::json!({
+            "file": layered.file,
+            "valid": problems.is_empty(),
+            "problems": problems,
+            "warnings": warnings,
+            "settings": layered.entries,
+        });
+        println!("{doc}");
+    } else {
+        match &layered.file {
+            Some(f) => println!("config file: {}", f.display()),
+            None => println!("config file: none"),
+        }
+        print!("{}", render(&layered.entries));
+        for p in problems {
+            eprintln!("invalid: {p}");
+        }
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
+        if problems.is_empty() {
+            println!("config: valid");
+        }
+    }
+    problems.is_empty()
+}
+
 /// The report as an aligned text table.
 pub fn render(entries: &[Entry]) -> String {
     let width = entries.iter().map(|e| e.key.len()).max().unwrap_or(0);

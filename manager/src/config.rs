@@ -141,21 +141,13 @@ impl Settings {
     }
 
     pub fn consumer_name(&self) -> Result<String, ManagerError> {
-        let name = match &self.consumer {
-            Some(c) => c.clone(),
-            None => format!("{}-manager", self.namespace()?),
-        };
-        let ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok {
-            Ok(name)
-        } else {
-            Err(ManagerError::Config(format!(
-                "IMIP_MANAGER_CONSUMER: {name:?} is not a consumer name (A-Z a-z 0-9 _ -)"
-            )))
-        }
+        imipflow_nats::follow::consumer_name(
+            self.consumer.as_deref(),
+            self.namespace()?.as_str(),
+            "manager",
+            "IMIP_MANAGER_CONSUMER",
+        )
+        .map_err(ManagerError::Config)
     }
 
     pub fn trusted(&self) -> Result<Vec<IpNet>, ManagerError> {

@@ -17,6 +17,32 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
+/// A subscriber's durable consumer name: `given` (the `setting`, e.g.
+/// `IMIP_PUBLISHER_CONSUMER`), or `<namespace>-<role>`; JetStream takes only
+/// `A-Z a-z 0-9 _ -` in one.
+pub fn consumer_name(
+    given: Option<&str>,
+    namespace: &str,
+    role: &str,
+    setting: &str,
+) -> Result<String, String> {
+    let name = match given {
+        Some(c) => c.to_owned(),
+        None => format!("{namespace}-{role}"),
+    };
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(name)
+    } else {
+        Err(format!(
+            "{setting}: {name:?} is not a consumer name (A-Z a-z 0-9 _ -)"
+        ))
+    }
+}
+
 /// What a subscriber does with the events.
 pub trait Follower: Send + Sync {
     /// One event, before it is acknowledged (an unreadable one too: the

@@ -213,20 +213,12 @@ impl Settings {
 
     /// The durable consumer's name: given, or `<namespace>-publisher`.
     pub fn consumer_name(&self) -> Result<String, PublisherError> {
-        let name = match &self.consumer {
-            Some(c) => c.clone(),
-            None => format!("{}-publisher", self.namespace()?),
-        };
-        let ok = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if ok {
-            Ok(name)
-        } else {
-            Err(PublisherError::Config(format!(
-                "IMIP_PUBLISHER_CONSUMER: {name:?} is not a consumer name (A-Z a-z 0-9 _ -)"
-            )))
-        }
+        imipflow_nats::follow::consumer_name(
+            self.consumer.as_deref(),
+            self.namespace()?.as_str(),
+            "publisher",
+            "IMIP_PUBLISHER_CONSUMER",
+        )
+        .map_err(PublisherError::Config)
     }
 }

@@ -45,34 +45,8 @@ async fn main() -> anyhow::Result<()> {
 /// exits 78 (EX_CONFIG) when a setting is invalid.
 fn config_check(layered: &imipflow_config::layered::Layered<Cli>, json: bool) {
     let settings = &layered.cli.settings;
-    let problems = settings.problems();
-    let warnings = settings.warnings();
-    if json {
-        let doc = serde_json::json!({
-            "file": layered.file,
-            "valid": problems.is_empty(),
-            "problems": problems,
-            "warnings": warnings,
-            "settings": layered.entries,
-        });
-        println!("{doc}");
-    } else {
-        match &layered.file {
-            Some(f) => println!("config file: {}", f.display()),
-            None => println!("config file: none"),
-        }
-        print!("{}", imipflow_config::layered::render(&layered.entries));
-        for p in &problems {
-            eprintln!("invalid: {p}");
-        }
-        for w in &warnings {
-            eprintln!("warning: {w}");
-        }
-        if problems.is_empty() {
-            println!("config: valid");
-        }
-    }
-    if !problems.is_empty() {
+    let (problems, warnings) = (settings.problems(), settings.warnings());
+    if !imipflow_config::layered::print_check(layered, &problems, &warnings, json) {
         std::process::exit(78);
     }
 }
