@@ -16,13 +16,31 @@ use imipflow_processor::Settings;
 Examples:\n  \
 imip-ctl status\n  \
 imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-05-01\n  \
-IMIP_DATABASE_URL=postgresql://imip@db/imip imip-ctl objects alice@example.com --json"
+IMIP_DATABASE_URL=postgresql://imip@db/imip imip-ctl objects alice@example.com --json\n  \
+imip-ctl queue alice@example.com --tz Europe/Berlin --wide"
 )]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
+    #[command(flatten)]
+    pub view: ViewArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How the human output looks (`--json` is unaffected: full UIDs, RFC 3339
+/// in UTC).
+#[derive(clap::Args)]
+#[command(next_help_heading = "Output")]
+pub struct ViewArgs {
+    /// Show long UIDs in full (by default a table shortens them to their
+    /// first 12 and last 8 characters, as in 040000008200…1A82E008).
+    #[arg(long, global = true)]
+    pub wide: bool,
+    /// Print times in this IANA time zone (Europe/Berlin, America/New_York)
+    /// instead of UTC, with their offset: 2027-04-01 11:00:00+02:00.
+    #[arg(long, global = true, value_name = "ZONE")]
+    pub tz: Option<String>,
 }
 
 #[derive(Subcommand)]
