@@ -62,13 +62,17 @@ pub fn advice(e: &anyhow::Error, target: Option<&PgTarget>) -> Option<Advice> {
     let pg = e
         .chain()
         .find_map(|c| c.downcast_ref::<tokio_postgres::Error>())?;
-    let (at, database, user) = match target {
+    let (at, no_database, user) = match target {
         Some(t) => (
             format!("PostgreSQL at {} (database {})", t.hosts, t.database),
-            t.database.as_str(),
+            format!("PostgreSQL at {} has no database {}", t.hosts, t.database),
             t.user.as_str(),
         ),
-        None => ("PostgreSQL".to_owned(), "the database", "the user"),
+        None => (
+            "PostgreSQL".to_owned(),
+            "PostgreSQL has no such database".to_owned(),
+            "the user",
+        ),
     };
     let Some(db) = pg.as_db_error() else {
         // tokio-postgres says which step failed only in its message.
@@ -108,8 +112,8 @@ pub fn advice(e: &anyhow::Error, target: Option<&PgTarget>) -> Option<Advice> {
         "3D000" => (
             "database_missing",
             format!(
-                "{at}: database {database} does not exist: run `imip-processor migrate` \
-                 (it creates it), or check IMIP_DATABASE_URL"
+                "{no_database}: run `imip-processor migrate` (it creates it), \
+                 or check IMIP_DATABASE_URL"
             ),
         ),
         // invalid_password, invalid_authorization_specification.

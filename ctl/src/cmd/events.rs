@@ -56,8 +56,9 @@ pub async fn run(
     // arrives (the columns' widths fixed up front).
     let mut listed = Vec::new();
     let mut rows: Vec<Vec<String>> = Vec::new();
+    let widths = follow_widths();
     if follow && !json {
-        println!("{}", row(&HEADER.map(str::to_owned), &FOLLOW_WIDTHS, &[0]));
+        println!("{}", row(&HEADER.map(str::to_owned), &widths, &[0]));
     }
     loop {
         let next = if follow {
@@ -83,7 +84,7 @@ pub async fn run(
         if key > since {
             match (json, follow) {
                 (true, true) => json_line(&ev)?,
-                (false, true) => println!("{}", row(&cells(key, &ev), &FOLLOW_WIDTHS, &[0])),
+                (false, true) => println!("{}", row(&cells(key, &ev), &widths, &[0])),
                 (true, false) => listed.push(ev),
                 (false, false) => rows.push(cells(key, &ev)),
             }
@@ -111,8 +112,11 @@ pub async fn run(
 const HEADER: [&str; 4] = ["SEQ", "TIME", "USER", "EVENT"];
 
 /// Column widths of `--follow`'s rows, which cannot wait for the widest
-/// cell: a sequence, a time with its offset, a typical address.
-const FOLLOW_WIDTHS: [usize; 4] = [6, 25, 28, 0];
+/// cell: a sequence, a time (with its offset under `--tz`), a typical
+/// address.
+fn follow_widths() -> [usize; 4] {
+    [6, time(chrono::Utc::now()).chars().count(), 24, 0]
+}
 
 /// An event's row: SEQ, TIME, USER and the change as a sentence.
 fn cells(key: u64, ev: &serde_json::Value) -> Vec<String> {

@@ -2,7 +2,7 @@
 //! `message_log` (applied, stale, ignored, refused, with the reason) and
 //! `dead_letters` (could not be applied, with the error), in stream order.
 
-use crate::output::{json_line, table, time, uid};
+use crate::output::{json_line, table_aligned, time, uid};
 use chrono::{DateTime, Utc};
 use imipflow_processor::{Settings, connect::connect};
 use imipflow_schema::MessageOutcome;
@@ -76,7 +76,7 @@ pub async fn run(
             ]
         })
         .collect();
-    table(
+    table_aligned(
         &[
             "TIME",
             "SEQ",
@@ -87,6 +87,7 @@ pub async fn run(
             "REASON",
         ],
         &rows,
+        &[1],
     );
     Ok(())
 }

@@ -16,6 +16,7 @@ pub async fn run(s: &Settings, json: bool) -> anyhow::Result<()> {
         return json_line(&st);
     }
     print_partitions(&st.partitions);
+    println!();
     for i in &st.instances {
         println!("instance {} owns {} partition(s)", i.instance, i.partitions);
     }
