@@ -246,3 +246,32 @@ pub fn fail(e: &anyhow::Error, json: bool, advice: Option<Advice>) -> std::proce
     }
     std::process::ExitCode::from(code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_pads_left_or_right_and_trims_the_end() {
+        let cells = ["7".to_owned(), "ab".to_owned(), "x".to_owned()];
+        assert_eq!(row(&cells, &[3, 4, 9], &[0]), "  7  ab    x");
+        assert_eq!(row(&cells, &[3, 4, 9], &[]), "7    ab    x");
+    }
+
+    #[test]
+    fn only_long_uids_are_shortened_to_head_and_tail() {
+        // The default view (no --wide): the tests never set one.
+        assert_eq!(uid("weekly-sync@example.com"), "weekly-sync@example.com");
+        let long = "040000008200E00074C5B7101A82E0080000000012345678DEADBEEFCAFE";
+        assert_eq!(uid(long), "040000008200…BEEFCAFE");
+        assert_eq!(uid("ééééééééééééééééééééééééééé").chars().count(), 21);
+    }
+
+    #[test]
+    fn an_unknown_zone_is_a_usage_error_and_a_known_one_parses() {
+        assert_eq!(zone("Europe/Berlin").unwrap(), chrono_tz::Europe::Berlin);
+        let e = zone("Mars/Olympus_Mons").unwrap_err();
+        assert_eq!(e.exit_code(), 64);
+        assert!(e.to_string().contains("IANA"), "{e}");
+    }
+}

@@ -207,3 +207,47 @@ fn counts(added: &[Period], removed: &[Period]) -> String {
         parts.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sentence;
+    use serde_json::json;
+
+    fn event(kind: &str, data: serde_json::Value) -> serde_json::Value {
+        json!({"specversion": "1.0", "id": "ns:a@x:1", "source": "imipflow", "type": kind,
+               "data": data, "subject": "a@x", "time": "2027-03-02T09:00:00Z",
+               "datacontenttype": "application/json", "user": "a@x", "sequence": 1})
+    }
+
+    #[test]
+    fn each_kind_of_change_reads_as_a_sentence() {
+        let p = |fbtype: &str| {
+            json!({"start": "2027-03-02T09:00:00Z", "end": "2027-03-02T10:00:00Z",
+                   "fbtype": fbtype, "recurrence_id": null})
+        };
+        let fb = event(
+            "org.imipflow.freebusy.changed",
+            json!({"uid": "u", "added": [p("BUSY"), p("BUSY"), p("BUSY-TENTATIVE")],
+                   "removed": [p("BUSY")]}),
+        );
+        assert_eq!(
+            sentence(&fb),
+            "freebusy changed: +2 busy, +1 tentative, \u{2212}1 (u)"
+        );
+        let q = event(
+            "org.imipflow.queue.changed",
+            json!({"uid": "u", "recurrence_id": "2027-03-09T09:00:00Z", "change": "removed"}),
+        );
+        assert_eq!(
+            sentence(&q),
+            "queue changed: removed u (instance 2027-03-09 09:00:00Z)"
+        );
+        let o = event(
+            "org.imipflow.object.removed",
+            json!({"uid": "u", "recurrence_id": null}),
+        );
+        assert_eq!(sentence(&o), "object removed: u");
+        let unknown = event("org.imipflow.calendar.moved", json!({}));
+        assert!(sentence(&unknown).starts_with("org.imipflow.calendar.moved"));
+    }
+}
