@@ -48,6 +48,7 @@ pub enum Command {
     /// A user's busy periods in a window.
     #[command(after_help = "Examples:\n  \
 imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-05-01\n  \
+imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-04-02 --tz Europe/Berlin\n  \
 imip-ctl freebusy alice@example.com --from 2027-04-01T08:00:00Z --to 2027-04-01T18:00:00+02:00 --json\n  \
 imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-04-08 --ics > alice.ifb")]
     Freebusy {
@@ -89,6 +90,7 @@ imip-ctl object alice@example.com weekly-sync@example.com --ics")]
     /// All of a user's stored objects.
     #[command(after_help = "Examples:\n  \
 imip-ctl objects alice@example.com\n  \
+imip-ctl objects alice@example.com --wide\n  \
 imip-ctl objects alice@example.com --json")]
     Objects {
         /// The user's address.
@@ -108,10 +110,16 @@ imip-ctl queue alice@example.com --json")]
         #[arg(long)]
         json: bool,
     },
-    /// Change events from the events stream.
-    #[command(after_help = "Examples:\n  \
+    /// Change events from the events stream, each as a sentence
+    /// ("freebusy changed: +3 busy, −1").
+    #[command(
+        after_help = "SEQ is what --since takes: the user's event sequence with --user, \
+the stream sequence without.\n\n\
+Examples:\n  \
 imip-ctl events --user alice@example.com\n  \
-imip-ctl events --since 1200 --follow --json")]
+imip-ctl events --user alice@example.com --tz Europe/Berlin --wide\n  \
+imip-ctl events --since 1200 --follow --json"
+    )]
     Events {
         /// Only this user's events.
         #[arg(long)]
@@ -122,7 +130,7 @@ imip-ctl events --since 1200 --follow --json")]
         /// Keep waiting for new events (Ctrl-C ends).
         #[arg(long)]
         follow: bool,
-        /// JSON on stdout, one event per line.
+        /// JSON on stdout: one array, or with --follow one event per line.
         #[arg(long)]
         json: bool,
     },
@@ -160,7 +168,8 @@ imip-ctl dlq delete 42")]
         #[command(subcommand)]
         action: DlqAction,
     },
-    /// Partitions, owners, positions, DLQ count.
+    /// Partitions, owners, positions, DLQ count; warns about partitions no
+    /// live processor owns, stalls and messages no lane reads.
     #[command(after_help = "Examples:\n  \
 imip-ctl status\n  \
 imip-ctl status --json")]

@@ -137,7 +137,7 @@ async fn pending(db: &Client, id: i64) -> anyhow::Result<DeadLetter> {
         .await?
         .ok_or(CtlError::NoSuchDeadLetter(id))?;
     if let Some(at) = row.get::<_, Option<DateTime<Utc>>>(4) {
-        bail!("dead letter {id} was replayed already, at {at}");
+        bail!("dead letter {id} was replayed already, at {}", time(at));
     }
     Ok(DeadLetter {
         id,

@@ -39,7 +39,7 @@ pub async fn freebusy(
             "imip-ctl: answer truncated to the first {} periods (IMIP_MAX_QUERY_PERIODS); \
              complete only before {}",
             periods.len(),
-            periods.last().map_or(from, |p| p.start)
+            time(periods.last().map_or(from, |p| p.start))
         );
     }
     match format {
