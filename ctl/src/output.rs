@@ -1,6 +1,7 @@
 //! How the commands print: `--json` documents one per line (compact, what
 //! scripts and the tests parse: a list is one array, a stream one document
-//! per line), aligned tables and indented documents for people, errors (one
+//! per line), aligned tables for people (UIDs shortened unless `--wide`,
+//! times in UTC unless `--tz`: [`View`]), errors (one
 //! JSON object on stderr under `--json`), and a progress bar on stderr for
 //! the long commands.
 
@@ -32,12 +33,6 @@ impl Format {
 /// One JSON document on one line of stdout.
 pub fn json_line(doc: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string(doc)?);
-    Ok(())
-}
-
-/// One JSON document, indented, for a person to read.
-pub fn json_pretty(doc: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(doc)?);
     Ok(())
 }
 
