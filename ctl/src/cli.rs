@@ -16,13 +16,31 @@ use imipflow_processor::Settings;
 Examples:\n  \
 imip-ctl status\n  \
 imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-05-01\n  \
-IMIP_DATABASE_URL=postgresql://imip@db/imip imip-ctl objects alice@example.com --json"
+IMIP_DATABASE_URL=postgresql://imip@db/imip imip-ctl objects alice@example.com --json\n  \
+imip-ctl queue alice@example.com --tz Europe/Berlin --wide"
 )]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
+    #[command(flatten)]
+    pub view: ViewArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How the human output looks (`--json` is unaffected: full UIDs, RFC 3339
+/// in UTC).
+#[derive(clap::Args)]
+#[command(next_help_heading = "Output")]
+pub struct ViewArgs {
+    /// Show long UIDs in full (by default a table shortens them to their
+    /// first 12 and last 8 characters, as in 040000008200…1A82E008).
+    #[arg(long, global = true)]
+    pub wide: bool,
+    /// Print times in this IANA time zone (Europe/Berlin, America/New_York)
+    /// instead of UTC, with their offset: 2027-04-01 11:00:00+02:00.
+    #[arg(long, global = true, value_name = "ZONE")]
+    pub tz: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -30,6 +48,7 @@ pub enum Command {
     /// A user's busy periods in a window.
     #[command(after_help = "Examples:\n  \
 imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-05-01\n  \
+imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-04-02 --tz Europe/Berlin\n  \
 imip-ctl freebusy alice@example.com --from 2027-04-01T08:00:00Z --to 2027-04-01T18:00:00+02:00 --json\n  \
 imip-ctl freebusy alice@example.com --from 2027-04-01 --to 2027-04-08 --ics > alice.ifb")]
     Freebusy {
@@ -71,6 +90,7 @@ imip-ctl object alice@example.com weekly-sync@example.com --ics")]
     /// All of a user's stored objects.
     #[command(after_help = "Examples:\n  \
 imip-ctl objects alice@example.com\n  \
+imip-ctl objects alice@example.com --wide\n  \
 imip-ctl objects alice@example.com --json")]
     Objects {
         /// The user's address.
@@ -90,10 +110,16 @@ imip-ctl queue alice@example.com --json")]
         #[arg(long)]
         json: bool,
     },
-    /// Change events from the events stream.
-    #[command(after_help = "Examples:\n  \
+    /// Change events from the events stream, each as a sentence
+    /// ("freebusy changed: +3 busy, −1").
+    #[command(
+        after_help = "SEQ is what --since takes: the user's event sequence with --user, \
+the stream sequence without.\n\n\
+Examples:\n  \
 imip-ctl events --user alice@example.com\n  \
-imip-ctl events --since 1200 --follow --json")]
+imip-ctl events --user alice@example.com --tz Europe/Berlin --wide\n  \
+imip-ctl events --since 1200 --follow --json"
+    )]
     Events {
         /// Only this user's events.
         #[arg(long)]
@@ -104,7 +130,7 @@ imip-ctl events --since 1200 --follow --json")]
         /// Keep waiting for new events (Ctrl-C ends).
         #[arg(long)]
         follow: bool,
-        /// JSON on stdout, one event per line.
+        /// JSON on stdout: one array, or with --follow one event per line.
         #[arg(long)]
         json: bool,
     },
@@ -142,7 +168,8 @@ imip-ctl dlq delete 42")]
         #[command(subcommand)]
         action: DlqAction,
     },
-    /// Partitions, owners, positions, DLQ count.
+    /// Partitions, owners, positions, DLQ count; warns about partitions no
+    /// live processor owns, stalls and messages no lane reads.
     #[command(after_help = "Examples:\n  \
 imip-ctl status\n  \
 imip-ctl status --json")]

@@ -12,13 +12,20 @@ pub enum CtlError {
     /// No dead letter with this id (`imip-ctl dlq list --all` lists them).
     #[error("no dead letter {0} — imip-ctl dlq list --all lists them")]
     NoSuchDeadLetter(i64),
+    /// Arguments that parse but make no sense together or name nothing
+    /// (`--from` after `--to`, an unknown `--tz` zone): the sentence says
+    /// what to give instead.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl CtlError {
-    /// The exit status: 67 (EX_NOUSER, sysexits.h) for an unknown user, 1 else.
+    /// The exit status: 67 (EX_NOUSER, sysexits.h) for an unknown user, 64
+    /// (EX_USAGE) for a usage error, 1 else.
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::NoSuchUser(_) => 67,
+            CtlError::Usage(_) => 64,
             CtlError::NoSuchDeadLetter(_) => 1,
         }
     }
@@ -28,6 +35,7 @@ impl CtlError {
         match self {
             CtlError::NoSuchUser(_) => "no_such_user",
             CtlError::NoSuchDeadLetter(_) => "no_such_dead_letter",
+            CtlError::Usage(_) => "usage",
         }
     }
 }

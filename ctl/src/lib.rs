@@ -5,6 +5,7 @@
 //! load / apply / write (`imipflow_processor::store`) while holding the
 //! user's partition row, so a command is serialised with the lane.
 
+pub mod advice;
 pub mod args;
 pub mod cmd;
 pub mod error;

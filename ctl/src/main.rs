@@ -15,14 +15,34 @@ async fn main() -> std::process::ExitCode {
     imipflow_ctl::output::quiet_on_broken_pipe();
     let cli = parse();
     let json = cli.command.json();
-    let result = match imipflow_telemetry::init_logging("warn") {
-        Ok(_) => run(&cli.settings, cli.command).await,
-        Err(e) => Err(e.into()),
+    let result = match (imipflow_telemetry::init_logging("warn"), view(&cli.view)) {
+        (Ok(_), Ok(view)) => {
+            imipflow_ctl::output::set_view(view);
+            run(&cli.settings, cli.command).await
+        }
+        (Err(e), _) => Err(e.into()),
+        (_, Err(e)) => Err(e.into()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => imipflow_ctl::output::fail(&e, json),
+        Err(e) => {
+            let target = imipflow_ctl::advice::PgTarget::of(&cli.settings);
+            let advice = imipflow_ctl::advice::advice(&e, target.as_ref());
+            imipflow_ctl::output::fail(&e, json, advice)
+        }
     }
+}
+
+/// The human output's `--wide` and `--tz`, the zone checked.
+fn view(args: &cli::ViewArgs) -> Result<imipflow_ctl::output::View, imipflow_ctl::error::CtlError> {
+    Ok(imipflow_ctl::output::View {
+        wide: args.wide,
+        tz: args
+            .tz
+            .as_deref()
+            .map(imipflow_ctl::output::zone)
+            .transpose()?,
+    })
 }
 
 /// The arguments, or the exit: under `--json` a usage or configuration

@@ -74,6 +74,10 @@ pub struct Status {
     pub stream_subjects_stale: bool,
     /// Live instances and how many partitions each owns.
     pub instances: Vec<InstanceStatus>,
+    /// Partitions no live instance holds the lease of (never owned, or the
+    /// owner's lease expired): their messages wait until an
+    /// `imip-processor run` takes them.
+    pub unowned: Vec<u32>,
     /// `IMIP_STALL_AFTER_SECS`: a partition waiting this long is stalled.
     pub stall_after_secs: u64,
 }
@@ -225,8 +229,14 @@ async fn status_of(
             *instances.entry(o.clone()).or_default() += 1;
         }
     }
+    let unowned = partitions
+        .iter()
+        .filter(|p| !(p.leased && p.owner.is_some()))
+        .map(|p| p.partition)
+        .collect();
     Ok(Status {
         lag: partitions.iter().map(|p| p.lag).sum(),
+        unowned,
         partitions,
         dead_letters: dead_letters.max(0) as u64,
         quarantined,

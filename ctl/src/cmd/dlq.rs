@@ -2,7 +2,7 @@
 //! across the deployment, and one replayed the way the lane applies it.
 
 use crate::error::CtlError;
-use crate::output::{json_line, table};
+use crate::output::{json_line, table_aligned, time};
 use anyhow::bail;
 use chrono::{DateTime, Utc};
 use imipflow_processor::relay::{self, Publisher};
@@ -41,31 +41,30 @@ pub async fn list(s: &Settings, all: bool, json: bool) -> anyhow::Result<()> {
         println!("no dead letters");
         return Ok(());
     }
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        v => v.to_string(),
-    };
     let mut header = vec!["ID", "USER", "PARTITION", "SEQ", "CREATED"];
     if all {
         header.push("REPLAYED");
     }
     header.push("ERROR");
-    let rows: Vec<Vec<String>> = docs
+    let when = |t: Option<DateTime<Utc>>| t.map_or_else(|| "-".to_owned(), time);
+    let rows: Vec<Vec<String>> = rows
         .iter()
-        .map(|d| {
-            let mut row: Vec<String> = ["id", "user", "partition", "stream_seq", "created_at"]
-                .iter()
-                .map(|k| text(&d[*k]))
-                .collect();
+        .map(|r| {
+            let mut row = vec![
+                r.get::<_, i64>(0).to_string(),
+                r.get::<_, String>(1),
+                r.get::<_, i32>(2).to_string(),
+                r.get::<_, i64>(3).to_string(),
+                when(r.get(5)),
+            ];
             if all {
-                row.push(text(&d["replayed_at"]));
+                row.push(when(r.get(6)));
             }
-            row.push(text(&d["error"]));
+            row.push(r.get(4));
             row
         })
         .collect();
-    table(&header, &rows);
+    table_aligned(&header, &rows, &[0, 2, 3]);
     Ok(())
 }
 
@@ -138,7 +137,7 @@ async fn pending(db: &Client, id: i64) -> anyhow::Result<DeadLetter> {
         .await?
         .ok_or(CtlError::NoSuchDeadLetter(id))?;
     if let Some(at) = row.get::<_, Option<DateTime<Utc>>>(4) {
-        bail!("dead letter {id} was replayed already, at {at}");
+        bail!("dead letter {id} was replayed already, at {}", time(at));
     }
     Ok(DeadLetter {
         id,

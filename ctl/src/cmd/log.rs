@@ -2,8 +2,8 @@
 //! `message_log` (applied, stale, ignored, refused, with the reason) and
 //! `dead_letters` (could not be applied, with the error), in stream order.
 
-use crate::output::{json_line, table};
-use chrono::{DateTime, SecondsFormat, Utc};
+use crate::output::{json_line, table_aligned, time, uid};
+use chrono::{DateTime, Utc};
 use imipflow_processor::{Settings, connect::connect};
 use imipflow_schema::MessageOutcome;
 use serde::Serialize;
@@ -60,18 +60,23 @@ pub async fn run(
                 Some(id) => format!("{} #{id}", e.outcome),
                 None => e.outcome.clone(),
             };
+            let rid = e.recurrence_id.as_deref().map(|r| {
+                DateTime::parse_from_rfc3339(r)
+                    .map(|t| time(t.with_timezone(&Utc)))
+                    .unwrap_or_else(|_| r.to_owned())
+            });
             vec![
-                e.time.to_rfc3339_opts(SecondsFormat::Secs, true),
+                time(e.time),
                 e.stream_seq.to_string(),
                 dash(&e.method),
-                dash(&e.uid),
-                dash(&e.recurrence_id),
+                e.uid.as_deref().map_or_else(|| "-".to_owned(), uid),
+                dash(&rid),
                 outcome,
                 dash(&e.reason),
             ]
         })
         .collect();
-    table(
+    table_aligned(
         &[
             "TIME",
             "SEQ",
@@ -82,6 +87,7 @@ pub async fn run(
             "REASON",
         ],
         &rows,
+        &[1],
     );
     Ok(())
 }

@@ -1,13 +1,15 @@
 //! `imip-ctl freebusy`, `object` and `objects`: the per-user reads of
 //! [`crate::query`], printed as text, JSON or iCalendar ([`crate::ics`]).
 
+use crate::error::CtlError;
 use crate::ics;
-use crate::output::{Format, json_line, json_pretty};
+use crate::output::{Format, cal_time, dash, json_line, table, table_aligned, time, uid};
 use crate::query::{self, FreeBusy};
 use anyhow::bail;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use imipflow_processor::model::StoredObject;
 use imipflow_processor::{Settings, connect::connect};
+use imipflow_schema::Transparency;
 use serde_json::json;
 
 use super::known_user;
@@ -20,6 +22,14 @@ pub async fn freebusy(
     to: DateTime<Utc>,
     format: Format,
 ) -> anyhow::Result<()> {
+    if from > to {
+        return Err(CtlError::Usage(format!(
+            "--from ({}) is after --to ({}): give a start before the end",
+            from.to_rfc3339_opts(SecondsFormat::Secs, true),
+            to.to_rfc3339_opts(SecondsFormat::Secs, true)
+        ))
+        .into());
+    }
     let mut db = connect(s).await?;
     let user = known_user(&db, user).await?;
     let answer = query::freebusy(&mut db, s, &user, from, to).await?;
@@ -29,7 +39,7 @@ pub async fn freebusy(
             "imip-ctl: answer truncated to the first {} periods (IMIP_MAX_QUERY_PERIODS); \
              complete only before {}",
             periods.len(),
-            periods.last().map_or(from, |p| p.start)
+            time(periods.last().map_or(from, |p| p.start))
         );
     }
     match format {
@@ -53,21 +63,31 @@ pub async fn freebusy(
 }
 
 fn print_freebusy(user: &str, from: DateTime<Utc>, to: DateTime<Utc>, answer: &FreeBusy) {
-    println!("free/busy of {user} from {from} to {to}:");
-    for p in &answer.periods {
-        println!(
-            "  {} – {}  {:<16} {}",
-            p.start,
-            p.end,
-            p.fbtype.as_str(),
-            p.uid
-        );
-    }
     if answer.periods.is_empty() {
-        println!("  (free)");
+        println!(
+            "{user} is free from {} to {} (no busy periods)",
+            time(from),
+            time(to)
+        );
+        return;
     }
+    let rows: Vec<Vec<String>> = answer
+        .periods
+        .iter()
+        .map(|p| {
+            vec![
+                time(p.start),
+                time(p.end),
+                p.fbtype.as_str().to_owned(),
+                uid(&p.uid),
+            ]
+        })
+        .collect();
+    table(&["START", "END", "TYPE", "UID"], &rows);
     if answer.truncated {
-        println!("  (truncated: more periods follow)");
+        println!(
+            "(truncated: more periods follow; the answer is complete only before the last one)"
+        );
     }
 }
 
@@ -103,17 +123,86 @@ pub async fn object(
         return Ok(());
     }
     let c = &o.component;
-    let doc = json!({
-        "user": user, "uid": uid, "recurrence_id": o.recurrence_id,
-        "sequence": c.sequence, "dtstamp": c.dtstamp, "status": c.status,
-        "summary": c.summary, "start": c.start, "end": c.end, "rrule": c.rrule,
-        "exdate": c.exdate, "transp": c.transp,
-        "organizer": c.organizer.as_ref().map(|p| p.address.clone()),
-        "attendees": c.attendees.iter().map(|a| json!({"address": a.address, "partstat": a.partstat})).collect::<Vec<_>>(),
-    });
-    match format {
-        Format::Json => json_line(&doc),
-        _ => json_pretty(&doc),
+    if format == Format::Json {
+        let doc = json!({
+            "user": user, "uid": uid, "recurrence_id": o.recurrence_id,
+            "sequence": c.sequence, "dtstamp": c.dtstamp, "status": c.status,
+            "summary": c.summary, "start": c.start, "end": c.end, "rrule": c.rrule,
+            "exdate": c.exdate, "transp": c.transp,
+            "organizer": c.organizer.as_ref().map(|p| p.address.clone()),
+            "attendees": c.attendees.iter().map(|a| json!({"address": a.address, "partstat": a.partstat})).collect::<Vec<_>>(),
+        });
+        return json_line(&doc);
+    }
+    print_object(&user, &o);
+    Ok(())
+}
+
+/// One object for a person: its fields as a two-column table, then its
+/// attendees as one.
+fn print_object(user: &str, o: &StoredObject) {
+    let c = &o.component;
+    let join = |v: Vec<String>| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let fields: Vec<(&str, String)> = vec![
+        ("user", user.to_owned()),
+        ("uid", c.uid.clone()),
+        (
+            "recurrence",
+            o.recurrence_id
+                .map_or_else(|| "- (the series)".to_owned(), time),
+        ),
+        ("summary", dash(c.summary.as_deref())),
+        ("status", dash(c.status.as_ref().map(|s| s.as_str()))),
+        ("sequence", c.sequence.to_string()),
+        (
+            "start",
+            c.start.as_ref().map_or_else(|| "-".to_owned(), cal_time),
+        ),
+        (
+            "end",
+            c.end.as_ref().map_or_else(|| "-".to_owned(), cal_time),
+        ),
+        ("rrule", join(c.rrule.clone())),
+        ("exdate", join(c.exdate.iter().map(cal_time).collect())),
+        (
+            "transparency",
+            match c.transp {
+                Transparency::Opaque => "OPAQUE",
+                Transparency::Transparent => "TRANSPARENT",
+            }
+            .to_owned(),
+        ),
+        (
+            "organizer",
+            dash(c.organizer.as_ref().map(|p| p.address.as_str())),
+        ),
+        ("dtstamp", c.dtstamp.map_or_else(|| "-".to_owned(), time)),
+    ];
+    let rows: Vec<Vec<String>> = fields
+        .into_iter()
+        .map(|(k, v)| vec![k.to_owned(), v])
+        .collect();
+    table(&["FIELD", "VALUE"], &rows);
+    if !c.attendees.is_empty() {
+        println!();
+        let rows: Vec<Vec<String>> = c
+            .attendees
+            .iter()
+            .map(|a| {
+                vec![
+                    a.address.clone(),
+                    a.partstat.as_str().to_owned(),
+                    dash(a.cn.as_deref()),
+                ]
+            })
+            .collect();
+        table(&["ATTENDEE", "ANSWER", "NAME"], &rows);
     }
 }
 
@@ -133,11 +222,28 @@ pub async fn objects(s: &Settings, user: &str, json: bool) -> anyhow::Result<()>
     if json {
         return json_line(&docs);
     }
-    for d in docs {
-        println!(
-            "{} {} seq={} {} {}",
-            d["uid"], d["recurrence_id"], d["sequence"], d["start"], d["summary"]
-        );
+    if objs.is_empty() {
+        println!("no objects for {user}");
+        return Ok(());
     }
+    let rows: Vec<Vec<String>> = objs
+        .iter()
+        .map(|(id, o)| {
+            let c = &o.component;
+            vec![
+                uid(id),
+                o.recurrence_id.map_or_else(|| "-".to_owned(), time),
+                c.sequence.to_string(),
+                c.start.as_ref().map_or_else(|| "-".to_owned(), cal_time),
+                dash(c.status.as_ref().map(|s| s.as_str())),
+                dash(c.summary.as_deref()),
+            ]
+        })
+        .collect();
+    table_aligned(
+        &["UID", "RECURRENCE", "SEQ", "START", "STATUS", "SUMMARY"],
+        &rows,
+        &[2],
+    );
     Ok(())
 }

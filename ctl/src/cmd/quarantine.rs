@@ -1,7 +1,7 @@
 //! `imip-ctl quarantine list|show|release|delete`: the records of
 //! [`crate::quarantine`] printed one per line, one in full, or as `--json`.
 
-use crate::output::json_line;
+use crate::output::{json_line, table_aligned, time};
 use crate::quarantine::{self, Entry};
 use imipflow_processor::Settings;
 use serde_json::json;
@@ -25,19 +25,32 @@ pub async fn list(s: &Settings, json: bool) -> anyhow::Result<()> {
             .collect();
         return json_line(&docs);
     }
-    for e in &entries {
-        let r = &e.record;
-        println!(
-            "{:>6}  {}  {:<26} {} ({}){}: {}",
-            e.id,
-            r.ingested_at.format("%Y-%m-%dT%H:%M:%SZ"),
-            r.reason.as_str(),
-            r.sender,
-            r.users.join(","),
-            if r.truncated { " [excerpt]" } else { "" },
-            r.detail
-        );
+    if entries.is_empty() {
+        println!("no quarantined messages");
+        return Ok(());
     }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let r = &e.record;
+            vec![
+                e.id.to_string(),
+                time(r.ingested_at),
+                r.reason.as_str().to_owned(),
+                r.sender.clone(),
+                r.users.join(", "),
+                format!("{}{}", r.size, if r.truncated { " (excerpt)" } else { "" }),
+                r.detail.clone(),
+            ]
+        })
+        .collect();
+    table_aligned(
+        &[
+            "ID", "INGESTED", "REASON", "SENDER", "USERS", "BYTES", "DETAIL",
+        ],
+        &rows,
+        &[0],
+    );
     Ok(())
 }
 
@@ -56,12 +69,18 @@ fn print_record(e: &Entry) {
     let r = &e.record;
     println!("id:          {}", e.id);
     println!("reason:      {} ({})", r.reason, r.detail);
-    println!("direction:   {:?}", r.direction);
+    println!(
+        "direction:   {}",
+        match r.direction {
+            imipflow_schema::Direction::Outgoing => "outgoing (sent by the user)",
+            imipflow_schema::Direction::Incoming => "incoming (delivered to the user)",
+        }
+    );
     println!("sender:      {}", r.sender);
     println!("recipients:  {}", r.recipients.join(", "));
     println!("users:       {}", r.users.join(", "));
     println!("message id:  {}", r.message_id.as_deref().unwrap_or("-"));
-    println!("ingested at: {}", r.ingested_at);
+    println!("ingested at: {}", time(r.ingested_at));
     println!(
         "size:        {} bytes{}",
         r.size,

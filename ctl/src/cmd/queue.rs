@@ -3,7 +3,7 @@
 //! instance the organizer updated on its own), each with its components and
 //! the user's answer so far.
 
-use crate::output::json_line;
+use crate::output::{json_line, table, time, uid};
 use chrono::{DateTime, Utc};
 use imipflow_processor::{Settings, connect::connect};
 use serde_json::{Value, json};
@@ -20,24 +20,68 @@ pub async fn run(s: &Settings, user: &str, json: bool) -> anyhow::Result<()> {
     }
     if docs.is_empty() {
         println!("no pending requests for {user}");
+        return Ok(());
     }
-    for d in &docs {
+    table(
+        &[
+            "UID",
+            "FOR",
+            "ORGANIZER",
+            "START",
+            "END",
+            "YOUR ANSWER",
+            "SUMMARY",
+        ],
+        &rows(&docs),
+    );
+    Ok(())
+}
+
+/// One table row per component of each pending request (the series, or
+/// the instance the request is about), with the user's answer so far.
+fn rows(docs: &[Value]) -> Vec<Vec<String>> {
+    let text = |v: &Value| v.as_str().map_or_else(|| "-".to_owned(), str::to_owned);
+    let when = |v: &Value| {
+        v.as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or_else(|| "-".to_owned(), |t| time(t.with_timezone(&Utc)))
+    };
+    let mut rows = Vec::new();
+    for d in docs {
         let which = match d["recurrence_id"].as_str() {
-            Some(rid) => format!("instance {rid}"),
+            Some(_) => format!("instance {}", when(&d["recurrence_id"])),
             None => "series".to_owned(),
         };
-        println!(
-            "{} ({which}) from {}: {}",
-            d["uid"], d["organizer"], d["summary"]
-        );
-        for i in d["instances"].as_array().into_iter().flatten() {
-            println!(
-                "    {} – {}  your answer: {}",
-                i["start"], i["end"], i["partstat"]
-            );
+        let instances = d["instances"].as_array().cloned().unwrap_or_default();
+        if instances.is_empty() {
+            rows.push(vec![
+                uid(&text(&d["uid"])),
+                which.clone(),
+                text(&d["organizer"]),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                text(&d["summary"]),
+            ]);
+        }
+        for i in &instances {
+            // A request can carry the series and an instance of it.
+            let which = match i["recurrence_id"].as_str() {
+                Some(_) => format!("instance {}", when(&i["recurrence_id"])),
+                None => which.clone(),
+            };
+            rows.push(vec![
+                uid(&text(&d["uid"])),
+                which,
+                text(&d["organizer"]),
+                when(&i["start"]),
+                when(&i["end"]),
+                text(&i["partstat"]),
+                text(&d["summary"]),
+            ]);
         }
     }
-    Ok(())
+    rows
 }
 
 /// The user's pending requests, oldest first, as the JSON documents

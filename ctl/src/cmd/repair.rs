@@ -48,8 +48,8 @@ pub async fn rebuild(s: &Settings, user: &str, json: bool) -> anyhow::Result<()>
         report.periods_removed,
         report.events
     );
-    for uid in &report.changed {
-        println!("  changed: {uid}");
+    for u in &report.changed {
+        println!("  changed: {}", output::uid(u));
     }
     Ok(())
 }
@@ -85,6 +85,12 @@ pub async fn replay(
     user: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
+    if let Some(to) = to.filter(|&to| to < from) {
+        return Err(crate::error::CtlError::Usage(format!(
+            "--from ({from}) is after --to ({to}): give a start before the end"
+        ))
+        .into());
+    }
     let user = user.map(user_arg).transpose()?;
     let user = user.as_deref();
     let ns = s.namespace()?;

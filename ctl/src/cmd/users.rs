@@ -1,7 +1,7 @@
 //! `imip-ctl users`: every user the store knows ([`crate::query::users`]),
 //! with their counts, as a table or one JSON array.
 
-use crate::output::{json_line, table};
+use crate::output::{json_line, table_aligned};
 use crate::query;
 use imipflow_processor::{Settings, connect::connect};
 
@@ -30,7 +30,7 @@ pub async fn run(s: &Settings, json: bool) -> anyhow::Result<()> {
             ]
         })
         .collect();
-    table(
+    table_aligned(
         &[
             "USER",
             "PARTITION",
@@ -41,6 +41,7 @@ pub async fn run(s: &Settings, json: bool) -> anyhow::Result<()> {
             "DEAD LETTERS",
         ],
         &rows,
+        &[1, 2, 3, 4, 5, 6],
     );
     Ok(())
 }
