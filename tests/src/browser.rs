@@ -76,7 +76,10 @@ impl Chromedriver {
         std::fs::create_dir_all(&profile).expect("create the profile dir");
         let child = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
-            .arg(format!("--log-path={}", dir.join("chromedriver.log").display()))
+            .arg(format!(
+                "--log-path={}",
+                dir.join("chromedriver.log").display()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -12,8 +12,8 @@
 //! its event stream) says so.
 
 use imipflow_tests::{
-    MANAGER_ADDRESS, Manager, PLANNING_UID as UID, TestEnv, free_port, imip_mail, invite_to_planning,
-    vevent,
+    MANAGER_ADDRESS, Manager, PLANNING_UID as UID, TestEnv, free_port, imip_mail,
+    invite_to_planning, vevent,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -124,11 +124,38 @@ async fn browser(driver: &Chromedriver) -> Client {
         })
 }
 
-/// The text of the first element matching `css`, or `None` if there is none.
+/// The text of the first element matching `css`, or `None` if there is
+/// none. One script, so that the page's live update cannot swap the element
+/// out between finding it and reading it.
 async fn text_of(c: &Client, css: &str) -> Option<String> {
-    match c.find(Locator::Css(css)).await {
-        Ok(e) => Some(e.text().await.unwrap()),
-        Err(_) => None,
+    c.execute(
+        "var e = document.querySelector(arguments[0]); return e ? e.innerText : null;",
+        vec![css.into()],
+    )
+    .await
+    .expect("script")
+    .as_str()
+    .map(str::to_owned)
+}
+
+/// A real click on `css` (WebDriver's element click: the browser's own
+/// pointer events, and the form's submission). Tried again while the live
+/// update swaps the element for its fresh copy (a stale reference).
+async fn click(c: &Client, css: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let result = match c.find(Locator::Css(css)).await {
+            Ok(e) => e.click().await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => return,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("click on {css}: {e}; again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot click {css}: {e}"),
+        }
     }
 }
 
@@ -210,12 +237,7 @@ async fn bob_accepts_in_the_browser_and_the_page_updates_once_postfix_delivered_
     screenshot(&c, "manager-requests.png").await;
 
     // A real click on the form's Accept button: POST, 303, the page again.
-    c.find(Locator::Css(&format!("{row} button[value=\"ACCEPTED\"]")))
-        .await
-        .expect("an Accept button")
-        .click()
-        .await
-        .unwrap();
+    click(&c, &format!("{row} button[value=\"ACCEPTED\"]")).await;
     let status = format!("div.status[data-uid=\"{PLANNING_UID}\"]");
     let waiting = wait_text(
         &c,
@@ -224,7 +246,10 @@ async fn bob_accepts_in_the_browser_and_the_page_updates_once_postfix_delivered_
         Duration::from_secs(20),
     )
     .await;
-    assert!(waiting.contains("Quarterly planning (ACCEPTED)"), "{waiting}");
+    assert!(
+        waiting.contains("Quarterly planning (ACCEPTED)"),
+        "{waiting}"
+    );
 
     // Postfix took both messages from the manager's login and holds the
     // copies for the pipes: Alice's (the REPLY), Bob's (the calendar
