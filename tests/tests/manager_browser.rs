@@ -277,6 +277,7 @@ async fn bob_accepts_in_the_browser_and_the_page_updates_once_postfix_delivered_
         .unwrap();
     assert_eq!(live, serde_json::Value::Null, "no event yet");
     let url_before = c.current_url().await.unwrap();
+    screenshot(&c, "manager-waiting.png").await;
 
     // Delivery: the pipes run imip-ingest, the processor applies, the change
     // event reaches the page over SSE and it swaps in the applied state.
