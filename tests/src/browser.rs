@@ -24,7 +24,14 @@ pub fn chromium_unavailable() -> Option<String> {
         let out = Command::new(crate::repo_root().join("scripts/browser-setup.sh")).output();
         if !present() {
             let detail = match out {
-                Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_owned(),
+                // Its reason is on stderr; "skipped (…)" is on stdout.
+                Ok(o) => format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+                .trim()
+                .to_owned(),
                 Err(e) => e.to_string(),
             };
             return Some(format!(
