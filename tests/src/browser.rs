@@ -94,10 +94,12 @@ impl Chromedriver {
             .process_group(0)
             .spawn()
             .expect("spawn chromedriver");
+        // Only while the group's leader is still chromedriver: after a normal
+        // end the id may belong to someone else.
         reap_after_test(&format!(
-            "kill -KILL -{} 2>/dev/null; rm -rf '{}'",
-            child.id(),
-            dir.display()
+            "if [ \"$(ps -o comm= -p {pid})\" = chromedriver ]; then kill -KILL -{pid}; fi; rm -rf '{}'",
+            dir.display(),
+            pid = child.id(),
         ));
         let driver = Chromedriver {
             port,
