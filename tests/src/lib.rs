@@ -5,6 +5,7 @@
 //! Tests run in parallel (nextest runs each in its own process), so nothing
 //! here is shared: names are unique per process and per environment.
 
+pub mod browser;
 pub mod mta;
 pub mod oracle;
 pub mod rusage;
@@ -431,6 +432,48 @@ impl Publisher {
 
 /// The calendar address [`TestEnv::start_manager_with`] gives the manager.
 pub const MANAGER_ADDRESS: &str = "calendar@example.com";
+
+/// The UID of [`invite_to_planning`]'s meeting.
+pub const PLANNING_UID: &str = "alices-planning@example.com";
+
+/// The manager tests' invitation (tests/tests/manager.rs and
+/// manager_browser.rs): `organizer` (Alice) invites `attendee` (Bob) to
+/// "Quarterly planning", 2027-03-16 09:00–10:00 UTC, SEQUENCE 2. Ingested as
+/// Alice's own outgoing copy (her record) and as its delivery to Bob (his
+/// pending request); returns once both are applied.
+pub async fn invite_to_planning(env: &TestEnv, organizer: &str, attendee: &str) {
+    let lines = vevent(&[
+        &format!("UID:{PLANNING_UID}"),
+        "SEQUENCE:2",
+        "DTSTAMP:20270101T000000Z",
+        "DTSTART:20270316T090000Z",
+        "DTEND:20270316T100000Z",
+        "SUMMARY:Quarterly planning",
+        &format!("ORGANIZER;CN=Alice:mailto:{organizer}"),
+        &format!("ATTENDEE;PARTSTAT=ACCEPTED:mailto:{organizer}"),
+        &format!("ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE;CN=Bob:mailto:{attendee}"),
+    ]);
+    let mail = imip_mail("REQUEST", organizer, "invite@x", &[lines]);
+    for args in [
+        vec!["--sender", organizer],
+        vec![
+            "--direction",
+            "incoming",
+            "--sender",
+            organizer,
+            "--recipient",
+            attendee,
+        ],
+    ] {
+        let out = env.ingest(&args, &mail).await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    env.wait_applied().await;
+}
 
 /// A running `imip-manager`, killed when dropped.
 pub struct Manager {

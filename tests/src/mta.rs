@@ -57,7 +57,7 @@ fn which(name: &str) -> bool {
 
 /// A fresh directory under the system temp dir that the unprivileged pipe
 /// user can traverse (mode 0755).
-fn private_dir(kind: &str) -> PathBuf {
+pub(crate) fn private_dir(kind: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -185,6 +185,17 @@ impl Postfix {
     /// As `start`, with `edit` applied to the (localised) example master.cf
     /// lines: for tests of a misconfigured pipe.
     pub fn start_with(env: &TestEnv, edit: impl Fn(String) -> String) -> Self {
+        Self::start_inner(env, "", &edit)
+    }
+
+    /// As `start`, with `main_cf` (parameter lines) appended to main.cf:
+    /// e.g. `defer_transports = imip-in, imip-out` to hold the copies until
+    /// [`Self::flush`].
+    pub fn start_with_main_cf(env: &TestEnv, main_cf: &str) -> Self {
+        Self::start_inner(env, main_cf, &|master_cf| master_cf)
+    }
+
+    fn start_inner(env: &TestEnv, main_cf: &str, edit: &dyn Fn(String) -> String) -> Self {
         let dir = private_dir("postfix");
         let mut pf = Postfix {
             config_dir: dir.join("etc"),
@@ -199,7 +210,7 @@ impl Postfix {
             pf.config_dir.display(),
             pf.dir.display()
         ));
-        pf.write_config(env, &edit);
+        pf.write_config(env, main_cf, edit);
         pf.register();
         let check = pf.postfix(&["check"]);
         assert!(
@@ -226,7 +237,7 @@ impl Postfix {
         pf
     }
 
-    fn write_config(&self, env: &TestEnv, edit: &dyn Fn(String) -> String) {
+    fn write_config(&self, env: &TestEnv, extra_main_cf: &str, edit: &dyn Fn(String) -> String) {
         use std::os::unix::fs::{PermissionsExt, chown};
         let etc = &self.config_dir;
         for sub in ["etc", "spool", "data", "bin"] {
@@ -297,7 +308,7 @@ impl Postfix {
              relay_transport = discard:\n\
              local_transport = discard:\n\
              virtual_transport = discard:\n\
-             \n{}",
+             \n{}\n{extra_main_cf}\n",
             localise(read("main.cf.imip"))
         );
         let master_cf = format!(
@@ -568,7 +579,7 @@ fn write_sasldb(etc: &Path) {
 /// watcher in a session of its own: if the test is killed before its `Drop`
 /// runs (a nextest timeout), a daemonised Postfix or an Exim daemon would
 /// otherwise keep running. After a normal end it finds nothing left to do.
-fn reap_after_test(cleanup: &str) {
+pub(crate) fn reap_after_test(cleanup: &str) {
     let script = format!(
         "while kill -0 {} 2>/dev/null; do sleep 1; done; {cleanup}",
         std::process::id()

@@ -11,7 +11,10 @@
 //! is empty, he is busy, Alice's record says he accepted, and the page (and
 //! its event stream) says so.
 
-use imipflow_tests::{MANAGER_ADDRESS, Manager, TestEnv, free_port, imip_mail, vevent};
+use imipflow_tests::{
+    MANAGER_ADDRESS, Manager, PLANNING_UID as UID, TestEnv, free_port, imip_mail,
+    invite_to_planning, vevent,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -19,7 +22,6 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.org";
 const CAROL: &str = "carol@example.net";
-const UID: &str = "alices-planning@example.com";
 const SLOT: &str = "2027-03-16T09:00:00Z 2027-03-16T10:00:00Z BUSY";
 
 /// One message the sink accepted: envelope sender, recipients, content.
@@ -144,40 +146,9 @@ async fn session(
     }
 }
 
-/// The invitation: Alice's own outgoing copy (her record) and its delivery
-/// to Bob (his pending request).
+/// Alice's invitation to Bob, pending for him (the harness's).
 async fn invite(env: &TestEnv) {
-    let lines = vevent(&[
-        &format!("UID:{UID}"),
-        "SEQUENCE:2",
-        "DTSTAMP:20270101T000000Z",
-        "DTSTART:20270316T090000Z",
-        "DTEND:20270316T100000Z",
-        "SUMMARY:Quarterly planning",
-        "ORGANIZER;CN=Alice:mailto:alice@example.com",
-        "ATTENDEE;PARTSTAT=ACCEPTED:mailto:alice@example.com",
-        "ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE;CN=Bob:mailto:bob@example.org",
-    ]);
-    let mail = imip_mail("REQUEST", ALICE, "invite@x", &[lines]);
-    for args in [
-        vec!["--sender", ALICE],
-        vec![
-            "--direction",
-            "incoming",
-            "--sender",
-            ALICE,
-            "--recipient",
-            BOB,
-        ],
-    ] {
-        let out = env.ingest(&args, &mail).await;
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    env.wait_applied().await;
+    invite_to_planning(env, ALICE, BOB).await;
 }
 
 /// A client that does not follow redirects (the answer's 303 is checked).
