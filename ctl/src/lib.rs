@@ -39,26 +39,7 @@ pub async fn lock_partition(
         .get(0))
 }
 
-/// The partition count this deployment was created with (`deployment`,
-/// written by `imip-processor migrate`).
-pub async fn deployment_partitions(
-    db: &impl tokio_postgres::GenericClient,
-) -> Result<u32, ProcessorError> {
-    let value: String = db
-        .query_opt("SELECT value FROM deployment WHERE key = 'partitions'", &[])
-        .await?
-        .ok_or_else(|| {
-            ProcessorError::Deployment(
-                "the database has no partition count (run imip-processor migrate)".into(),
-            )
-        })?
-        .get(0);
-    value.parse().map_err(|_| {
-        ProcessorError::Deployment(format!(
-            "the deployment's partition count is not a number: {value:?}"
-        ))
-    })
-}
+pub use imipflow_processor::migrate::deployment_partitions;
 
 /// Refuses to go on when this command's `IMIP_PARTITIONS` is not the
 /// deployment's: the commands that publish to the messages stream or write

@@ -168,3 +168,24 @@ pub fn latest_version() -> i64 {
         .max()
         .unwrap_or(0)
 }
+
+/// The partition count this deployment was created with (`deployment`,
+/// written by `imip-processor migrate`).
+pub async fn deployment_partitions(
+    db: &impl tokio_postgres::GenericClient,
+) -> Result<u32, ProcessorError> {
+    let value: String = db
+        .query_opt("SELECT value FROM deployment WHERE key = 'partitions'", &[])
+        .await?
+        .ok_or_else(|| {
+            ProcessorError::Deployment(
+                "the database has no partition count (run imip-processor migrate)".into(),
+            )
+        })?
+        .get(0);
+    value.parse().map_err(|_| {
+        ProcessorError::Deployment(format!(
+            "the deployment's partition count is not a number: {value:?}"
+        ))
+    })
+}

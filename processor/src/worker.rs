@@ -508,6 +508,49 @@ async fn wait_for_nats(
     }
 }
 
+/// Refuses to run lanes with another partition count than the one `migrate`
+/// recorded: lanes beyond it read nothing, and a lane's check that each
+/// message is its own (`lane::route`) would send users to partitions that
+/// are not theirs. Waits (retrying each second, saying why every 10 s) while
+/// PostgreSQL is unreachable or not migrated yet; false when shutdown came
+/// first. A mismatch is [`ProcessorError::Config`]: exit 78.
+async fn same_partitions(
+    settings: &Settings,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<bool, ProcessorError> {
+    let mut said = None::<Instant>;
+    loop {
+        let read = async {
+            let db = connect(settings).await?;
+            crate::migrate::deployment_partitions(&db).await
+        };
+        match read.await {
+            Ok(n) if n == settings.partitions => return Ok(true),
+            Ok(n) => {
+                return Err(ProcessorError::Config(format!(
+                    "IMIP_PARTITIONS is {} but this deployment was created with {n}: \
+                     set IMIP_PARTITIONS={n} (ingest, the processors and imip-ctl must agree; \
+                     docs/configuration.md, \"Partition count\")",
+                    settings.partitions
+                )));
+            }
+            Err(e) => {
+                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "waiting for PostgreSQL before starting the lanes");
+                    said = Some(Instant::now());
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            return Ok(false);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 /// Starts one lane per partition and waits for shutdown.
 pub async fn run(
     settings: Settings,
@@ -517,6 +560,9 @@ pub async fn run(
     settings.default_tz()?;
     let (nats, trouble) = crate::connect::connect_nats_retrying(&settings, "imipflow").await?;
     if !wait_for_nats(&settings, &nats, &trouble, shutdown.clone()).await {
+        return Ok(());
+    }
+    if !same_partitions(&settings, shutdown.clone()).await? {
         return Ok(());
     }
     let js = jetstream::new(nats);

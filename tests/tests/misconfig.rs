@@ -387,3 +387,26 @@ async fn lag_counts_the_messages_waiting_not_stream_positions() {
     }
     processor.terminate().await;
 }
+
+/// `imip-processor run` with another count than the deployment's exits 78
+/// (EX_CONFIG) naming both, instead of running lanes that read nothing or
+/// that send users to partitions not theirs.
+#[tokio::test]
+async fn a_processor_with_another_partition_count_exits_78_naming_both() {
+    let env = TestEnv::new().await;
+    let mut cmd = env.command("imip-processor");
+    cmd.arg("run")
+        .env("IMIP_PARTITIONS", "8")
+        .env("IMIP_METRICS_LISTEN", "");
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("imip-processor run did not exit")
+        .expect("spawn");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("IMIP_PARTITIONS is 8 but this deployment was created with 4"),
+        "{stderr}"
+    );
+    assert_eq!(env.ctl_json(&["status"]).await["partitions"][0]["epoch"], 0);
+}

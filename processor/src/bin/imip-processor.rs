@@ -83,9 +83,15 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     // start and /readyz says why the processor is not ready (e.g. not
     // migrated yet) while the lanes keep retrying.
     serve_health(&settings, rx.clone()).await?;
-    imipflow_processor::worker::run(settings, rx)
-        .await
-        .context("run failed")
+    match imipflow_processor::worker::run(settings, rx).await {
+        // A setting that can never work is the operator's to fix: 78, so
+        // that a supervisor does not restart it as if it had crashed.
+        Err(e @ imipflow_processor::ProcessorError::Config(_)) => {
+            eprintln!("imip-processor: {e}");
+            std::process::exit(78);
+        }
+        r => r.context("run failed"),
+    }
 }
 
 /// `/metrics`, `/healthz` and `/readyz` on `IMIP_METRICS_LISTEN` (empty: none).
