@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
-# imipflow binaries: imip-ingest, imip-processor, imip-ctl, imip-publisher.
+# imipflow binaries: imip-ingest, imip-processor, imip-ctl, imip-publisher, imip-manager.
 # imip-ingest is the static deployable build (bench/README.md).
-# Runtime: debian:bookworm-slim + the four binaries + ca-certificates (TLS to
+# Runtime: debian:bookworm-slim + the five binaries + ca-certificates (TLS to
 # NATS/PostgreSQL), user 10001; docs/operations.md.
 #   docker build -t imipflow:local .
 
@@ -9,8 +9,8 @@ FROM rust:1.95-bookworm AS builder
 WORKDIR /src
 # Only the workspace members, named one by one, so that BuildKit never sends
 # target/ (there is no .dockerignore); add a new member here too. cargo needs
-# every member's manifest even though only ingest, processor and publisher are
-# built.
+# every member's manifest even though only ingest, processor, ctl, publisher
+# and manager are built.
 # rust-toolchain.toml is left out on purpose: the image's toolchain is the
 # pinned one, and rustfmt/clippy are not needed here.
 COPY Cargo.toml Cargo.lock ./
@@ -26,14 +26,16 @@ COPY loadgen loadgen
 COPY semantics semantics
 COPY nats nats
 COPY ctl ctl
+COPY manager manager
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins -p imipflow-processor -p imipflow-ctl -p imipflow-publisher \
+       -p imipflow-manager \
     && cargo rustc --locked --profile ingest -p imipflow-ingest --bin imip-ingest --target-dir target/static -- \
        -C target-feature=+crt-static -C relocation-model=static \
     && mkdir -p /out \
     && cp target/static/ingest/imip-ingest target/release/imip-processor target/release/imip-ctl \
-       target/release/imip-publisher /out/
+       target/release/imip-publisher target/release/imip-manager /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -52,7 +54,7 @@ USER imip
 # The processor's metrics/health listener; 0.0.0.0 inside the container so
 # that the host (or Prometheus on the compose network) can reach it.
 ENV IMIP_METRICS_LISTEN=0.0.0.0:9464
-EXPOSE 9464 8080
+EXPOSE 9464 8080 8090
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=6 \
     CMD ["imip-healthcheck", "9464", "/healthz"]
 CMD ["imip-processor", "run"]

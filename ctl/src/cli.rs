@@ -224,6 +224,9 @@ imip-ctl completions fish > ~/.config/fish/completions/imip-ctl.fish")]
     Completions {
         /// The shell: bash, zsh or fish.
         shell: CompletionShell,
+        /// One JSON object on stdout, {"shell": …, "script": …}, instead of the script.
+        #[arg(long)]
+        json: bool,
     },
     /// Write the manual pages of every imipflow binary (and of each
     /// subcommand) into DIR; the install steps run it.
@@ -231,6 +234,9 @@ imip-ctl completions fish > ~/.config/fish/completions/imip-ctl.fish")]
     Man {
         /// Where the .1 pages go (e.g. /usr/local/share/man/man1).
         dir: std::path::PathBuf,
+        /// JSON on stdout: {"dir": …, "pages": [the files written]}.
+        #[arg(long)]
+        json: bool,
     },
     /// Calendar data imip-ingest refused: list, show, release, delete.
     #[command(after_help = "Examples:\n  \
@@ -351,7 +357,7 @@ impl Command {
                 | DlqAction::Replay { json, .. }
                 | DlqAction::Delete { json, .. } => *json,
             },
-            Command::Completions { .. } | Command::Man { .. } => false,
+            Command::Completions { json, .. } | Command::Man { json, .. } => *json,
             Command::Quarantine { action } => match action {
                 QuarantineAction::List { json }
                 | QuarantineAction::Show { json, .. }

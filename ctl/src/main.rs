@@ -7,7 +7,7 @@ mod cli;
 use clap::Args;
 use cli::{Cli, Command, DlqAction, QuarantineAction};
 use imipflow_ctl::cmd::{dlq, events, log, lookup, quarantine, queue, repair, status, users};
-use imipflow_ctl::output::Format;
+use imipflow_ctl::output::{self, Format};
 use imipflow_processor::Settings;
 
 #[tokio::main(flavor = "current_thread")]
@@ -83,17 +83,22 @@ fn parse() -> Cli {
 }
 
 /// `imip-ctl completions SHELL`: the script, from the clap definition.
-fn completions(shell: cli::CompletionShell) -> anyhow::Result<()> {
+fn completions(shell: cli::CompletionShell, json: bool) -> anyhow::Result<()> {
     use clap_complete::Shell;
-    let shell = match shell {
-        cli::CompletionShell::Bash => Shell::Bash,
-        cli::CompletionShell::Zsh => Shell::Zsh,
-        cli::CompletionShell::Fish => Shell::Fish,
+    let (shell, name) = match shell {
+        cli::CompletionShell::Bash => (Shell::Bash, "bash"),
+        cli::CompletionShell::Zsh => (Shell::Zsh, "zsh"),
+        cli::CompletionShell::Fish => (Shell::Fish, "fish"),
     };
     // Rendered first: clap_complete panics on a failed write, and
     // `imip-ctl completions bash | head` must end quietly.
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd::<Cli>(), "imip-ctl", &mut script);
+    if json {
+        return output::json_line(
+            &serde_json::json!({"shell": name, "script": String::from_utf8_lossy(&script)}),
+        );
+    }
     use std::io::Write;
     match std::io::stdout().write_all(&script) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
@@ -103,12 +108,13 @@ fn completions(shell: cli::CompletionShell) -> anyhow::Result<()> {
 
 /// `imip-ctl man DIR`: a page per binary and per subcommand
 /// (`imip-ctl-freebusy.1`, …), from the same definitions `--help` prints.
-fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+fn man_pages(dir: &std::path::Path, json: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     for command in [
         cmd::<Cli>(),
         cmd::<imipflow_processor::cli::Cli>(),
         cmd::<imipflow_publisher::cli::Cli>(),
+        cmd::<imipflow_manager::cli::Cli>(),
         cmd::<imipflow_ingest::Args>(),
     ] {
         let name = command.get_name().to_owned();
@@ -116,8 +122,28 @@ fn man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
             anyhow::anyhow!("writing {name}'s manual pages into {}: {e}", dir.display())
         })?;
     }
+    if json {
+        // The pages are named after the binaries; other files in DIR are not ours.
+        let pages: Vec<String> = pages_in(dir)?
+            .into_iter()
+            .filter(|p| p.starts_with("imip-"))
+            .collect();
+        return output::json_line(&serde_json::json!({"dir": dir, "pages": pages}));
+    }
     println!("manual pages written to {}", dir.display());
     Ok(())
+}
+
+/// The `.1` files in `dir`, by name.
+fn pages_in(dir: &std::path::Path) -> anyhow::Result<std::collections::BTreeSet<String>> {
+    let mut pages = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".1") {
+            pages.insert(name);
+        }
+    }
+    Ok(pages)
 }
 
 /// A binary's clap command, as `--help` shows it.
@@ -179,8 +205,8 @@ async fn run(s: &Settings, command: Command) -> anyhow::Result<()> {
             user,
             json,
         } => repair::replay(s, from, to, user.as_deref(), json).await,
-        Command::Completions { shell } => completions(shell),
-        Command::Man { dir } => man_pages(&dir),
+        Command::Completions { shell, json } => completions(shell, json),
+        Command::Man { dir, json } => man_pages(&dir, json),
         Command::Quarantine { action } => match action {
             QuarantineAction::List { json } => quarantine::list(s, json).await,
             QuarantineAction::Show { id, json } => quarantine::show(s, id, json).await,

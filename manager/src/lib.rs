@@ -9,6 +9,7 @@
 //! answers `/readyz`.
 
 pub mod auth;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -2,41 +2,8 @@
 //! work is in the library.
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-
-#[derive(Parser)]
-#[command(
-    name = "imip-manager",
-    version,
-    about = "The web page where users see their pending invitations and agenda and answer them (behind an authenticating proxy)"
-)]
-struct Cli {
-    #[command(flatten)]
-    settings: imipflow_manager::Settings,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve the pages (the default).
-    Run,
-    /// Settings: `config check` validates them and prints each with its
-    /// source (flag, env, file, default), secrets hidden.
-    Config {
-        #[command(subcommand)]
-        action: ConfigAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum ConfigAction {
-    /// Validate without connecting; exit 78 (EX_CONFIG) when invalid.
-    Check {
-        #[arg(long)]
-        json: bool,
-    },
-}
+use clap::Args;
+use imipflow_manager::cli::{Cli, Command, ConfigAction};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

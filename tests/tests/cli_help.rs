@@ -247,6 +247,8 @@ fn man_pages_are_written_for_every_binary_and_subcommand() {
         "imip-ctl-freebusy.1",
         "imip-ctl-quarantine-release.1",
         "imip-publisher.1",
+        "imip-manager.1",
+        "imip-manager-config-check.1",
     ] {
         let text =
             std::fs::read_to_string(dir.0.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
@@ -256,5 +258,85 @@ fn man_pages_are_written_for_every_binary_and_subcommand() {
     assert!(
         freebusy.contains("RFC 3339"),
         "the page is not the help's text"
+    );
+    // --json lists what it wrote.
+    let out = Command::new(bin("imip-ctl"))
+        .args(["man", "--json"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pages: Vec<&str> = doc["pages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        pages.contains(&"imip-manager.1") && pages.contains(&"imip-ctl-freebusy.1"),
+        "{pages:?}"
+    );
+}
+
+/// `--json` is accepted by every subcommand (`imip-ctl SUB --help` lists
+/// it), the completions and man page writers included.
+#[test]
+fn every_subcommand_takes_json() {
+    let help = |args: &[&str]| {
+        let out = Command::new(bin("imip-ctl"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The subcommands as the help lists them (two-level for dlq and quarantine).
+    let subcommands = |text: &str| -> Vec<String> {
+        text.lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .filter(|c| c != "help")
+            .collect()
+    };
+    let top = subcommands(&help(&[]));
+    assert!(top.len() >= 12, "{top:?}");
+    let mut checked = 0;
+    for c in &top {
+        let text = help(&[c]);
+        let nested = subcommands(&text);
+        if nested.is_empty() {
+            assert!(
+                text.contains("--json"),
+                "imip-ctl {c} takes no --json:\n{text}"
+            );
+            checked += 1;
+        }
+        for n in nested {
+            let text = help(&[c, &n]);
+            assert!(
+                text.contains("--json"),
+                "imip-ctl {c} {n} takes no --json:\n{text}"
+            );
+            checked += 1;
+        }
+    }
+    let text = help(&["man"]);
+    assert!(text.contains("--json"), "imip-ctl man: {text}");
+    assert!(checked >= 18, "{checked}");
+    let out = Command::new(bin("imip-ctl"))
+        .args(["completions", "fish", "--json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["shell"], "fish");
+    assert!(
+        doc["script"]
+            .as_str()
+            .unwrap()
+            .contains("complete -c imip-ctl")
     );
 }
