@@ -11,6 +11,7 @@ pub mod oracle;
 pub mod rusage;
 pub mod secure;
 pub mod servers;
+pub mod smtp_sink;
 
 use async_nats::jetstream;
 use std::path::PathBuf;
@@ -453,7 +454,21 @@ pub async fn invite_to_planning(env: &TestEnv, organizer: &str, attendee: &str) 
         &format!("ATTENDEE;PARTSTAT=ACCEPTED:mailto:{organizer}"),
         &format!("ATTENDEE;PARTSTAT=NEEDS-ACTION;RSVP=TRUE;CN=Bob:mailto:{attendee}"),
     ]);
-    let mail = imip_mail("REQUEST", organizer, "invite@x", &[lines]);
+    deliver_invitation(env, organizer, attendee, "invite@x", lines).await;
+}
+
+/// An invitation of `organizer` to `attendee` (one VEVENT of `lines`),
+/// ingested as the organizer's own outgoing copy (their record) and as its
+/// delivery to the attendee (a pending request); returns once both are
+/// applied. `message_id` must differ per invitation.
+pub async fn deliver_invitation(
+    env: &TestEnv,
+    organizer: &str,
+    attendee: &str,
+    message_id: &str,
+    lines: Vec<String>,
+) {
+    let mail = imip_mail("REQUEST", organizer, message_id, &[lines]);
     for args in [
         vec!["--sender", organizer],
         vec![

@@ -1,7 +1,8 @@
 //! `imip-manager` through the real binaries: the processor, the manager and
-//! an SMTP sink written here, which accepts each message the manager submits
-//! and hands it to the real `imip-ingest --direction incoming` with the
-//! message's envelope (as the MTA's pipe transport would).
+//! the harness's SMTP sink (`imipflow_tests::smtp_sink`), which accepts each
+//! message the manager submits; the test hands it to the real `imip-ingest
+//! --direction incoming` with the message's envelope (as the MTA's pipe
+//! transport would).
 //!
 //! Refusals: no user header, a header from an untrusted peer, a missing or
 //! wrong CSRF token, someone else's request, an unknown UID — none sends
@@ -11,140 +12,17 @@
 //! is empty, he is busy, Alice's record says he accepted, and the page (and
 //! its event stream) says so.
 
+use imipflow_tests::smtp_sink::{Sink, csrf_of, form};
 use imipflow_tests::{
     MANAGER_ADDRESS, Manager, PLANNING_UID as UID, TestEnv, free_port, imip_mail,
     invite_to_planning, vevent,
 };
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.org";
 const CAROL: &str = "carol@example.net";
 const SLOT: &str = "2027-03-16T09:00:00Z 2027-03-16T10:00:00Z BUSY";
-
-/// One message the sink accepted: envelope sender, recipients, content.
-#[derive(Debug, Clone)]
-struct Received {
-    sender: String,
-    recipients: Vec<String>,
-    data: String,
-}
-
-/// A minimal SMTP server on 127.0.0.1: enough of RFC 5321 for lettre
-/// (EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT); keeps what it accepts.
-struct Sink {
-    port: u16,
-    received: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Sink {
-    async fn start() -> Self {
-        Self::start_on(0).await
-    }
-
-    async fn start_on(port: u16) -> Self {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let store = received.clone();
-        tokio::spawn(async move {
-            while let Ok((sock, _)) = listener.accept().await {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let _ = session(sock, store).await;
-                });
-            }
-        });
-        Sink { port, received }
-    }
-
-    fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
-    }
-
-    async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = self.received();
-            if got.len() >= n {
-                return got;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the sink received {} of {n} messages within 30 s",
-                got.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-fn angle(arg: &str) -> String {
-    let a = arg.split_once(':').map(|x| x.1).unwrap_or(arg).trim();
-    let a = a.split_whitespace().next().unwrap_or("");
-    a.trim_start_matches('<').trim_end_matches('>').to_owned()
-}
-
-async fn session(
-    sock: tokio::net::TcpStream,
-    store: Arc<Mutex<Vec<Received>>>,
-) -> std::io::Result<()> {
-    let (r, mut w) = sock.into_split();
-    let mut r = BufReader::new(r);
-    w.write_all(b"220 sink ESMTP\r\n").await?;
-    let (mut sender, mut recipients) = (String::new(), Vec::new());
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let upper = line.to_ascii_uppercase();
-        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
-            b"250 sink\r\n"
-        } else if upper.starts_with("MAIL FROM:") {
-            sender = angle(&line);
-            recipients.clear();
-            b"250 ok\r\n"
-        } else if upper.starts_with("RCPT TO:") {
-            recipients.push(angle(&line));
-            b"250 ok\r\n"
-        } else if upper.starts_with("DATA") {
-            w.write_all(b"354 go on\r\n").await?;
-            let mut data = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).await? == 0 {
-                    return Ok(());
-                }
-                if line == ".\r\n" {
-                    break;
-                }
-                data.push_str(line.strip_prefix('.').unwrap_or(&line));
-            }
-            store.lock().unwrap().push(Received {
-                sender: sender.clone(),
-                recipients: std::mem::take(&mut recipients),
-                data,
-            });
-            b"250 queued\r\n"
-        } else if upper.starts_with("QUIT") {
-            w.write_all(b"221 bye\r\n").await?;
-            return Ok(());
-        } else {
-            b"250 ok\r\n"
-        };
-        w.write_all(reply).await?;
-    }
-}
 
 /// Alice's invitation to Bob, pending for him (the harness's).
 async fn invite(env: &TestEnv) {
@@ -167,37 +45,6 @@ async fn page(m: &Manager, path: &str, user: &str) -> (u16, String) {
         .await
         .unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
-}
-
-/// The CSRF token of a page (its `<meta name="csrf-token">`, which every
-/// page has, forms or not).
-fn csrf_of(html: &str) -> String {
-    const AT: &str = "name=\"csrf-token\" content=\"";
-    let at = html
-        .find(AT)
-        .unwrap_or_else(|| panic!("no CSRF token in:\n{html}"));
-    let rest = &html[at + AT.len()..];
-    rest[..rest.find('"').unwrap()].to_owned()
-}
-
-fn form(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(k, v)| {
-            let enc: String = v
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
-            format!("{k}={enc}")
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }
 
 async fn post_answer(m: &Manager, uid: &str, user: Option<&str>, fields: &[(&str, &str)]) -> u16 {
