@@ -25,6 +25,9 @@ pub struct Trust {
 pub enum Refusal {
     UntrustedPeer(IpAddr),
     NoHeader,
+    /// The header more than once: a proxy that appends its own to the
+    /// client's, whose first would be the client's choice. Neither is believed.
+    SeveralHeaders,
     NotAnAddress,
 }
 
@@ -36,6 +39,9 @@ impl std::fmt::Display for Refusal {
                 "{ip} is not a trusted proxy (IMIP_MANAGER_TRUSTED_PROXIES)"
             ),
             Refusal::NoHeader => f.write_str("no authenticated user"),
+            Refusal::SeveralHeaders => {
+                f.write_str("more than one authenticated user header (the proxy must replace it)")
+            }
             Refusal::NotAnAddress => f.write_str("the authenticated user is not a mail address"),
         }
     }
@@ -76,7 +82,7 @@ impl Trust {
         if self.dev_pick_user
             && let Some(u) = dev_user
         {
-            return normalize_address(u).ok_or(Refusal::NotAnAddress);
+            return single_address(u).ok_or(Refusal::NotAnAddress);
         }
         // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
         let peer = match peer {
@@ -86,12 +92,18 @@ impl Trust {
         if !self.proxies.iter().any(|n| n.contains(&peer)) {
             return Err(Refusal::UntrustedPeer(peer));
         }
-        let value = headers.get(&self.header).ok_or(Refusal::NoHeader)?;
+        let mut values = headers.get_all(&self.header).iter();
+        let value = values.next().ok_or(Refusal::NoHeader)?;
+        if values.next().is_some() {
+            return Err(Refusal::SeveralHeaders);
+        }
+        // Visible ASCII only: a proxy passes an address as it authenticated
+        // it, and bytes beyond ASCII have no agreed charset in a header.
         let value = value.to_str().map_err(|_| Refusal::NotAnAddress)?.trim();
         if value.is_empty() {
             return Err(Refusal::NoHeader);
         }
-        normalize_address(value).ok_or(Refusal::NotAnAddress)
+        single_address(value).ok_or(Refusal::NotAnAddress)
     }
 
     fn mac(&self, user: &str) -> HmacSha256 {
@@ -118,6 +130,24 @@ impl Trust {
         };
         self.mac(user).verify_slice(&bytes).is_ok()
     }
+}
+
+/// `value` as the one address it names, normalised as the store keys users
+/// ([`normalize_address`]: case, `mailto:`, `<>`), or `None` when it is not
+/// exactly one `local@domain`: a list (`,` `;`), a display name or anything
+/// with white space, quotes or brackets left, a control character, no `@`
+/// or more than one, an empty side. Such a value is no user: believing it
+/// would make a user of a string no mail can reach, or of a list.
+pub fn single_address(value: &str) -> Option<String> {
+    let a = normalize_address(value)?;
+    let (local, domain) = a.split_once('@')?;
+    let bad = |c: char| {
+        c.is_whitespace() || c.is_control() || "@,;:<>()[]\\\"".contains(c)
+    };
+    if local.is_empty() || domain.is_empty() || local.contains(bad) || domain.contains(bad) {
+        return None;
+    }
+    Some(a)
 }
 
 fn hex(s: &str) -> Option<Vec<u8>> {
@@ -169,6 +199,47 @@ mod tests {
             t.user("10.1.2.3".parse().unwrap(), &Default::default(), None),
             Err(Refusal::NoHeader)
         );
+    }
+
+    #[test]
+    fn a_header_names_one_address_or_nobody() {
+        let t = trust();
+        let peer = "10.1.2.3".parse().unwrap();
+        let with = |values: &[&[u8]]| {
+            let mut h = axum::http::HeaderMap::new();
+            for v in values {
+                h.append(
+                    "x-remote-user",
+                    axum::http::HeaderValue::from_bytes(v).unwrap(),
+                );
+            }
+            t.user(peer, &h, None)
+        };
+        assert_eq!(
+            with(&[b"eve@example.org", b"bob@example.org"]),
+            Err(Refusal::SeveralHeaders)
+        );
+        for bad in [
+            &b"eve@example.org, bob@example.org"[..],
+            b"Eve <eve@example.org>",
+            b"eve",
+            b"@example.org",
+            b"eve@",
+            b"eve@@example.org",
+            b"e ve@example.org",
+            b"eve\xff@example.org",
+        ] {
+            assert_eq!(
+                with(&[bad]),
+                Err(Refusal::NotAnAddress),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(with(&[b"   "]), Err(Refusal::NoHeader));
+        for same in [&b"Bob@Example.ORG"[..], b"mailto:bob@example.org", b"<bob@example.org>"] {
+            assert_eq!(with(&[same]), Ok("bob@example.org".to_owned()));
+        }
     }
 
     #[test]

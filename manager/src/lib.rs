@@ -86,6 +86,7 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
         notices,
         health,
         shutdown: shutdown.clone(),
+        streams: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, consumer = %name, "imip-manager serving");

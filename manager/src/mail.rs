@@ -195,6 +195,30 @@ impl Outbox {
     }
 }
 
+/// Characters of a subject at most: the organizer's SUMMARY is in it, and a
+/// 100 KB one would make a header line no MTA takes.
+const SUBJECT_CHARS: usize = 200;
+
+/// `subject` as one header line: control characters (a CR LF the organizer
+/// put in the SUMMARY, to add a `Bcc:`) become spaces, runs of white space
+/// one, and it is cut at [`SUBJECT_CHARS`].
+pub fn subject_line(subject: &str) -> String {
+    let mut out = String::new();
+    for word in subject
+        .split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+    {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    match out.char_indices().nth(SUBJECT_CHARS) {
+        Some((at, _)) => format!("{}…", &out[..at]),
+        None => out,
+    }
+}
+
 /// The two messages of an answer: to the organizer from the user, and to
 /// the user from the calendar address.
 pub fn messages(
@@ -204,6 +228,7 @@ pub fn messages(
     subject: &str,
     ics: &str,
 ) -> Result<Vec<Message>, ManagerError> {
+    let subject = subject_line(subject);
     let content_type = ContentType::parse("text/calendar; method=REPLY; charset=UTF-8")
         .map_err(|e| ManagerError::Smtp(e.to_string()))?;
     let one = |from: &str, to: &str| -> Result<Message, ManagerError> {
@@ -211,11 +236,27 @@ pub fn messages(
         Message::builder()
             .from(from.parse().map_err(bad)?)
             .to(to.parse().map_err(bad)?)
-            .subject(subject)
+            .subject(subject.clone())
             .message_id(None)
             .header(content_type.clone())
             .body(ics.to_owned())
             .map_err(|e| ManagerError::Smtp(e.to_string()))
     };
     Ok(vec![one(user, organizer)?, one(calendar, user)?])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subject_is_one_short_line() {
+        assert_eq!(
+            subject_line("Accepted: Hi\r\nBcc: victim@evil.example\n\tX: y"),
+            "Accepted: Hi Bcc: victim@evil.example X: y"
+        );
+        let long = subject_line(&"é".repeat(100_000));
+        assert_eq!(long.chars().count(), SUBJECT_CHARS + 1);
+        assert!(long.ends_with('…'));
+    }
 }

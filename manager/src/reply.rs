@@ -68,6 +68,25 @@ fn param(v: &str) -> String {
     }
 }
 
+/// A TEXT value (RFC 5545 §3.3.11): `\\`, `;`, `,` and newlines escaped, so
+/// that a value the organizer chose (a UID holding `\n`, `;` or `,` once its
+/// escapes were read) comes back as itself and cannot start a line of its
+/// own. Other control characters have no escape in TEXT and are left out.
+fn text(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ';' => out.push_str("\\;"),
+            ',' => out.push_str("\\,"),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Folds a content line at 75 octets, never inside a UTF-8 sequence.
 fn fold(line: &str, out: &mut String) {
     let mut width = 0;
@@ -92,7 +111,7 @@ pub fn compose(entry: &PendingRow, user: &str, answer: Answer, now: DateTime<Utc
         "VERSION:2.0".to_owned(),
         "METHOD:REPLY".to_owned(),
         "BEGIN:VEVENT".to_owned(),
-        format!("UID:{}", entry.uid),
+        format!("UID:{}", text(&entry.uid)),
     ];
     if let Some(rid) = entry.recurrence_id {
         lines.push(format!("RECURRENCE-ID:{}", utc_stamp(rid)));
@@ -207,6 +226,20 @@ mod tests {
              ATTENDEE;PARTSTAT=TENTATIVE;CN=Bob:mailto:bob@example.org\r\n\
              END:VEVENT\r\nEND:VCALENDAR\r\n"
         );
+    }
+
+    #[test]
+    fn a_hostile_uid_stays_on_its_line() {
+        let mut e = entry();
+        e.uid = "inj\r\nATTENDEE;PARTSTAT=ACCEPTED:mailto:carol@example.net, \\x".into();
+        let ics = compose(&e, "bob@example.org", Answer::Accepted, "2027-03-01T12:00:00Z".parse().unwrap());
+        assert!(
+            ics.replace("\r\n ", "").contains(
+                "\r\nUID:inj\\nATTENDEE\\;PARTSTAT=ACCEPTED:mailto:carol@example.net\\, \\\\x\r\n"
+            ),
+            "{ics}"
+        );
+        assert_eq!(ics.matches("\r\nATTENDEE").count(), 1, "{ics}");
     }
 
     #[test]

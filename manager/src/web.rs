@@ -1,8 +1,16 @@
 //! The pages and the answer form: `GET /` (pending requests and agenda),
 //! `GET /week` (free/busy of one week), `POST /requests/{uid}/answer`,
-//! `GET /events` (Server-Sent Events), and `/healthz`, `/readyz`,
-//! `/metrics`. Every page needs a user ([`crate::auth`]); every POST a CSRF
-//! token of that user.
+//! `GET /events` (Server-Sent Events), the page's script and style under
+//! `/static/`, and `/healthz`, `/readyz`, `/metrics`. Every page needs a user
+//! ([`crate::auth`]); every POST a CSRF token of that user.
+//!
+//! Every response carries headers that keep the pages out of frames (the
+//! Accept and Decline buttons must not be clickjacked), their type as
+//! declared, their URL out of other sites' Referer, and personal data out of
+//! caches; a request body is at most [`FORM_LIMIT`] bytes (413 before it is
+//! read when it says it is larger), and a user has at most
+//! [`STREAMS_PER_USER`] event streams open (429 beyond). docs/manager.md,
+//! "Attacks at a glance", lists each attack and its outcome.
 
 use crate::auth::Trust;
 use crate::error::ManagerError;
@@ -12,9 +20,12 @@ use crate::mail::{self, Outbox, State, Status};
 use crate::reply::{self, Answer};
 use crate::store::{Busy, Db, PendingRow};
 use askama::Template;
-use axum::extract::{ConnectInfo, FromRequestParts, Path, Query, State as AxState};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, Request, State as AxState,
+};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -26,8 +37,23 @@ use imipflow_schema::FbType;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, watch};
+
+/// Largest request body: an answer's form is a token, a PARTSTAT and a time
+/// (well under 1 KB); anything near this is no form of this page.
+pub const FORM_LIMIT: usize = 16 * 1024;
+
+/// Event streams one user may have open at once (each open page holds one);
+/// the next is 429 until one closes.
+pub const STREAMS_PER_USER: usize = 16;
+
+/// The page's policy: nothing from elsewhere, its own script and style only
+/// (no inline script, so injected markup could not run even unescaped), its
+/// fetch and event stream to itself, forms to itself, and never in a frame.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; \
+    frame-ancestors 'none'";
 
 /// What the handlers share.
 pub struct App {
@@ -41,6 +67,49 @@ pub struct App {
     pub notices: broadcast::Sender<Notice>,
     pub health: Arc<Health>,
     pub shutdown: watch::Receiver<bool>,
+    /// Open event streams per user.
+    pub streams: Streams,
+}
+
+/// How many event streams each user has open.
+#[derive(Default)]
+pub struct Streams {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One open stream of a user; dropped (the stream ended or its client went
+/// away), it frees its place.
+pub struct StreamSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Streams {
+    /// A place for one more stream of `user`, or `None` at the cap.
+    pub fn acquire(&self, user: &str) -> Option<StreamSlot> {
+        let mut open = self.open.lock().expect("streams lock");
+        let n = open.entry(user.to_owned()).or_default();
+        if *n >= STREAMS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot {
+            open: self.open.clone(),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("streams lock");
+        if let Some(n) = open.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 type Shared = Arc<App>;
@@ -110,16 +179,98 @@ fn path_segment(s: &str) -> String {
         .collect()
 }
 
+/// Whether a UID cannot be a path segment: browsers (and every WHATWG URL
+/// parser) resolve `.` and `..` (also as `%2E`) before sending, so these are
+/// answered at `/requests/answer` with the UID in the form.
+fn needs_uid_field(uid: &str) -> bool {
+    matches!(uid, "" | "." | "..")
+}
+
 pub fn router(app: Shared) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/week", get(week))
         .route("/requests/{uid}/answer", post(answer))
+        .route("/requests/answer", post(answer_by_field))
         .route("/events", get(events))
+        .route("/static/manager.js", get(script))
+        .route("/static/manager.css", get(style))
         .route("/healthz", get(operations))
         .route("/readyz", get(operations))
         .route("/metrics", get(operations))
+        .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .layer(axum::middleware::from_fn(guard))
         .with_state(app)
+}
+
+/// Refuses a body declared larger than [`FORM_LIMIT`] before reading any of
+/// it (one of no declared length is cut at the limit by the form extractor,
+/// also 413), and puts the safety headers on every response.
+async fn guard(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let is_static = req.uri().path().starts_with("/static/");
+    let mut res = if declared.is_some_and(|n| n > FORM_LIMIT as u64) {
+        let mut r = refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a request body is at most {FORM_LIMIT} bytes"),
+        );
+        // The body is never read, so the connection cannot carry another
+        // request.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if !is_static {
+        // Pages, answers, refusals and the event stream are the user's own.
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+/// The pages' script and style: the same for everyone, no user needed.
+async fn script() -> Response {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../static/manager.js"),
+    )
+}
+
+async fn style() -> Response {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("../static/manager.css"),
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn operations(AxState(app): AxState<Shared>, method: Method, uri: Uri) -> Response {
@@ -163,7 +314,10 @@ struct StatusView {
 
 struct PendingView {
     uid: String,
-    uid_path: String,
+    /// Where its forms post: `/requests/<uid>/answer`, or
+    /// `/requests/answer` with [`Self::uid_field`].
+    action: String,
+    uid_field: Option<String>,
     organizer: String,
     summary: String,
     which: String,
@@ -248,7 +402,12 @@ impl App {
             .collect();
         PendingView {
             uid: p.uid.clone(),
-            uid_path: path_segment(&p.uid),
+            action: if needs_uid_field(&p.uid) {
+                "/requests/answer".to_owned()
+            } else {
+                format!("/requests/{}/answer", path_segment(&p.uid))
+            },
+            uid_field: needs_uid_field(&p.uid).then(|| p.uid.clone()),
             organizer: reply::organizer(p).unwrap_or_else(|| "(no organizer)".into()),
             summary: p
                 .summary
@@ -423,6 +582,9 @@ pub struct AnswerForm {
     partstat: String,
     #[serde(default)]
     recurrence_id: Option<String>,
+    /// The UID, for `/requests/answer` only.
+    #[serde(default)]
+    uid: Option<String>,
 }
 
 fn refuse(status: StatusCode, why: &str) -> Response {
@@ -436,6 +598,28 @@ async fn answer(
     user: User,
     Path(uid): Path<String>,
     Form(form): Form<AnswerForm>,
+) -> Result<Response, PageError> {
+    answer_uid(&app, user, uid, form).await
+}
+
+/// `POST /requests/answer`: the UID in the form, for the UIDs no path
+/// segment can carry ([`needs_uid_field`]).
+async fn answer_by_field(
+    AxState(app): AxState<Shared>,
+    user: User,
+    Form(mut form): Form<AnswerForm>,
+) -> Result<Response, PageError> {
+    let Some(uid) = form.uid.take() else {
+        return Ok(refuse(StatusCode::BAD_REQUEST, "no uid in the form"));
+    };
+    answer_uid(&app, user, uid, form).await
+}
+
+async fn answer_uid(
+    app: &Shared,
+    user: User,
+    uid: String,
+    form: AnswerForm,
 ) -> Result<Response, PageError> {
     if !app.trust.csrf_ok(&user.address, &form.csrf) {
         return Ok(refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
@@ -504,10 +688,17 @@ async fn answer(
     Ok(Redirect::to(&format!("/{}", user.query)).into_response())
 }
 
-async fn events(
-    AxState(app): AxState<Shared>,
-    user: User,
-) -> Sse<impl futures::Stream<Item = Result<Event, Infallible>>> {
+async fn events(AxState(app): AxState<Shared>, user: User) -> Response {
+    let Some(slot) = app.streams.acquire(&user.address) else {
+        tracing::info!(user = %user.address, "refused: too many event streams");
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "at most {STREAMS_PER_USER} open event streams per user; close a page of this \
+                 calendar"
+            ),
+        );
+    };
     let me = user.address;
     let mut shutdown = app.shutdown.clone();
     let stop = async move {
@@ -517,10 +708,18 @@ async fn events(
     let stream = rx
         .filter_map(move |n| {
             let mine = n.filter(|n| n.user == me);
-            async move { mine.map(|n| Ok(Event::default().event(n.kind).data(n.uid))) }
+            async move { mine.map(|n| Ok::<_, Infallible>(Event::default().event(n.kind).data(n.uid))) }
         })
-        .take_until(Box::pin(stop));
-    Sse::new(stream).keep_alive(KeepAlive::default())
+        .take_until(Box::pin(stop))
+        // The slot lives as long as the stream: hyper drops the stream when
+        // the client goes away (at the latest at the next keep-alive).
+        .map(move |e| {
+            let _held = &slot;
+            e
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }
 
 /// A broadcast receiver as a stream; a receiver that fell behind gets `None`
