@@ -141,9 +141,7 @@ impl Trust {
 pub fn single_address(value: &str) -> Option<String> {
     let a = normalize_address(value)?;
     let (local, domain) = a.split_once('@')?;
-    let bad = |c: char| {
-        c.is_whitespace() || c.is_control() || "@,;:<>()[]\\\"".contains(c)
-    };
+    let bad = |c: char| c.is_whitespace() || c.is_control() || "@,;:<>()[]\\\"".contains(c);
     if local.is_empty() || domain.is_empty() || local.contains(bad) || domain.contains(bad) {
         return None;
     }
@@ -237,7 +235,11 @@ mod tests {
             );
         }
         assert_eq!(with(&[b"   "]), Err(Refusal::NoHeader));
-        for same in [&b"Bob@Example.ORG"[..], b"mailto:bob@example.org", b"<bob@example.org>"] {
+        for same in [
+            &b"Bob@Example.ORG"[..],
+            b"mailto:bob@example.org",
+            b"<bob@example.org>",
+        ] {
             assert_eq!(with(&[same]), Ok("bob@example.org".to_owned()));
         }
     }

@@ -232,7 +232,12 @@ mod tests {
     fn a_hostile_uid_stays_on_its_line() {
         let mut e = entry();
         e.uid = "inj\r\nATTENDEE;PARTSTAT=ACCEPTED:mailto:carol@example.net, \\x".into();
-        let ics = compose(&e, "bob@example.org", Answer::Accepted, "2027-03-01T12:00:00Z".parse().unwrap());
+        let ics = compose(
+            &e,
+            "bob@example.org",
+            Answer::Accepted,
+            "2027-03-01T12:00:00Z".parse().unwrap(),
+        );
         assert!(
             ics.replace("\r\n ", "").contains(
                 "\r\nUID:inj\\nATTENDEE\\;PARTSTAT=ACCEPTED:mailto:carol@example.net\\, \\\\x\r\n"
