@@ -529,6 +529,9 @@ async fn week(
     let day = params
         .get("start")
         .and_then(|s| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok())
+        // Years a week of can be shown and stored: chrono's range ends
+        // within a week of its last day (the next Monday would overflow).
+        .filter(|d| (1..=9999).contains(&d.year()))
         .unwrap_or(today);
     let monday = day - Duration::days(i64::from(day.weekday().num_days_from_monday()));
     let midnight = |d: NaiveDate| -> DateTime<Utc> {

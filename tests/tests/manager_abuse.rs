@@ -904,3 +904,31 @@ async fn without_development_mode_as_is_ignored() {
     assert!(sink.received().is_empty(), "{:?}", sink.received());
     assert_eq!(queue(&env, BOB).await.len(), 1);
 }
+
+#[tokio::test]
+async fn a_week_at_the_edge_of_the_calendar_is_an_answer_not_a_crash() {
+    let (_env, _p, _sink, m) = setup().await;
+    for start in [
+        "262143-12-31",
+        "%2B262143-12-31",
+        "%2B262143-12-27",
+        "-262144-01-01",
+        "0000-01-01",
+        "9999-12-31",
+        "2027-02-30",
+        "%00",
+        "2027-03-16%0d%0aSet-Cookie:%20x=1",
+    ] {
+        let r = client()
+            .get(m.url(&format!("/week?start={start}")))
+            .header("X-Remote-User", BOB)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{start}: no answer ({e})"));
+        let status = r.status().as_u16();
+        assert!(status == 200 || status == 400, "{start}: {status}");
+        assert!(r.headers().get("set-cookie").is_none(), "{start}");
+    }
+    // And the manager still serves.
+    assert_eq!(page(&m, "/", BOB).await.0, 200);
+}
