@@ -20,6 +20,7 @@ use crate::mail::{self, Outbox, State, Status};
 use crate::reply::{self, Answer};
 use crate::store::{Busy, Db, PendingRow};
 use askama::Template;
+use axum::extract::rejection::FormRejection;
 use axum::extract::{
     ConnectInfo, DefaultBodyLimit, FromRequestParts, Path, Query, Request, State as AxState,
 };
@@ -600,9 +601,28 @@ async fn answer(
     AxState(app): AxState<Shared>,
     user: User,
     Path(uid): Path<String>,
-    Form(form): Form<AnswerForm>,
+    form: Result<Form<AnswerForm>, FormRejection>,
 ) -> Result<Response, PageError> {
-    answer_uid(&app, user, uid, form).await
+    match read_form(form) {
+        Ok(form) => answer_uid(&app, user, uid, form).await,
+        Err(refused) => Ok(refused),
+    }
+}
+
+/// The answer's form, or the refusal: 413 for a body over [`FORM_LIMIT`],
+/// 415 for another content type, 400 for fields that do not parse (a field
+/// twice among them: which one would count?).
+fn read_form(form: Result<Form<AnswerForm>, FormRejection>) -> Result<AnswerForm, Response> {
+    match form {
+        Ok(Form(form)) => Ok(form),
+        Err(e) => {
+            let status = match e.status() {
+                StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                other => other,
+            };
+            Err(refuse(status, &e.body_text()))
+        }
+    }
 }
 
 /// `POST /requests/answer`: the UID in the form, for the UIDs no path
@@ -610,8 +630,12 @@ async fn answer(
 async fn answer_by_field(
     AxState(app): AxState<Shared>,
     user: User,
-    Form(mut form): Form<AnswerForm>,
+    form: Result<Form<AnswerForm>, FormRejection>,
 ) -> Result<Response, PageError> {
+    let mut form = match read_form(form) {
+        Ok(form) => form,
+        Err(refused) => return Ok(refused),
+    };
     let Some(uid) = form.uid.take() else {
         return Ok(refuse(StatusCode::BAD_REQUEST, "no uid in the form"));
     };

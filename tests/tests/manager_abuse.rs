@@ -815,6 +815,33 @@ async fn huge_bodies_many_streams_and_malformed_fields_are_refused() {
         );
     }
 
+    // A field twice (which one would count?), and a UID that is no UTF-8
+    // once decoded: refused, nothing sent.
+    for body in [
+        format!("csrf={token}&partstat=DECLINED&partstat=ACCEPTED"),
+        format!("csrf={token}&csrf={token}&partstat=ACCEPTED"),
+    ] {
+        let r = client()
+            .post(m.url(&path))
+            .header("X-Remote-User", BOB)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+    }
+    assert_eq!(
+        post_answer(
+            &m,
+            "%FF%FE",
+            BOB,
+            &[("csrf", &token), ("partstat", "ACCEPTED")]
+        )
+        .await,
+        400
+    );
+
     // Event streams: at most STREAMS_PER_USER open per user, then 429; other
     // users are not affected, and a closed stream frees its place.
     let open = |user: &'static str| {
