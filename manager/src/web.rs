@@ -603,26 +603,21 @@ async fn answer(
     Path(uid): Path<String>,
     form: Result<Form<AnswerForm>, FormRejection>,
 ) -> Result<Response, PageError> {
-    match read_form(form) {
-        Ok(form) => answer_uid(&app, user, uid, form).await,
-        Err(refused) => Ok(refused),
+    match form {
+        Ok(Form(form)) => answer_uid(&app, user, uid, form).await,
+        Err(e) => Ok(form_refused(e)),
     }
 }
 
-/// The answer's form, or the refusal: 413 for a body over [`FORM_LIMIT`],
+/// The refusal of an answer's form: 413 for a body over [`FORM_LIMIT`],
 /// 415 for another content type, 400 for fields that do not parse (a field
 /// twice among them: which one would count?).
-fn read_form(form: Result<Form<AnswerForm>, FormRejection>) -> Result<AnswerForm, Response> {
-    match form {
-        Ok(Form(form)) => Ok(form),
-        Err(e) => {
-            let status = match e.status() {
-                StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
-                other => other,
-            };
-            Err(refuse(status, &e.body_text()))
-        }
-    }
+fn form_refused(e: FormRejection) -> Response {
+    let status = match e.status() {
+        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        other => other,
+    };
+    refuse(status, &e.body_text())
 }
 
 /// `POST /requests/answer`: the UID in the form, for the UIDs no path
@@ -632,9 +627,9 @@ async fn answer_by_field(
     user: User,
     form: Result<Form<AnswerForm>, FormRejection>,
 ) -> Result<Response, PageError> {
-    let mut form = match read_form(form) {
-        Ok(form) => form,
-        Err(refused) => return Ok(refused),
+    let mut form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => return Ok(form_refused(e)),
     };
     let Some(uid) = form.uid.take() else {
         return Ok(refuse(StatusCode::BAD_REQUEST, "no uid in the form"));

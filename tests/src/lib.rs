@@ -6,6 +6,7 @@
 //! here is shared: names are unique per process and per environment.
 
 pub mod browser;
+pub mod manager_http;
 pub mod mta;
 pub mod oracle;
 pub mod rusage;

@@ -1,8 +1,7 @@
 //! A minimal SMTP server for the manager's tests (tests/tests/manager.rs,
 //! manager_abuse.rs): it accepts what `imip-manager` submits and keeps each
 //! message with its envelope, so a test can inspect exactly who it went to
-//! and hand it to the real `imip-ingest` as an MTA would. Also the helpers
-//! those tests share to drive the manager's forms.
+//! and hand it to the real `imip-ingest` as an MTA would.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,36 +145,4 @@ async fn session(
         };
         w.write_all(reply).await?;
     }
-}
-
-/// The CSRF token of a manager page (its `<meta name="csrf-token">`, which
-/// every page has, forms or not).
-pub fn csrf_of(html: &str) -> String {
-    const AT: &str = "name=\"csrf-token\" content=\"";
-    let at = html
-        .find(AT)
-        .unwrap_or_else(|| panic!("no CSRF token in:\n{html}"));
-    let rest = &html[at + AT.len()..];
-    rest[..rest.find('"').unwrap()].to_owned()
-}
-
-/// `application/x-www-form-urlencoded` of `fields`.
-pub fn form(fields: &[(&str, &str)]) -> String {
-    fields
-        .iter()
-        .map(|(k, v)| {
-            let enc: String = v
-                .bytes()
-                .map(|b| {
-                    if b.is_ascii_alphanumeric() || b"-._".contains(&b) {
-                        (b as char).to_string()
-                    } else {
-                        format!("%{b:02X}")
-                    }
-                })
-                .collect();
-            format!("{k}={enc}")
-        })
-        .collect::<Vec<_>>()
-        .join("&")
 }

@@ -12,10 +12,10 @@
 //! is empty, he is busy, Alice's record says he accepted, and the page (and
 //! its event stream) says so.
 
-use imipflow_tests::smtp_sink::{Sink, csrf_of, form};
+use imipflow_tests::manager_http::{client, csrf_of, page, post_answer, queue};
+use imipflow_tests::smtp_sink::Sink;
 use imipflow_tests::{
-    MANAGER_ADDRESS, Manager, PLANNING_UID as UID, TestEnv, free_port, imip_mail,
-    invite_to_planning, vevent,
+    MANAGER_ADDRESS, PLANNING_UID as UID, TestEnv, free_port, imip_mail, invite_to_planning, vevent,
 };
 use std::time::Duration;
 
@@ -27,43 +27,6 @@ const SLOT: &str = "2027-03-16T09:00:00Z 2027-03-16T10:00:00Z BUSY";
 /// Alice's invitation to Bob, pending for him (the harness's).
 async fn invite(env: &TestEnv) {
     invite_to_planning(env, ALICE, BOB).await;
-}
-
-/// A client that does not follow redirects (the answer's 303 is checked).
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-async fn page(m: &Manager, path: &str, user: &str) -> (u16, String) {
-    let r = client()
-        .get(m.url(path))
-        .header("X-Remote-User", user)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-async fn post_answer(m: &Manager, uid: &str, user: Option<&str>, fields: &[(&str, &str)]) -> u16 {
-    let mut req = client()
-        .post(m.url(&format!("/requests/{uid}/answer")))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form(fields));
-    if let Some(u) = user {
-        req = req.header("X-Remote-User", u);
-    }
-    req.send().await.unwrap().status().as_u16()
-}
-
-async fn queue(env: &TestEnv, user: &str) -> Vec<serde_json::Value> {
-    env.ctl_json(&["queue", user])
-        .await
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 #[tokio::test]

@@ -14,7 +14,8 @@
 //! per user (429), malformed fields are 400; `?as=` means nothing unless
 //! development mode is on.
 
-use imipflow_tests::smtp_sink::{Received, Sink, csrf_of, form};
+use imipflow_tests::manager_http::{client, csrf_of, form, page, post_answer, queue};
+use imipflow_tests::smtp_sink::{Received, Sink};
 use imipflow_tests::{
     MANAGER_ADDRESS, Manager, PLANNING_UID as UID, TestEnv, deliver_invitation, free_port,
     invite_to_planning, vevent,
@@ -30,45 +31,6 @@ const CAROL: &str = "carol@example.net";
 
 /// The per-user cap on open event streams (docs/manager.md).
 const STREAMS_PER_USER: usize = 16;
-
-/// A client that does not follow redirects (the answer's 303 is checked).
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-async fn page(m: &Manager, path: &str, user: &str) -> (u16, String) {
-    let r = client()
-        .get(m.url(path))
-        .header("X-Remote-User", user)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
-async fn post_answer(m: &Manager, uid: &str, user: &str, fields: &[(&str, &str)]) -> u16 {
-    client()
-        .post(m.url(&format!("/requests/{uid}/answer")))
-        .header("X-Remote-User", user)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form(fields))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn queue(env: &TestEnv, user: &str) -> Vec<serde_json::Value> {
-    env.ctl_json(&["queue", user])
-        .await
-        .as_array()
-        .unwrap()
-        .clone()
-}
 
 /// Processor, Bob's pending "Quarterly planning", a sink and a manager.
 async fn setup() -> (TestEnv, imipflow_tests::Processor, Sink, Manager) {
@@ -320,7 +282,13 @@ async fn the_user_header_means_one_user_or_401() {
     let carols = csrf_of(&page(&m, "/", "Carol@Example.NET").await.1);
     assert_ne!(carols, bobs);
     assert_eq!(
-        post_answer(&m, UID, CAROL, &[("partstat", "ACCEPTED"), ("csrf", &bobs)]).await,
+        post_answer(
+            &m,
+            UID,
+            Some(CAROL),
+            &[("partstat", "ACCEPTED"), ("csrf", &bobs)]
+        )
+        .await,
         403
     );
     // A refused header answers nothing either.
@@ -342,7 +310,7 @@ async fn the_user_header_means_one_user_or_401() {
         post_answer(
             &m,
             UID,
-            "BOB@Example.Org",
+            Some("BOB@Example.Org"),
             &[("partstat", "ACCEPTED"), ("csrf", &bobs)]
         )
         .await,
@@ -809,7 +777,7 @@ async fn huge_bodies_many_streams_and_malformed_fields_are_refused() {
             fields.push(("recurrence_id", rid));
         }
         assert_eq!(
-            post_answer(&m, UID, BOB, &fields).await,
+            post_answer(&m, UID, Some(BOB), &fields).await,
             400,
             "{rid:?} {partstat:?}"
         );
@@ -835,7 +803,7 @@ async fn huge_bodies_many_streams_and_malformed_fields_are_refused() {
         post_answer(
             &m,
             "%FF%FE",
-            BOB,
+            Some(BOB),
             &[("csrf", &token), ("partstat", "ACCEPTED")]
         )
         .await,
