@@ -118,6 +118,16 @@ pub struct Settings {
     #[arg(long, env = "IMIP_MANAGER_SMTP_ATTEMPTS", default_value_t = 8)]
     pub smtp_attempts: u32,
 
+    /// Open HTTP connections at most (live pages hold one each); at the cap
+    /// a newcomer displaces the quietest idle one.
+    #[arg(long, env = "IMIP_MANAGER_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Longest a client may take to send a request's headers, in
+    /// milliseconds (a half-sent request is closed after it).
+    #[arg(long, env = "IMIP_MANAGER_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+
     /// DEVELOPMENT ONLY: believe `?as=<address>` from any peer, no proxy
     /// needed. Anyone who can reach the port can act as anyone.
     #[arg(

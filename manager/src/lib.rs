@@ -90,15 +90,22 @@ pub async fn run(settings: Settings, shutdown: watch::Receiver<bool>) -> Result<
     });
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     tracing::info!(listen = %listener.local_addr()?, consumer = %name, "imip-manager serving");
-    let mut stop = shutdown.clone();
-    axum::serve(
-        listener,
-        web::router(app).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = stop.wait_for(|s| *s).await;
+    let limits = imipflow_telemetry::Limits {
+        max_connections: settings.max_connections.max(1),
+        header_read: std::time::Duration::from_millis(settings.header_timeout_ms.max(1)),
+        drain: std::time::Duration::from_secs(10),
+    };
+    let router = web::router(app);
+    imipflow_telemetry::serve_with(listener, limits, shutdown.clone(), move |peer| {
+        let router = router.clone();
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            // What `User` checks against the trusted proxies.
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
+            tower::ServiceExt::oneshot(router.clone(), req)
+        })
     })
-    .await?;
+    .await;
     let _ = follower.await;
     tracing::info!("imip-manager stopped");
     Ok(())

@@ -1,7 +1,8 @@
 //! What every long-running imipflow binary shares for being operated: log
 //! set-up ([`init_logging`], text or JSON lines on stderr) and the small HTTP
 //! listener ([`serve`]) answering `/metrics` (Prometheus text format),
-//! `/healthz` and `/readyz`.
+//! `/healthz` and `/readyz`, on the accept loop with connection and header
+//! limits ([`serve_with`]) that the manager serves its pages on too.
 //!
 //! The metric *names* belong to the binaries (`imipflow_processor::metrics`);
 //! this crate only installs the recorder and renders it, so that the processor
@@ -215,29 +216,89 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, TelemetryError> {
 }
 
 /// Serves `/metrics`, `/healthz`, `/readyz` on `listener` until `shutdown`
-/// turns true.
+/// turns true. Scrapers and health checks need a handful of connections:
+/// the cap keeps a flood of idle ones (each a descriptor) from starving the
+/// probes, and a newcomer at the cap displaces the quietest idle connection,
+/// so a health check always gets through.
 pub async fn serve<P: Probe>(
     listener: TcpListener,
     probe: Arc<P>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let limits = Limits {
+        max_connections: MAX_CONNECTIONS,
+        header_read: HEADER_READ_TIMEOUT,
+        drain: Duration::from_secs(5),
+    };
+    serve_with(listener, limits, shutdown, move |_peer| {
+        let probe = probe.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let probe = probe.clone();
+            async move {
+                let r = answer(&*probe, req.method(), req.uri().path()).await;
+                Ok::<_, std::convert::Infallible>(r.unwrap_or_else(|| {
+                    respond(
+                        StatusCode::NOT_FOUND,
+                        "text/plain; charset=utf-8",
+                        "not found\n".into(),
+                    )
+                }))
+            }
+        })
+    })
+    .await;
+}
+
+/// What an HTTP listener of [`serve_with`] allows.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; at the cap a newcomer displaces the
+    /// quietest connection not answering a request, or is closed when every
+    /// one is.
+    pub max_connections: usize,
+    /// Longest a client may take to send a request's headers (slowloris; an
+    /// idle keep-alive connection waits under it too).
+    pub header_read: Duration,
+    /// After shutdown, how long open requests (and streams) may take to end.
+    pub drain: Duration,
+}
+
+/// Serves HTTP/1.1 on `listener` with `service(peer)` for each connection,
+/// under `limits`, until `shutdown` turns true; then lets what is open end
+/// within `limits.drain`. The one accept loop of the metrics listeners and
+/// the manager (the publisher's adds idle timeouts and counters of its own).
+pub async fn serve_with<F, S, B>(
+    listener: TcpListener,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    service: F,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<B>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let graceful = GracefulShutdown::new();
-    // Scrapers and health checks need a handful of connections. The cap keeps
-    // a flood of idle ones (each a descriptor) from starving the probes: at
-    // the cap a newcomer displaces the quietest idle connection, so a health
-    // check always gets through; the header timeout closes requests that
-    // never finish (slowloris) and idle keep-alives.
-    let conns = Connections::new(MAX_CONNECTIONS);
+    let conns = Connections::new(limits.max_connections);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(limits.header_read);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(error = %e, "metrics listener: accept failed");
+                    // Out of descriptors after all (something else took
+                    // them): pause, go on.
+                    tracing::warn!(error = %e, "listener: accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -249,21 +310,17 @@ pub async fn serve<P: Probe>(
             // Every connection is answering a request: close the newcomer.
             Admission::Full => continue,
         };
-        let probe = probe.clone();
+        let inner = service(peer);
         let conn = slot.conn.clone();
+        // A connection counts as busy (not to be displaced) while a request
+        // is being answered.
         let service = service_fn(move |req: Request<Incoming>| {
-            let probe = probe.clone();
             let busy = conn.busy();
+            let answer = hyper::service::Service::call(&inner, req);
             async move {
-                let r = answer(&*probe, req.method(), req.uri().path()).await;
+                let r = answer.await;
                 drop(busy);
-                Ok::<_, std::convert::Infallible>(r.unwrap_or_else(|| {
-                    respond(
-                        StatusCode::NOT_FOUND,
-                        "text/plain; charset=utf-8",
-                        "not found\n".into(),
-                    )
-                }))
+                r
             }
         });
         let io = TokioIo::new(Watched::new(stream, slot.conn.clone()));
@@ -276,7 +333,8 @@ pub async fn serve<P: Probe>(
             drop(slot);
         });
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    drop(listener);
+    let _ = tokio::time::timeout(limits.drain, graceful.shutdown()).await;
 }
 
 #[cfg(test)]

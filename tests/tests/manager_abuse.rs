@@ -927,3 +927,80 @@ async fn a_week_at_the_edge_of_the_calendar_is_an_answer_not_a_crash() {
     // And the manager still serves.
     assert_eq!(page(&m, "/", BOB).await.0, 200);
 }
+
+/// Whether the server closed `s` (EOF or reset) within `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            // A 408 or similar before the close is fine; keep reading.
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Reaching the port directly (no proxy in between): a half-sent request is
+/// closed after `IMIP_MANAGER_HEADER_TIMEOUT_MS` (slowloris), and a flood of
+/// idle connections beyond `IMIP_MANAGER_MAX_CONNECTIONS` displaces the
+/// oldest idle ones instead of keeping every descriptor, while a real request
+/// still gets its answer.
+#[tokio::test]
+async fn half_sent_requests_time_out_and_idle_connections_are_capped() {
+    let env = TestEnv::new().await;
+    let sink = Sink::start().await;
+    let port = free_port();
+    let m = env
+        .start_manager_with(port, |c| {
+            c.env("IMIP_MANAGER_SMTP_URL", sink.url())
+                .env("IMIP_MANAGER_HEADER_TIMEOUT_MS", "3000")
+                .env("IMIP_MANAGER_MAX_CONNECTIONS", "4");
+        })
+        .await;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Remote-")
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(8)).await,
+        "a half-sent request was kept open past the header timeout"
+    );
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "closed before its time"
+    );
+
+    // Displaced connections are closed as the newcomers arrive, long before
+    // the header timeout would close them.
+    let mut idle = Vec::new();
+    for _ in 0..10 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = reqwest::get(m.url("/healthz")).await.expect("healthz");
+    assert_eq!(r.status(), 200);
+    let mut closed = 0;
+    for s in &mut idle {
+        if closed_within(s, Duration::from_millis(100)).await {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 6,
+        "only {closed} of 10 idle connections closed at a cap of 4"
+    );
+    drop(sink);
+}
