@@ -70,6 +70,14 @@ impl Sink {
         self.received.lock().unwrap().clone()
     }
 
+    /// Nothing received, after a pause long enough for a submission the
+    /// manager had started to arrive (panics otherwise).
+    pub async fn assert_nothing_sent(&self) {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let got = self.received();
+        assert!(got.is_empty(), "sent although refused: {got:?}");
+    }
+
     /// At least `n` messages, within 30 s (panics otherwise).
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
