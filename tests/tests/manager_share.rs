@@ -6,7 +6,8 @@
 //! period and nothing of the event (no summary, no UID); when she stops, the
 //! 404 is back. The shared page is escaped and carries the headers of every
 //! page; with `IMIP_DB_LAYOUT=list` the sharing row lands in her partition's
-//! child table.
+//! child table; in development mode the colleague form and the week links
+//! keep the picked user (`?as=`).
 
 use imipflow_tests::manager_http::{client, csrf_of, form, page};
 use imipflow_tests::smtp_sink::Sink;
@@ -282,4 +283,49 @@ async fn with_the_list_layout_a_share_is_a_row_of_its_users_partition() {
     );
     let (status, shared) = bobs_view_of(&m, ALICE).await;
     assert_eq!(status, 200, "{shared}");
+}
+
+#[tokio::test]
+async fn in_development_mode_the_colleague_form_keeps_the_picked_user() {
+    let env = TestEnv::new().await;
+    let sink = Sink::start().await;
+    let m = env
+        .start_manager_with(free_port(), |c| {
+            c.env("IMIP_MANAGER_SMTP_URL", sink.url())
+                .env("IMIP_MANAGER_DEV_PICK_USER", "1");
+        })
+        .await;
+    let get = async |path: &str| {
+        let r = client().get(m.url(path)).send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    let (_, alices) = get("/week?as=alice%40example.com").await;
+    let r = client()
+        .post(m.url("/sharing?as=alice%40example.com"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(form(&[("share", "on"), ("csrf", &csrf_of(&alices))]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/week?as=alice%40example.com");
+
+    // Bob's form carries his `as`, as the GET of a form replaces the query.
+    let (_, bobs) = get("/week?as=bob%40example.org").await;
+    assert!(
+        bobs.contains("<input type=\"hidden\" name=\"as\" value=\"bob@example.org\">"),
+        "{bobs}"
+    );
+    let (status, shared) = get("/week?as=bob%40example.org&user=alice%40example.com").await;
+    assert_eq!(status, 200, "{shared}");
+    assert!(shared.contains("signed in as bob@example.org"), "{shared}");
+    assert!(
+        shared.contains("Free/busy of alice@example.com"),
+        "{shared}"
+    );
+    assert!(
+        shared
+            .contains("href=\"/week?as=bob%40example.org&#38;user=alice%40example.com&#38;start="),
+        "{shared}"
+    );
 }
