@@ -1,7 +1,8 @@
 //! Reading a user's pending requests, stored objects and busy time from
-//! PostgreSQL (read only), each statement naming the user's partition: the
-//! pinned partition function (`imipflow_schema::partition`) with the count
-//! the deployment was created with.
+//! PostgreSQL, each statement naming the user's partition: the pinned
+//! partition function (`imipflow_schema::partition`) with the count the
+//! deployment was created with. The one table the manager writes is
+//! `freebusy_shares` (migration V9): whether a user shares their free/busy.
 
 use crate::error::ManagerError;
 use chrono::{DateTime, Utc};
@@ -186,6 +187,90 @@ impl Db {
                     fbtype: FbType::parse(r.get::<_, &str>(2)).unwrap_or(FbType::Busy),
                     uid: r.get(3),
                     summary: r.get(4),
+                })
+                .collect())
+        })
+        .await
+    }
+}
+
+/// A busy period and nothing else: what a colleague's shared week shows
+/// (never the UID or summary it comes from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Period {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub fbtype: FbType,
+}
+
+impl Db {
+    /// Whether `user` shares their free/busy with the calendar's other users
+    /// (a row in `freebusy_shares`). An address nobody uses has no row: it
+    /// answers as one that does not share.
+    pub async fn shares(&self, user: &str) -> Result<bool, ManagerError> {
+        let p = self.partition(user).await?;
+        self.with(async |c| {
+            Ok(c.query_opt(
+                "SELECT 1 FROM freebusy_shares WHERE partition = $1 AND user_addr = $2",
+                &[&p, &user],
+            )
+            .await?
+            .is_some())
+        })
+        .await
+    }
+
+    /// Turns `user`'s sharing on (a row) or off (no row); doing it twice
+    /// changes nothing more.
+    pub async fn set_shares(&self, user: &str, on: bool) -> Result<(), ManagerError> {
+        let p = self.partition(user).await?;
+        self.with(async |c| {
+            if on {
+                c.execute(
+                    "INSERT INTO freebusy_shares (partition, user_addr) VALUES ($1, $2)
+                     ON CONFLICT DO NOTHING",
+                    &[&p, &user],
+                )
+                .await?;
+            } else {
+                c.execute(
+                    "DELETE FROM freebusy_shares WHERE partition = $1 AND user_addr = $2",
+                    &[&p, &user],
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// `user`'s busy periods in [from, to), by start: times and types only,
+    /// which is all a shared week may show. Overlapping periods of different
+    /// events stay apart (as in a VFREEBUSY, each is a period).
+    pub async fn periods(
+        &self,
+        user: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Period>, ManagerError> {
+        let p = self.partition(user).await?;
+        self.with(async |c| {
+            let rows = c
+                .query(
+                    "SELECT lower(f.period), upper(f.period), f.fbtype
+                     FROM freebusy f
+                     WHERE f.partition = $1 AND f.user_addr = $2
+                       AND f.period && tstzrange($3, $4, '[)')
+                     ORDER BY lower(f.period), upper(f.period) LIMIT $5",
+                    &[&p, &user, &from, &to, &MAX_PERIODS],
+                )
+                .await?;
+            Ok(rows
+                .iter()
+                .map(|r| Period {
+                    start: r.get(0),
+                    end: r.get(1),
+                    fbtype: FbType::parse(r.get::<_, &str>(2)).unwrap_or(FbType::Busy),
                 })
                 .collect())
         })

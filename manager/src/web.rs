@@ -1,5 +1,7 @@
 //! The pages and the answer form: `GET /` (pending requests and agenda),
-//! `GET /week` (free/busy of one week), `POST /requests/{uid}/answer`,
+//! `GET /week` (free/busy of one week; `?user=<address>` a colleague's, when
+//! they share it), `POST /sharing` (share one's own free/busy, or stop),
+//! `POST /requests/{uid}/answer`,
 //! `GET /events` (Server-Sent Events), the page's script and style under
 //! `/static/`, and `/healthz`, `/readyz`, `/metrics`. Every page needs a user
 //! ([`crate::auth`]); every POST a CSRF token of that user.
@@ -12,13 +14,13 @@
 //! [`STREAMS_PER_USER`] event streams open (429 beyond). docs/manager.md,
 //! "Attacks at a glance", lists each attack and its outcome.
 
-use crate::auth::Trust;
+use crate::auth::{Trust, single_address};
 use crate::error::ManagerError;
 use crate::events::Notice;
 use crate::health::Health;
 use crate::mail::{self, Outbox, State, Status};
 use crate::reply::{self, Answer};
-use crate::store::{Busy, Db, PendingRow};
+use crate::store::{Busy, Db, PendingRow, Period};
 use askama::Template;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{
@@ -191,6 +193,7 @@ pub fn router(app: Shared) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/week", get(week))
+        .route("/sharing", post(sharing))
         .route("/requests/{uid}/answer", post(answer))
         .route("/requests/answer", post(answer_by_field))
         .route("/events", get(events))
@@ -328,6 +331,7 @@ struct PendingView {
     change: String,
 }
 
+#[derive(Clone)]
 struct BusyView {
     when: String,
     summary: String,
@@ -378,6 +382,20 @@ impl App {
         BusyView {
             when: self.span(b.start, b.end),
             summary: b.summary.clone().unwrap_or_else(|| b.uid.clone()),
+            fbtype: b.fbtype.as_str().to_owned(),
+            class: if b.fbtype == FbType::BusyTentative {
+                "tentative"
+            } else {
+                "busy"
+            },
+        }
+    }
+
+    /// A colleague's busy period: its time and type, nothing of the event.
+    fn period_view(&self, b: &Period) -> BusyView {
+        BusyView {
+            when: self.span(b.start, b.end),
+            summary: b.fbtype.as_str().to_owned(),
             fbtype: b.fbtype.as_str().to_owned(),
             class: if b.fbtype == FbType::BusyTentative {
                 "tentative"
@@ -512,13 +530,34 @@ struct WeekPage {
     user: String,
     csrf: String,
     q: String,
-    sep: &'static str,
+    /// The previous and next weeks' link up to `start=`: `/week?…&`.
+    nav: String,
     ifb: String,
     zone: String,
     first: String,
     prev: String,
     next: String,
     days: Vec<DayView>,
+    /// Whose week: `None` the user's own, else the colleague's address.
+    owner: Option<String>,
+    /// Whether the user shares their own free/busy (their own week's form).
+    sharing: bool,
+    /// The development mode's `as`, for the colleague form (a GET form
+    /// replaces the action's query string with its fields).
+    dev_as: Option<String>,
+}
+
+/// The answer to a colleague's week that is not shared, or of an address
+/// nobody uses: one page, the same for both, so that it tells nothing about
+/// which addresses exist.
+#[derive(Template)]
+#[template(path = "not_shared.html")]
+struct NotSharedPage {
+    user: String,
+    csrf: String,
+    q: String,
+    ifb: String,
+    dev_as: Option<String>,
 }
 
 async fn week(
@@ -526,6 +565,30 @@ async fn week(
     user: User,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
+    let dev_as = query_param(user.query.trim_start_matches('?'), "as");
+    // `?user=`: a colleague's week. Not an address, not shared, or nobody's:
+    // the same 404. One's own address is one's own week.
+    let owner = match params.get("user").map(|u| u.trim()) {
+        None | Some("") => None,
+        Some(asked) => match single_address(asked) {
+            Some(a) if a == user.address => None,
+            Some(a) if app.db.shares(&a).await? => Some(a),
+            _ => {
+                tracing::info!(user = %user.address, "a colleague's week that is not shared");
+                metrics::counter!("imip_manager_refused_total", "status" => "404").increment(1);
+                let page = NotSharedPage {
+                    csrf: app.trust.csrf(&user.address),
+                    ifb: app.ifb(&user.address),
+                    user: user.address,
+                    q: user.query,
+                    dev_as,
+                };
+                let mut r = render(&page)?;
+                *r.status_mut() = StatusCode::NOT_FOUND;
+                return Ok(r);
+            }
+        },
+    };
     let today = Utc::now().with_timezone(&app.tz).date_naive();
     let day = params
         .get("start")
@@ -542,14 +605,25 @@ async fn week(
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_else(|| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
     };
-    let busy = app
-        .db
-        .busy(
-            &user.address,
-            midnight(monday),
-            midnight(monday + Duration::days(7)),
-        )
-        .await?;
+    let (from, to) = (midnight(monday), midnight(monday + Duration::days(7)));
+    // (start, end, view): a colleague's periods are read without the UID
+    // and summary, so that the page cannot show them.
+    let busy: Vec<(DateTime<Utc>, DateTime<Utc>, BusyView)> = match &owner {
+        None => app
+            .db
+            .busy(&user.address, from, to)
+            .await?
+            .iter()
+            .map(|b| (b.start, b.end, app.busy_view(b)))
+            .collect(),
+        Some(a) => app
+            .db
+            .periods(a, from, to)
+            .await?
+            .iter()
+            .map(|b| (b.start, b.end, app.period_view(b)))
+            .collect(),
+    };
     let days = (0..7)
         .map(|i| {
             let d = monday + Duration::days(i);
@@ -558,12 +632,21 @@ async fn week(
                 label: d.format("%a %d %b").to_string(),
                 busy: busy
                     .iter()
-                    .filter(|b| b.start < to && b.end > from)
-                    .map(|b| app.busy_view(b))
+                    .filter(|(start, end, _)| *start < to && *end > from)
+                    .map(|(_, _, v)| v.clone())
                     .collect(),
             }
         })
         .collect();
+    let sharing = match owner {
+        None => app.db.shares(&user.address).await?,
+        Some(_) => false,
+    };
+    let mut nav = format!("/week{}", user.query);
+    nav.push(if user.query.is_empty() { '?' } else { '&' });
+    if let Some(a) = &owner {
+        nav.push_str(&format!("user={}&", encode(a)));
+    }
     render(&WeekPage {
         csrf: app.trust.csrf(&user.address),
         ifb: app.ifb(&user.address),
@@ -572,10 +655,47 @@ async fn week(
         prev: (monday - Duration::days(7)).to_string(),
         next: (monday + Duration::days(7)).to_string(),
         days,
+        owner,
+        sharing,
+        dev_as,
+        nav,
         user: user.address,
-        sep: if user.query.is_empty() { "?" } else { "&" },
         q: user.query,
     })
+}
+
+#[derive(serde::Deserialize)]
+pub struct ShareForm {
+    #[serde(default)]
+    csrf: String,
+    /// `on` or `off`.
+    #[serde(default)]
+    share: String,
+}
+
+/// `POST /sharing`: the user turns the sharing of their own free/busy on or
+/// off (only their own: the user is the signed-in one), then back to their
+/// week (303).
+async fn sharing(
+    AxState(app): AxState<Shared>,
+    user: User,
+    form: Result<Form<ShareForm>, FormRejection>,
+) -> Result<Response, PageError> {
+    let form = match form {
+        Ok(Form(form)) => form,
+        Err(e) => return Ok(form_refused(e)),
+    };
+    if !app.trust.csrf_ok(&user.address, &form.csrf) {
+        return Ok(refuse(StatusCode::FORBIDDEN, "missing or wrong CSRF token"));
+    }
+    let on = match form.share.as_str() {
+        "on" => true,
+        "off" => false,
+        _ => return Ok(refuse(StatusCode::BAD_REQUEST, "share must be on or off")),
+    };
+    app.db.set_shares(&user.address, on).await?;
+    tracing::info!(user = %user.address, on, "free/busy sharing");
+    Ok(Redirect::to(&format!("/week{}", user.query)).into_response())
 }
 
 #[derive(serde::Deserialize)]

@@ -12,10 +12,10 @@
 use crate::error::ProcessorError;
 use tokio_postgres::{Client, Transaction};
 
-/// The tables whose key begins with `partition` (migration V6), in the order
-/// they are converted. `partitions` (a few rows, one per lane) and
-/// `deployment` stay plain.
-pub const TABLES: [&str; 11] = [
+/// The tables whose key begins with `partition` (migration V6, and
+/// `freebusy_shares` of V9), in the order they are converted. `partitions`
+/// (a few rows, one per lane) and `deployment` stay plain.
+pub const TABLES: [&str; 12] = [
     "objects",
     "attendees",
     "freebusy",
@@ -27,6 +27,7 @@ pub const TABLES: [&str; 11] = [
     "outbox",
     "object_texts",
     "user_usage",
+    "freebusy_shares",
 ];
 
 /// Converts every table of [`TABLES`] not partitioned yet; one log line per
