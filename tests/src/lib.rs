@@ -739,6 +739,21 @@ Content-Type: text/calendar; method={method}; charset=UTF-8\r\n\r\n{ics}"
 
 /// "address PARTSTAT" of each attendee of an `imip-ctl object --json`
 /// document, sorted.
+/// `attendee`'s PARTSTAT in `organizer`'s stored object `uid` (read with
+/// `imip-ctl object --json`); panics, showing the object, when the attendee
+/// is not in it.
+pub async fn partstat_of(env: &TestEnv, organizer: &str, uid: &str, attendee: &str) -> String {
+    let object = env.ctl_json(&["object", organizer, uid]).await;
+    object["attendees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["address"] == attendee)
+        .and_then(|a| a["partstat"].as_str())
+        .unwrap_or_else(|| panic!("no {attendee} in {object:#}"))
+        .to_owned()
+}
+
 pub fn partstats(object: &serde_json::Value) -> Vec<String> {
     let mut v: Vec<String> = object["attendees"]
         .as_array()

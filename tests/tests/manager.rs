@@ -278,15 +278,10 @@ async fn accepting_on_the_page_sends_the_reply_and_its_copy_which_apply() {
             .await,
         vec![SLOT]
     );
-    let alices = env.ctl_json(&["object", ALICE, UID]).await;
-    let bob = alices["attendees"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["address"] == BOB)
-        .cloned()
-        .unwrap_or_else(|| panic!("{alices:#}"));
-    assert_eq!(bob["partstat"], "ACCEPTED", "{alices:#}");
+    assert_eq!(
+        imipflow_tests::partstat_of(&env, ALICE, UID, BOB).await,
+        "ACCEPTED"
+    );
 
     // The open page hears about it.
     let mut seen = String::new();

@@ -327,15 +327,10 @@ async fn bob_accepts_in_the_browser_and_the_page_updates_once_postfix_delivered_
             .await,
         vec![SLOT]
     );
-    let alices = env.ctl_json(&["object", ALICE, PLANNING_UID]).await;
-    let bob = alices["attendees"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["address"] == BOB)
-        .cloned()
-        .unwrap_or_else(|| panic!("{alices:#}"));
-    assert_eq!(bob["partstat"], "ACCEPTED", "{alices:#}");
+    assert_eq!(
+        imipflow_tests::partstat_of(&env, ALICE, PLANNING_UID, BOB).await,
+        "ACCEPTED"
+    );
     assert!(
         env.message_log_of(ALICE)
             .await
