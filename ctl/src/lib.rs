@@ -50,13 +50,5 @@ pub async fn check_partitions(
     settings: &imipflow_processor::Settings,
 ) -> Result<(), ProcessorError> {
     let db = imipflow_processor::connect::connect(settings).await?;
-    let stored = deployment_partitions(&db).await?;
-    if stored != settings.partitions {
-        return Err(ProcessorError::Config(format!(
-            "IMIP_PARTITIONS is {} but this deployment was created with {stored}; \
-             set it to {stored} (imip-ctl must agree with ingest and the processors)",
-            settings.partitions
-        )));
-    }
-    Ok(())
+    imipflow_processor::migrate::check_partitions(&db, settings).await
 }

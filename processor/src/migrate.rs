@@ -189,3 +189,23 @@ pub async fn deployment_partitions(
         ))
     })
 }
+
+/// Refuses `settings.partitions` when it is not the count this deployment
+/// was created with: the error `imip-processor run` exits 78 with and
+/// `imip-ctl` refuses its writing commands with. A deployment that is not
+/// migrated yet is [`ProcessorError::Deployment`].
+pub async fn check_partitions(
+    db: &impl tokio_postgres::GenericClient,
+    settings: &Settings,
+) -> Result<(), ProcessorError> {
+    let stored = deployment_partitions(db).await?;
+    if stored != settings.partitions {
+        return Err(ProcessorError::Config(format!(
+            "IMIP_PARTITIONS is {} but this deployment was created with {stored}: \
+             set IMIP_PARTITIONS={stored} (ingest, the processors and imip-ctl must agree; \
+             docs/configuration.md, \"Partition count\")",
+            settings.partitions
+        )));
+    }
+    Ok(())
+}

@@ -520,20 +520,13 @@ async fn same_partitions(
 ) -> Result<bool, ProcessorError> {
     let mut said = None::<Instant>;
     loop {
-        let read = async {
+        let checked = async {
             let db = connect(settings).await?;
-            crate::migrate::deployment_partitions(&db).await
+            crate::migrate::check_partitions(&db, settings).await
         };
-        match read.await {
-            Ok(n) if n == settings.partitions => return Ok(true),
-            Ok(n) => {
-                return Err(ProcessorError::Config(format!(
-                    "IMIP_PARTITIONS is {} but this deployment was created with {n}: \
-                     set IMIP_PARTITIONS={n} (ingest, the processors and imip-ctl must agree; \
-                     docs/configuration.md, \"Partition count\")",
-                    settings.partitions
-                )));
-            }
+        match checked.await {
+            Ok(()) => return Ok(true),
+            Err(e @ ProcessorError::Config(_)) => return Err(e),
             Err(e) => {
                 if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
                     tracing::warn!(error = %e, "waiting for PostgreSQL before starting the lanes");

@@ -24,6 +24,24 @@ pub async fn page(m: &Manager, path: &str, user: &str) -> (u16, String) {
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// A form `body` POSTed to `path` as `user` (none: no user header), not
+/// following redirects.
+pub async fn post_form(
+    m: &Manager,
+    path: &str,
+    user: Option<&str>,
+    body: impl Into<String>,
+) -> reqwest::Response {
+    let mut req = client()
+        .post(m.url(path))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body.into());
+    if let Some(u) = user {
+        req = req.header("X-Remote-User", u);
+    }
+    req.send().await.unwrap()
+}
+
 /// `POST /requests/{uid}/answer` with `fields` as `user` (none: no header);
 /// the status.
 pub async fn post_answer(
@@ -32,14 +50,10 @@ pub async fn post_answer(
     user: Option<&str>,
     fields: &[(&str, &str)],
 ) -> u16 {
-    let mut req = client()
-        .post(m.url(&format!("/requests/{uid}/answer")))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form(fields));
-    if let Some(u) = user {
-        req = req.header("X-Remote-User", u);
-    }
-    req.send().await.unwrap().status().as_u16()
+    post_form(m, &format!("/requests/{uid}/answer"), user, form(fields))
+        .await
+        .status()
+        .as_u16()
 }
 
 /// `user`'s pending requests (`imip-ctl queue USER --json`).
@@ -81,4 +95,23 @@ pub fn form(fields: &[(&str, &str)]) -> String {
         })
         .collect::<Vec<_>>()
         .join("&")
+}
+
+/// A processor, Alice's pending "Quarterly planning" for Bob
+/// ([`crate::invite_to_planning`]), an SMTP sink and a manager submitting to
+/// it: where most manager tests start.
+pub async fn bob_invited(
+    alice: &str,
+    bob: &str,
+) -> (TestEnv, crate::Processor, crate::smtp_sink::Sink, Manager) {
+    let env = TestEnv::new().await;
+    let p = env.start_processor(&[("IMIP_MANAGER_ADDRESSES", crate::MANAGER_ADDRESS)]);
+    crate::invite_to_planning(&env, alice, bob).await;
+    let sink = crate::smtp_sink::Sink::start().await;
+    let m = env
+        .start_manager_with(crate::free_port(), |c| {
+            c.env("IMIP_MANAGER_SMTP_URL", sink.url());
+        })
+        .await;
+    (env, p, sink, m)
 }

@@ -14,11 +14,12 @@
 //! per user (429), malformed fields are 400; `?as=` means nothing unless
 //! development mode is on.
 
-use imipflow_tests::manager_http::{client, csrf_of, form, page, post_answer, queue};
+use imipflow_tests::manager_http::{
+    bob_invited, client, csrf_of, form, page, post_answer, post_form, queue,
+};
 use imipflow_tests::smtp_sink::{Received, Sink};
 use imipflow_tests::{
-    MANAGER_ADDRESS, Manager, PLANNING_UID as UID, TestEnv, deliver_invitation, free_port,
-    invite_to_planning, vevent,
+    MANAGER_ADDRESS, Manager, PLANNING_UID as UID, TestEnv, deliver_invitation, free_port, vevent,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,16 +35,7 @@ const STREAMS_PER_USER: usize = 16;
 
 /// Processor, Bob's pending "Quarterly planning", a sink and a manager.
 async fn setup() -> (TestEnv, imipflow_tests::Processor, Sink, Manager) {
-    let env = TestEnv::new().await;
-    let p = env.start_processor(&[("IMIP_MANAGER_ADDRESSES", MANAGER_ADDRESS)]);
-    invite_to_planning(&env, ALICE, BOB).await;
-    let sink = Sink::start().await;
-    let m = env
-        .start_manager_with(free_port(), |c| {
-            c.env("IMIP_MANAGER_SMTP_URL", sink.url());
-        })
-        .await;
-    (env, p, sink, m)
+    bob_invited(ALICE, BOB).await
 }
 
 /// What HTML escaping made of a text (askama's escapes), undone.
@@ -198,14 +190,13 @@ async fn pages_cannot_be_framed_and_are_not_cached() {
     let r = c.get(m.url("/")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 401);
     assert_safe_headers("401", &r);
-    let r = c
-        .post(m.url(&format!("/requests/{UID}/answer")))
-        .header("X-Remote-User", BOB)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body("partstat=ACCEPTED")
-        .send()
-        .await
-        .unwrap();
+    let r = post_form(
+        &m,
+        &format!("/requests/{UID}/answer"),
+        Some(BOB),
+        "partstat=ACCEPTED",
+    )
+    .await;
     assert_eq!(r.status().as_u16(), 403);
     assert_safe_headers("403", &r);
     assert_no_store("403", &r);
@@ -381,14 +372,13 @@ async fn the_token_is_never_in_a_url_and_get_changes_nothing() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     // Nor does the answer's redirect carry it.
-    let r = c
-        .post(m.url(&format!("/requests/{UID}/answer")))
-        .header("X-Remote-User", BOB)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form(&[("partstat", "TENTATIVE"), ("csrf", &token)]))
-        .send()
-        .await
-        .unwrap();
+    let r = post_form(
+        &m,
+        &format!("/requests/{UID}/answer"),
+        Some(BOB),
+        form(&[("partstat", "TENTATIVE"), ("csrf", &token)]),
+    )
+    .await;
     assert_eq!(r.status().as_u16(), 303);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(!location.contains(&token), "{location}");
@@ -554,14 +544,7 @@ async fn hostile_invitation_content_is_escaped_answerable_and_injects_nothing() 
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let r = client()
-            .post(m.url(&f.action))
-            .header("X-Remote-User", BOB)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(form(&fields))
-            .send()
-            .await
-            .unwrap();
+        let r = post_form(&m, &f.action, Some(BOB), form(&fields)).await;
         assert_eq!(
             r.status().as_u16(),
             303,
@@ -788,14 +771,7 @@ async fn huge_bodies_many_streams_and_malformed_fields_are_refused() {
         format!("csrf={token}&partstat=DECLINED&partstat=ACCEPTED"),
         format!("csrf={token}&csrf={token}&partstat=ACCEPTED"),
     ] {
-        let r = client()
-            .post(m.url(&path))
-            .header("X-Remote-User", BOB)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(body.clone())
-            .send()
-            .await
-            .unwrap();
+        let r = post_form(&m, &path, Some(BOB), body.clone()).await;
         assert_eq!(r.status().as_u16(), 400, "{body}");
     }
     assert_eq!(
@@ -872,26 +848,25 @@ async fn without_development_mode_as_is_ignored() {
     assert!(html.contains("signed in as carol@example.net"), "{html}");
     assert!(!html.contains("Quarterly planning"), "{html}");
     let carols = csrf_of(&html);
-    let r = c
-        .post(m.url(&format!("/requests/{UID}/answer?as=bob@example.org")))
-        .header("X-Remote-User", CAROL)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form(&[("partstat", "ACCEPTED"), ("csrf", &carols)]))
-        .send()
-        .await
-        .unwrap();
+    let r = post_form(
+        &m,
+        &format!("/requests/{UID}/answer?as=bob@example.org"),
+        Some(CAROL),
+        form(&[("partstat", "ACCEPTED"), ("csrf", &carols)]),
+    )
+    .await;
     assert_eq!(
         r.status().as_u16(),
         404,
         "Bob's request is unknown to Carol"
     );
-    let r = c
-        .post(m.url(&format!("/requests/{UID}/answer?as=bob@example.org")))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form(&[("partstat", "ACCEPTED"), ("csrf", &carols)]))
-        .send()
-        .await
-        .unwrap();
+    let r = post_form(
+        &m,
+        &format!("/requests/{UID}/answer?as=bob@example.org"),
+        None,
+        form(&[("partstat", "ACCEPTED"), ("csrf", &carols)]),
+    )
+    .await;
     assert_eq!(r.status().as_u16(), 401);
     sink.assert_nothing_sent().await;
     assert_eq!(queue(&env, BOB).await.len(), 1);

@@ -9,11 +9,9 @@
 //! child table; in development mode the colleague form and the week links
 //! keep the picked user (`?as=`).
 
-use imipflow_tests::manager_http::{client, csrf_of, form, page};
+use imipflow_tests::manager_http::{bob_invited, client, csrf_of, form, page, post_form};
 use imipflow_tests::smtp_sink::Sink;
-use imipflow_tests::{
-    MANAGER_ADDRESS, Manager, PLANNING_UID, TestEnv, free_port, invite_to_planning,
-};
+use imipflow_tests::{Manager, PLANNING_UID, TestEnv, free_port};
 
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.org";
@@ -24,14 +22,7 @@ const START: &str = "start=2027-03-16";
 
 /// `POST /sharing` as `user` with `fields`: the status and the `Location`.
 async fn post_sharing(m: &Manager, user: &str, fields: &[(&str, &str)]) -> (u16, String) {
-    let r = client()
-        .post(m.url("/sharing"))
-        .header("X-Remote-User", user)
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form(fields))
-        .send()
-        .await
-        .unwrap();
+    let r = post_form(m, "/sharing", Some(user), form(fields)).await;
     let location = r
         .headers()
         .get("location")
@@ -90,15 +81,7 @@ async fn assert_page_headers(m: &Manager, path: &str, user: &str, status: u16) {
 
 #[tokio::test]
 async fn a_colleague_sees_only_what_is_shared_and_only_while_it_is() {
-    let env = TestEnv::new().await;
-    let _p = env.start_processor(&[("IMIP_MANAGER_ADDRESSES", MANAGER_ADDRESS)]);
-    invite_to_planning(&env, ALICE, BOB).await;
-    let sink = Sink::start().await;
-    let m = env
-        .start_manager_with(free_port(), |c| {
-            c.env("IMIP_MANAGER_SMTP_URL", sink.url());
-        })
-        .await;
+    let (env, _p, sink, m) = bob_invited(ALICE, BOB).await;
 
     // Alice's own week: her meeting, sharing off, the two forms.
     let (status, own) = page(&m, &format!("/week?{START}"), ALICE).await;
@@ -300,13 +283,13 @@ async fn in_development_mode_the_colleague_form_keeps_the_picked_user() {
         (r.status().as_u16(), r.text().await.unwrap())
     };
     let (_, alices) = get("/week?as=alice%40example.com").await;
-    let r = client()
-        .post(m.url("/sharing?as=alice%40example.com"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(form(&[("share", "on"), ("csrf", &csrf_of(&alices))]))
-        .send()
-        .await
-        .unwrap();
+    let r = post_form(
+        &m,
+        "/sharing?as=alice%40example.com",
+        None,
+        form(&[("share", "on"), ("csrf", &csrf_of(&alices))]),
+    )
+    .await;
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(r.headers()["location"], "/week?as=alice%40example.com");
 
